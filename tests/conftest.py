@@ -20,7 +20,9 @@ def require_program(program: str, package: str, path: Optional[str] = None) -> s
     found = path if path and os.path.exists(path) else shutil.which(program)
     if found:
         return found
-    message = f"{program} not found: install the Debian package '{package}' (apt-get install {package})"
+    message = (
+        f"{program} not found: install the Debian package '{package}' (apt-get install {package})"
+    )
     if IN_CI:
         pytest.fail(message + " -- it is required under CI=true")
     pytest.skip(message)

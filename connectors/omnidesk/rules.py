@@ -122,7 +122,9 @@ def check_message_number(value: object) -> int:
 def check_event(value: object) -> str:
     """event of notifyUserNewChatEvent: one of the four names Omnidesk knows."""
     if value not in CHAT_EVENTS:
-        raise FieldRuleError("event", f"must be one of {'|'.join(sorted(CHAT_EVENTS))}, got {value!r}")
+        raise FieldRuleError(
+            "event", f"must be one of {'|'.join(sorted(CHAT_EVENTS))}, got {value!r}"
+        )
     return str(value)
 
 

@@ -1,0 +1,108 @@
+"""The handoff's vocabulary: its states, its outcomes and the control payload.
+
+The action server and the channel are separate processes. The action tells the
+channel that a conversation is now with an agent by uttering one custom JSON
+message, the control payload, which travels back through the turn the action ran
+in and is taken off the stream by the wrapped output channel. This module is the
+one place that writes and reads that payload. It imports nothing from rasa,
+rasa_sdk or sanic.
+"""
+
+import enum
+import uuid
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+from connectors.omnidesk import rules
+
+CONTROL_KEY = "omnidesk_handoff"
+CONTROL_VERSION = 1
+
+# Names the bot's domain uses (see docs/domain.md). One place, so the channel,
+# the action and the tests agree.
+SLOT_HANDOFF_ACTIVE = "handoff_active"
+SLOT_CHAT_SESSION_ID = "omnidesk_chat_session_id"
+SLOT_HANDOFF_OUTCOME = "handoff_outcome"
+INTENT_CHAT_ENDED = "omnidesk_chat_ended"
+ENTITY_HANDOFF_OUTCOME = "handoff_outcome"
+
+
+class HandoffState(str, enum.Enum):
+    """Where a conversation is. Only ``with_agent`` is kept in the switchboard."""
+
+    BOT = "bot"
+    CONNECTING = "connecting"
+    WITH_AGENT = "with_agent"
+
+
+class HandoffOutcome(str, enum.Enum):
+    """How an escalation or a human chat ended; the values of the handoff_outcome slot."""
+
+    STARTED = "started"
+    NO_AGENT = "no_agent"
+    FAILED = "failed"
+    ALREADY_WITH_AGENT = "already_with_agent"
+    ENDED_BY_AGENT = "ended_by_agent"
+    ENDED_BY_CUSTOMER = "ended_by_customer"
+    TIMED_OUT = "timed_out"
+
+
+def new_chat_session_id() -> str:
+    """A fresh chatSessionID: 'rasa-' and 32 hex digits, valid for Omnidesk's pattern.
+
+    A Rasa sender_id can hold characters chatSessionID forbids, and must not be
+    guessable from the outside, so each handoff gets a random id that the
+    switchboard maps back to the conversation.
+    """
+    return rules.CHAT_SESSION_ID.check("rasa-" + uuid.uuid4().hex)
+
+
+class ControlPayloadError(ValueError):
+    """A message carried the control key but not a valid control payload."""
+
+
+@dataclass(frozen=True)
+class HandoffStarted:
+    """The control payload: this conversation is now with an agent in Omnidesk."""
+
+    chat_session_id: str
+    next_message_number: int
+
+    def to_json_message(self) -> Dict[str, Any]:
+        return {
+            CONTROL_KEY: {
+                "version": CONTROL_VERSION,
+                "event": "started",
+                "chat_session_id": self.chat_session_id,
+                "next_message_number": self.next_message_number,
+            }
+        }
+
+
+def is_control_payload(json_message: Optional[Mapping[str, Any]]) -> bool:
+    return isinstance(json_message, Mapping) and CONTROL_KEY in json_message
+
+
+def parse_control_payload(json_message: Mapping[str, Any]) -> HandoffStarted:
+    """Read a control payload; raise ControlPayloadError naming what is wrong."""
+    body = json_message.get(CONTROL_KEY)
+    if not isinstance(body, Mapping):
+        raise ControlPayloadError(f"{CONTROL_KEY} must be an object")
+    if body.get("version") != CONTROL_VERSION:
+        raise ControlPayloadError(
+            f"{CONTROL_KEY}.version must be {CONTROL_VERSION}, got {body.get('version')!r}"
+        )
+    if body.get("event") != "started":
+        raise ControlPayloadError(
+            f"{CONTROL_KEY}.event must be 'started', got {body.get('event')!r}"
+        )
+    try:
+        chat_session_id = rules.CHAT_SESSION_ID.check(body.get("chat_session_id"))
+    except rules.FieldRuleError as error:
+        raise ControlPayloadError(f"{CONTROL_KEY}.chat_session_id: {error.rule}") from error
+    number = body.get("next_message_number")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise ControlPayloadError(
+            f"{CONTROL_KEY}.next_message_number must be a positive integer, got {number!r}"
+        )
+    return HandoffStarted(chat_session_id=chat_session_id, next_message_number=number)
