@@ -1,0 +1,158 @@
+"""action_escalate_to_human: hand the conversation to a live agent in Omnidesk.
+
+1. The history goes to Omnidesk's chatbot log (a ticket, so someone follows up
+   whatever happens next).
+2. requestChatConfig says whether an agent is online.
+3. Online: the first chat message opens the Omnidesk chat, and the control
+   payload tells the channel to relay this conversation to it from now on.
+   Offline: the customer is told no one is available now; the ticket stays.
+   Omnidesk unreachable or refusing: the customer is told, the cause logged.
+
+The settings are the same OMNIDESK_* variables as the channel's. They are
+checked when the action server imports this module, so a missing or malformed
+one stops ``rasa run actions`` at start-up with a message naming it; each
+escalation reads them again (cheap), so a test can point them at its own
+sandbox.
+"""
+
+import logging
+from typing import Any, Dict, List, Optional
+
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import EventType, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+
+from actions.escalation import Escalation, build_escalation
+from connectors.omnidesk import handoff
+from connectors.omnidesk.client import OmnideskClient, OmnideskError
+from connectors.omnidesk.settings import OmnideskSettings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+ACTION_NAME = "action_escalate_to_human"
+
+UTTER_CONNECTED = "utter_handoff_connected"
+UTTER_NO_AGENTS = "utter_handoff_no_agents"
+UTTER_FAILED = "utter_handoff_failed"
+UTTER_ALREADY_ACTIVE = "utter_handoff_already_active"
+
+FIRST_MESSAGE_NUMBER = 1
+
+
+class ActionServerSettingsError(ImportError):
+    """The OMNIDESK_* settings are missing or malformed when the action server starts.
+
+    An ImportError, because that is what makes rasa_sdk's action server log the
+    message and stop at start-up instead of serving an action that cannot work.
+    """
+
+
+def check_settings_at_start() -> OmnideskSettings:
+    try:
+        return OmnideskSettings.from_env()
+    except SettingsError as error:
+        raise ActionServerSettingsError(
+            f"{ACTION_NAME} cannot start: {error}. Set the OMNIDESK_* variables for "
+            "`rasa run actions` as for `rasa run` (see docs/configuration.md)."
+        ) from error
+
+
+check_settings_at_start()
+
+
+class ActionEscalateToHuman(Action):  # type: ignore[misc]  # rasa_sdk is not type-checked here
+    """Push the history to Omnidesk and, when an agent is online, open the chat."""
+
+    def name(self) -> str:
+        return ACTION_NAME
+
+    async def run(
+        self,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: Dict[str, Any],
+    ) -> List[Dict[str, Any]]:
+        conversation = tracker.sender_id
+        if tracker.get_slot(handoff.SLOT_HANDOFF_ACTIVE) is True:
+            logger.info(
+                "handoff already_with_agent conversation=%s chat_session_id=%s",
+                conversation,
+                tracker.get_slot(handoff.SLOT_CHAT_SESSION_ID),
+            )
+            dispatcher.utter_message(response=UTTER_ALREADY_ACTIVE)
+            return [_outcome(handoff.HandoffOutcome.ALREADY_WITH_AGENT)]
+
+        escalation = build_escalation(tracker.events, tracker.slots, tracker.latest_message)
+        logger.info(
+            "handoff connecting conversation=%s reason=%s", conversation, escalation.reason.value
+        )
+        try:
+            settings = OmnideskSettings.from_env()
+            chat_session_id = await _escalate(settings, escalation, conversation)
+        except SettingsError as error:
+            logger.error("handoff failed conversation=%s: %s", conversation, error)
+            return _failed(dispatcher)
+        except OmnideskError as error:
+            logger.error("handoff failed conversation=%s: %s", conversation, error)
+            return _failed(dispatcher)
+
+        if chat_session_id is None:
+            logger.info("handoff no_agent conversation=%s", conversation)
+            dispatcher.utter_message(response=UTTER_NO_AGENTS)
+            return [
+                SlotSet(handoff.SLOT_HANDOFF_ACTIVE, False),
+                _outcome(handoff.HandoffOutcome.NO_AGENT),
+            ]
+
+        logger.info(
+            "handoff started conversation=%s chat_session_id=%s", conversation, chat_session_id
+        )
+        started = handoff.HandoffStarted(
+            chat_session_id=chat_session_id, next_message_number=FIRST_MESSAGE_NUMBER + 1
+        )
+        dispatcher.utter_message(json_message=started.to_json_message())
+        dispatcher.utter_message(response=UTTER_CONNECTED)
+        return [
+            SlotSet(handoff.SLOT_HANDOFF_ACTIVE, True),
+            SlotSet(handoff.SLOT_CHAT_SESSION_ID, chat_session_id),
+            _outcome(handoff.HandoffOutcome.STARTED),
+        ]
+
+
+async def _escalate(
+    settings: OmnideskSettings, escalation: Escalation, conversation: str
+) -> Optional[str]:
+    """Make the Omnidesk calls. The new chatSessionID, or None when no agent is online."""
+    customer = escalation.customer
+    async with OmnideskClient(settings) as client:
+        log = await client.create_chatbot_log(
+            message=escalation.transcript,
+            subject=escalation.subject,
+            from_address=customer.from_address,
+        )
+        logger.info(
+            "handoff chatbot log stored conversation=%s ticket_id=%s", conversation, log.ticket_id
+        )
+        config = await client.request_chat_config()
+        if not config.agents_available:
+            return None
+        chat_session_id = handoff.new_chat_session_id()
+        await client.notify_user_new_chat_message(
+            chat_session_id=chat_session_id,
+            message=escalation.first_chat_message(log.ticket_id),
+            message_number=FIRST_MESSAGE_NUMBER,
+            customer_name=customer.name,
+            email_address=customer.email,
+            phone_number=customer.phone,
+            url=escalation.page_url,
+        )
+    return chat_session_id
+
+
+def _outcome(outcome: handoff.HandoffOutcome) -> EventType:
+    return SlotSet(handoff.SLOT_HANDOFF_OUTCOME, outcome.value)
+
+
+def _failed(dispatcher: CollectingDispatcher) -> List[EventType]:
+    dispatcher.utter_message(response=UTTER_FAILED)
+    return [SlotSet(handoff.SLOT_HANDOFF_ACTIVE, False), _outcome(handoff.HandoffOutcome.FAILED)]

@@ -1,0 +1,201 @@
+"""action_escalate_to_human, run by the action server's executor against a sandbox Omnidesk."""
+
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional
+
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import (
+    ActionExecuted,
+    BotUttered,
+    Event,
+    SessionStarted,
+    SlotSet,
+    UserUttered,
+)
+from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
+from rasa_sdk.executor import ActionExecutor
+
+from connectors.omnidesk import handoff
+from omnidesk_sandbox.testing import Sandbox
+
+ACTION = "action_escalate_to_human"
+SENDER = "web-7f3a9c"
+
+
+DOMAIN = Domain.load(str(pathlib.Path(__file__).parents[2] / "domain.yml"))
+
+
+def request(events: List[Event], slots: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The JSON body Rasa posts to the action server's /webhook (rasa/core/actions/action.py)."""
+    events = events + [SlotSet(name, value) for name, value in (slots or {}).items()]
+    tracker = DialogueStateTracker.from_events(SENDER, events, slots=DOMAIN.slots)
+    return {
+        "next_action": ACTION,
+        "sender_id": SENDER,
+        "tracker": tracker.current_state(EventVerbosity.ALL),
+        "domain": DOMAIN.as_dict(),
+        "version": "3.6.21",
+    }
+
+
+def asked_for_a_person(email: Optional[str] = "jane@example.com") -> List[Event]:
+    return [
+        ActionExecuted("action_session_start"),
+        SessionStarted(),
+        ActionExecuted("action_listen"),
+        UserUttered(
+            "where is my *order*?",
+            intent={"name": "ask_shipping", "confidence": 0.91},
+            input_channel="socketio",
+            metadata={"url": "https://shop.example.com/help"},
+        ),
+        BotUttered("We ship within 1 to 2 working days."),
+        ActionExecuted("action_listen"),
+        UserUttered(
+            "I want to talk to a person",
+            intent={"name": "request_human", "confidence": 0.99},
+            input_channel="socketio",
+            metadata={"url": "https://shop.example.com/help"},
+        ),
+        *([SlotSet("customer_email", email)] if email else []),
+        ActionExecuted("utter_handoff_connecting"),
+        BotUttered("One moment, I'm looking for a colleague who can help you."),
+    ]
+
+
+def slots_set(response: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        event["name"]: event["value"] for event in response["events"] if event["event"] == "slot"
+    }
+
+
+def responses(response: Dict[str, Any]) -> List[Optional[str]]:
+    return [message.get("response") for message in response["responses"]]
+
+
+async def test_online_agent_gets_the_transcript_and_a_new_chat(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    response = await executor.run(
+        request(asked_for_a_person(), {"customer_email": "jane@example.com"})
+    )
+
+    assert response is not None
+    [ticket] = sandbox.tickets
+    assert ticket.sender == "jane@example.com"
+    assert ticket.subject == "Chatbot handover: the customer asked for a person"
+    assert ticket.brand_id == "7"
+    assert "**Customer:** where is my \\*order\\*?" in ticket.message
+    assert "**Bot:** We ship within 1 to 2 working days" in ticket.message
+    assert "I want to talk to a person" in ticket.message
+
+    slots = slots_set(response)
+    assert slots["handoff_active"] is True
+    assert slots["handoff_outcome"] == "started"
+    chat_session_id = slots["omnidesk_chat_session_id"]
+    chat = sandbox.chat(chat_session_id)
+    assert chat.email_address == "jane@example.com"
+    assert chat.url == "https://shop.example.com/help"
+    assert (
+        chat.chat_server
+        == f"http://127.0.0.1:5005/webhooks/omnidesk/hook/{'Hookpoint0Secret0For0Tests0Only'}"
+    )
+    [first] = chat.messages
+    assert first.number == 1
+    assert f"ticket #{ticket.ticket_id}" in first.text
+    assert "I want to talk to a person" in first.text
+
+    control = [m["custom"] for m in response["responses"] if m.get("custom")]
+    assert control == [handoff.HandoffStarted(chat_session_id, 2).to_json_message()]
+    assert "utter_handoff_connected" in responses(response)
+
+
+async def test_no_agent_online_leaves_the_ticket_and_opens_no_chat(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    sandbox.set_agents_online(False)
+
+    response = await executor.run(request(asked_for_a_person()))
+
+    assert response is not None
+    assert len(sandbox.tickets) == 1
+    assert sandbox.chats == []
+    assert slots_set(response)["handoff_outcome"] == "no_agent"
+    assert slots_set(response)["handoff_active"] is False
+    assert responses(response) == ["utter_handoff_no_agents"]
+    assert not any(m.get("custom") for m in response["responses"])
+
+
+async def test_omnidesk_down_tells_the_customer_and_the_bot_carries_on(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    sandbox.inject_fault("*", status=503, count=100)
+
+    response = await executor.run(request(asked_for_a_person()))
+
+    assert response is not None
+    assert sandbox.chats == []
+    assert slots_set(response) == {"handoff_active": False, "handoff_outcome": "failed"}
+    assert responses(response) == ["utter_handoff_failed"]
+
+
+async def test_a_conversation_already_with_an_agent_is_not_escalated_again(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    response = await executor.run(
+        request(
+            asked_for_a_person(),
+            {"handoff_active": True, "omnidesk_chat_session_id": "rasa-" + "b" * 32},
+        )
+    )
+
+    assert response is not None
+    assert sandbox.calls == []
+    assert responses(response) == ["utter_handoff_already_active"]
+    assert slots_set(response) == {"handoff_outcome": "already_with_agent"}
+
+
+async def test_the_bot_not_understanding_makes_the_subject(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    events: List[Event] = [
+        ActionExecuted("action_listen"),
+        UserUttered("blorp fizz", intent={"name": "nlu_fallback", "confidence": 0.5}),
+        BotUttered(
+            "Would you like to talk to one of my colleagues?",
+            data={"buttons": [{"title": "Yes, a person please", "payload": "/affirm"}]},
+        ),
+        ActionExecuted("action_listen"),
+        UserUttered("/affirm", intent={"name": "affirm", "confidence": 1.0}),
+    ]
+
+    response = await executor.run(request(events))
+
+    assert response is not None
+    [ticket] = sandbox.tickets
+    assert ticket.subject == "Chatbot handover: the chatbot did not understand the customer"
+    assert ticket.sender is None
+    assert "chose the button **Yes, a person please**" in ticket.message
+
+
+def test_the_action_server_refuses_to_start_without_omnidesk_settings() -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OMNIDESK_")}
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rasa_sdk.executor import ActionExecutor; ActionExecutor().register_package('actions')",
+        ],
+        cwd=pathlib.Path(__file__).parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert started.returncode != 0
+    assert "OMNIDESK_CHAT_ACCOUNT_TOKEN" in started.stderr
+    assert "OMNIDESK_HOOKPOINT_SECRET" in started.stderr
