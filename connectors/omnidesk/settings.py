@@ -416,7 +416,7 @@ def _non_empty(raw: Any) -> str:
     return _text(raw, "must be non-empty text")
 
 
-_MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)$")
+MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)$")
 
 
 def _mime_types(raw: Any) -> Tuple[str, ...]:
@@ -434,7 +434,7 @@ def _mime_types(raw: Any) -> Tuple[str, ...]:
         mime = item.strip().lower()
         if not mime:
             continue
-        if not _MIME_TYPE.fullmatch(mime):
+        if not MIME_TYPE.fullmatch(mime):
             raise _Invalid(f"{rule} ({item.strip()!r} is not one)")
         if mime not in types:
             types.append(mime)
