@@ -11,7 +11,7 @@ from omnidesk_sandbox import api, control, page
 from omnidesk_sandbox.agent import Agent
 from omnidesk_sandbox.config import SandboxConfig
 from omnidesk_sandbox.hookpoints import AgentDesk
-from omnidesk_sandbox.keys import AGENT_KEY, STATE_KEY, STOPPING_KEY, agent_of
+from omnidesk_sandbox.keys import AGENT_KEY, STATE_KEY, STOPPING_KEY, STREAMS_KEY, agent_of
 from omnidesk_sandbox.state import SandboxState
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def build_app(config: SandboxConfig) -> web.Application:
     app[STATE_KEY] = state
     app[AGENT_KEY] = Agent(state, AgentDesk(config.hookpoint_timeout))
     app[STOPPING_KEY] = asyncio.Event()
+    app[STREAMS_KEY] = set()
     api.add_routes(app)
     control.add_routes(app)
     page.add_routes(app)

@@ -1,7 +1,7 @@
 """Typed access to what the sandbox keeps on its aiohttp Application."""
 
 import asyncio
-from typing import Any, cast
+from typing import Any, Set, cast
 
 from aiohttp import web
 
@@ -18,6 +18,7 @@ def _key(name: str, kind: type) -> Any:
 STATE_KEY: Any = _key("state", SandboxState)
 AGENT_KEY: Any = _key("agent", Agent)
 STOPPING_KEY: Any = _key("stopping", asyncio.Event)
+STREAMS_KEY: Any = _key("streams", set)
 
 
 def state_of(app: web.Application) -> SandboxState:
@@ -30,3 +31,8 @@ def agent_of(app: web.Application) -> Agent:
 
 def stopping_of(app: web.Application) -> asyncio.Event:
     return cast(asyncio.Event, app[STOPPING_KEY])
+
+
+def streams_of(app: web.Application) -> "Set[asyncio.Task[Any]]":
+    """The agent page's open event streams, so shutdown can let each finish."""
+    return cast("Set[asyncio.Task[Any]]", app[STREAMS_KEY])

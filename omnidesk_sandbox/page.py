@@ -8,7 +8,7 @@ from typing import Any, Dict, cast
 
 from aiohttp import web
 
-from omnidesk_sandbox.keys import state_of, stopping_of
+from omnidesk_sandbox.keys import state_of, stopping_of, streams_of
 
 logger = logging.getLogger(__name__)
 
@@ -16,6 +16,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 KEEPALIVE_SECONDS = 15.0
 QUEUE_SIZE = 1000
 SHUTDOWN = {"type": "shutdown"}
+STREAMS_STOP_SECONDS = 2.0
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -40,6 +41,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     state.subscribe(listen)
+    task = asyncio.current_task()
+    streams = streams_of(request.app)  # so shutdown can wait for each stream's last write
+    if task is not None:
+        streams.add(task)
     try:
         await response.write(b"event: hello\ndata: {}\n\n")
         while not stopping_of(request.app).is_set() and not overflow["hit"]:
@@ -55,6 +60,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         logger.debug("agent page stream closed by the browser")
     finally:
         state.unsubscribe(listen)
+        if task is not None:
+            streams.discard(task)
     return response
 
 
@@ -62,6 +69,9 @@ async def end_streams(app: web.Application) -> None:
     """on_shutdown: let every open stream finish, so the server stops at once."""
     stopping_of(app).set()
     state_of(app)._emit(SHUTDOWN)
+    streams = streams_of(app)
+    if streams:
+        await asyncio.wait(set(streams), timeout=STREAMS_STOP_SECONDS)
 
 
 def add_routes(app: web.Application) -> None:

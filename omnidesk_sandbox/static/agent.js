@@ -213,6 +213,7 @@ function showProfile(name, picture) {
   if (document.activeElement !== $("agent-picture")) $("agent-picture").value = picture;
   const preview = $("profile-picture-preview");
   preview.hidden = !picture;
+  preview.onerror = () => { preview.hidden = true; };
   if (picture) preview.src = picture;
 }
 
