@@ -121,7 +121,7 @@ def check_message_number(value: object) -> int:
 
 def check_event(value: object) -> str:
     """event of notifyUserNewChatEvent: one of the four names Omnidesk knows."""
-    if value not in CHAT_EVENTS:
+    if not isinstance(value, str) or value not in CHAT_EVENTS:
         raise FieldRuleError(
             "event", f"must be one of {'|'.join(sorted(CHAT_EVENTS))}, got {value!r}"
         )

@@ -234,6 +234,7 @@ async def test_an_attachment_that_breaks_a_rule_is_not_sent(omnidesk, make_clien
         ("chatSessionID", {"chat_session_id": "no"}),
         ("event", {"event": "typing"}),
         ("event", {"event": "StartedTyping"}),
+        ("event", {"event": ["startedtyping"]}),
     ],
 )
 async def test_an_event_that_breaks_a_rule_is_not_sent(omnidesk, make_client, field, change):
