@@ -1,0 +1,246 @@
+"""The customer's side of a wrapped channel: its output, caught and extended.
+
+``WrappedOutput`` stands in for the wrapped channel's output channel in every
+turn: it passes everything through, except the handoff's control payload,
+which it takes off the stream (the customer never sees it) and hands to the
+relay. The ``*Line`` classes reach a customer outside a request, for agent
+messages, files and typing: socket.io and callback carry the agent's name and
+picture as extra keys; any other channel gets plain text, optionally prefixed
+with the agent's name.
+"""
+
+import logging
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+from rasa.core.channels.callback import CallbackInput
+from rasa.core.channels.channel import InputChannel, OutputChannel
+from rasa.core.channels.socketio import SocketIOInput
+
+from connectors.omnidesk.handoff import (
+    ControlPayloadError,
+    HandoffStarted,
+    is_control_payload,
+    parse_control_payload,
+)
+from connectors.omnidesk.hookpoints import AgentIdentity
+
+logger = logging.getLogger(__name__)
+
+OnHandoffStarted = Callable[[str, str, HandoffStarted], Awaitable[None]]
+
+AGENT_TYPING_EVENT = "agent_typing"
+_CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "elements", "custom")
+
+
+class WrappedOutput(OutputChannel):  # type: ignore[misc]
+    """The wrapped channel's output channel, with the control payload taken off."""
+
+    def __init__(self, inner: Any, channel: str, on_started: OnHandoffStarted) -> None:
+        self.inner = inner
+        self.channel = channel
+        self._on_started = on_started
+
+    def name(self) -> str:
+        return str(self.inner.name())
+
+    def __getattr__(self, item: str) -> Any:
+        # CollectingOutputChannel.messages and the like stay reachable.
+        return getattr(self.inner, item)
+
+    async def _take_control(self, recipient_id: str, payload: Dict[str, Any]) -> None:
+        try:
+            started = parse_control_payload(payload)
+        except ControlPayloadError as error:
+            logger.error(
+                "Conversation %s sent a malformed handoff control payload (%s); "
+                "it stays with the bot.",
+                recipient_id,
+                error,
+            )
+            return
+        await self._on_started(recipient_id, self.channel, started)
+
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+        custom = message.get("custom")
+        if isinstance(custom, dict) and is_control_payload(custom):
+            message = {key: value for key, value in message.items() if key != "custom"}
+            await self._take_control(recipient_id, custom)
+            if not any(message.get(key) for key in _CONTENT_KEYS):
+                return
+        await self.inner.send_response(recipient_id, message)
+
+    async def send_custom_json(
+        self, recipient_id: str, json_message: Dict[str, Any], **kwargs: Any
+    ) -> None:
+        if is_control_payload(json_message):
+            await self._take_control(recipient_id, json_message)
+            return
+        await self.inner.send_custom_json(recipient_id, json_message, **kwargs)
+
+    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
+        await self.inner.send_text_message(recipient_id, text, **kwargs)
+
+    async def send_image_url(self, recipient_id: str, image: str, **kwargs: Any) -> None:
+        await self.inner.send_image_url(recipient_id, image, **kwargs)
+
+    async def send_attachment(self, recipient_id: str, attachment: Any, **kwargs: Any) -> None:
+        await self.inner.send_attachment(recipient_id, attachment, **kwargs)
+
+    async def send_text_with_buttons(
+        self, recipient_id: str, text: str, buttons: Any, **kwargs: Any
+    ) -> None:
+        await self.inner.send_text_with_buttons(recipient_id, text, buttons, **kwargs)
+
+    async def send_quick_replies(
+        self, recipient_id: str, text: str, quick_replies: Any, **kwargs: Any
+    ) -> None:
+        await self.inner.send_quick_replies(recipient_id, text, quick_replies, **kwargs)
+
+    async def send_elements(self, recipient_id: str, elements: Any, **kwargs: Any) -> None:
+        await self.inner.send_elements(recipient_id, elements, **kwargs)
+
+
+def _agent_payload(agent: Optional[AgentIdentity]) -> Optional[Dict[str, Optional[str]]]:
+    if agent is None or (agent.name is None and agent.picture is None):
+        return None
+    return {"name": agent.name, "picture": agent.picture}
+
+
+class SocketIOLine:
+    """socket.io: the bot event carries {"text", "agent": {"name", "picture"}}."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    async def _emit(self, event: str, data: Dict[str, Any], room: str) -> None:
+        sio = self._channel.sio
+        if sio is None:
+            raise RuntimeError("the socket.io server is not running in this process")
+        await sio.emit(event, data, room=room, namespace=self._channel.namespace)
+
+    async def send_text(
+        self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
+    ) -> None:
+        data: Dict[str, Any] = {"text": text}
+        shown = _agent_payload(agent)
+        if shown is not None:
+            data["agent"] = shown
+        await self._emit(self._channel.bot_message_evt, data, recipient_id)
+
+    async def send_file(
+        self,
+        recipient_id: str,
+        url: str,
+        filename: str,
+        is_image: bool,
+        agent: Optional[AgentIdentity] = None,
+    ) -> None:
+        if is_image:
+            attachment: Dict[str, Any] = {"type": "image", "payload": {"src": url}}
+        else:
+            attachment = {"type": "file", "payload": {"src": url, "name": filename}}
+        data: Dict[str, Any] = {"attachment": attachment}
+        shown = _agent_payload(agent)
+        if shown is not None:
+            data["agent"] = shown
+        await self._emit(self._channel.bot_message_evt, data, recipient_id)
+
+    async def send_typing(self, recipient_id: str, typing: bool) -> bool:
+        await self._emit(AGENT_TYPING_EVENT, {"typing": typing}, recipient_id)
+        return True
+
+
+class CallbackLine:
+    """callback: posts JSON to the app backend, like CallbackOutput, with errors raised.
+
+    Agent text: {"recipient_id", "text", "agent": {...}}; a file: "image" or
+    "attachment" (a URL) and "filename"; typing: {"recipient_id", "typing": bool}.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self._endpoint = channel.callback_endpoint
+
+    async def _post(self, body: Dict[str, Any]) -> None:
+        await self._endpoint.request("post", content_type="application/json", json=body)
+
+    async def send_text(
+        self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
+    ) -> None:
+        body: Dict[str, Any] = {"recipient_id": recipient_id, "text": text}
+        shown = _agent_payload(agent)
+        if shown is not None:
+            body["agent"] = shown
+        await self._post(body)
+
+    async def send_file(
+        self,
+        recipient_id: str,
+        url: str,
+        filename: str,
+        is_image: bool,
+        agent: Optional[AgentIdentity] = None,
+    ) -> None:
+        body: Dict[str, Any] = {"recipient_id": recipient_id, "filename": filename}
+        body["image" if is_image else "attachment"] = url
+        shown = _agent_payload(agent)
+        if shown is not None:
+            body["agent"] = shown
+        await self._post(body)
+
+    async def send_typing(self, recipient_id: str, typing: bool) -> bool:
+        await self._post({"recipient_id": recipient_id, "typing": typing})
+        return True
+
+
+class PlainLine:
+    """Any other channel: its own output channel; the agent's name as a text prefix."""
+
+    def __init__(self, channel: Any, name_prefix: bool) -> None:
+        self._channel = channel
+        self._name_prefix = name_prefix
+
+    def _output(self) -> Any:
+        output = self._channel.get_output_channel()
+        if output is None:
+            raise RuntimeError(
+                f"channel {self._channel.name()} cannot send a message outside a request"
+            )
+        return output
+
+    def _prefixed(self, text: str, agent: Optional[AgentIdentity]) -> str:
+        if self._name_prefix and agent is not None and agent.name:
+            return f"{agent.name}: {text}"
+        return text
+
+    async def send_text(
+        self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
+    ) -> None:
+        await self._output().send_text_message(recipient_id, self._prefixed(text, agent))
+
+    async def send_file(
+        self,
+        recipient_id: str,
+        url: str,
+        filename: str,
+        is_image: bool,
+        agent: Optional[AgentIdentity] = None,
+    ) -> None:
+        output = self._output()
+        if self._name_prefix and agent is not None and agent.name:
+            await output.send_text_message(recipient_id, f"{agent.name}: {filename}")
+        if is_image:
+            await output.send_image_url(recipient_id, url)
+        else:
+            await output.send_attachment(recipient_id, url)
+
+    async def send_typing(self, recipient_id: str, typing: bool) -> bool:
+        return False
+
+
+def line_for(channel: InputChannel, name_prefix: bool) -> Any:
+    """The best way to reach a customer of ``channel`` outside a request."""
+    if isinstance(channel, SocketIOInput):
+        return SocketIOLine(channel)
+    if isinstance(channel, CallbackInput):
+        return CallbackLine(channel)
+    return PlainLine(channel, name_prefix)

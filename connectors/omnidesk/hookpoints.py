@@ -1,0 +1,215 @@
+"""What Omnidesk posts to the hookpoints, read and checked at the edge.
+
+Omnidesk's documentation spells the same field differently per hookpoint
+(sessionID, SessionID, Typing) and says nothing of the encoding, so fields are
+read case-insensitively from a multipart or urlencoded form, a JSON object or
+the query string. Each hookpoint's input becomes one typed value; anything
+missing or malformed raises ``HookpointInputError`` naming the field.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Union
+from urllib.parse import parse_qsl, urlsplit
+
+from connectors.omnidesk import rules
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_MAX_CHARS = 20_000
+NAME_MAX_CHARS = 200
+URL_MAX_CHARS = 2_000
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class HookpointInputError(ValueError):
+    """A hookpoint call is missing a field or carries a malformed one."""
+
+    def __init__(self, field: str, problem: str, status: int = 400) -> None:
+        self.field = field
+        self.problem = problem
+        self.status = status
+        super().__init__(f"{field}: {problem}")
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    filename: str
+    content: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class HookpointFields:
+    """A hookpoint call's fields, keys lower-cased; the first value of each wins."""
+
+    values: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, UploadedFile] = field(default_factory=dict)
+
+    def text(self, name: str) -> Optional[str]:
+        return self.values.get(name.lower())
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    name: Optional[str] = None
+    picture: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class AgentMessage:
+    session_id: str
+    message: str
+    agent: AgentIdentity
+
+
+@dataclass(frozen=True)
+class AgentUpload:
+    session_id: str
+    file: UploadedFile
+    agent: AgentIdentity
+
+
+@dataclass(frozen=True)
+class AgentTyping:
+    session_id: str
+    typing: bool
+
+
+@dataclass(frozen=True)
+class EndSession:
+    session_id: str
+
+
+HookpointInput = Union[AgentMessage, AgentUpload, AgentTyping, EndSession]
+
+
+def fields_from(
+    *,
+    content_type: str,
+    body: bytes,
+    query_string: str,
+    form: Optional[Mapping[str, Any]] = None,
+    files: Optional[Mapping[str, Any]] = None,
+) -> HookpointFields:
+    """Merge query, form and JSON fields; the body wins over the query string.
+
+    ``form`` and ``files`` are the web framework's parsed multipart/urlencoded
+    body (mappings of name to a list of values), passed in so this module needs
+    no web framework.
+    """
+    values: Dict[str, str] = {}
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
+        values.setdefault(key.lower(), value)
+    body_values: Dict[str, str] = {}
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "application/json":
+        try:
+            parsed = json.loads(body.decode("utf-8")) if body else {}
+        except (UnicodeDecodeError, ValueError) as error:
+            raise HookpointInputError("body", f"not valid JSON ({error})") from error
+        if not isinstance(parsed, dict):
+            raise HookpointInputError("body", "must be a JSON object")
+        for key, value in parsed.items():
+            if isinstance(value, (dict, list)):
+                continue
+            lowered = str(key).lower()
+            if lowered not in body_values and value is not None:
+                body_values[lowered] = _scalar_text(value)
+    elif form is not None:
+        for key, value in form.items():
+            first = value[0] if isinstance(value, list) and value else value
+            if isinstance(first, str):
+                body_values.setdefault(str(key).lower(), first)
+    values.update(body_values)
+    uploaded: Dict[str, UploadedFile] = {}
+    for key, value in (files or {}).items():
+        first = value[0] if isinstance(value, list) and value else value
+        name = getattr(first, "name", None)
+        content = getattr(first, "body", None)
+        if isinstance(content, bytes):
+            uploaded.setdefault(
+                str(key).lower(),
+                UploadedFile(
+                    filename=str(name or "file"),
+                    content=content,
+                    content_type=str(getattr(first, "type", "") or "application/octet-stream"),
+                ),
+            )
+    return HookpointFields(values=values, files=uploaded)
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _session_id(fields: HookpointFields) -> str:
+    value = fields.text("sessionID")
+    if value is None or value == "":
+        raise HookpointInputError("sessionID", "required")
+    try:
+        return rules.CHAT_SESSION_ID.check(value)
+    except rules.FieldRuleError as error:
+        raise HookpointInputError("sessionID", error.rule) from error
+
+
+def _agent(fields: HookpointFields) -> AgentIdentity:
+    name = (fields.text("name") or "").strip()[:NAME_MAX_CHARS] or None
+    picture = (fields.text("picture") or "").strip() or None
+    if picture is not None:
+        parts = urlsplit(picture)
+        if (
+            parts.scheme not in {"http", "https"}
+            or not parts.netloc
+            or len(picture) > URL_MAX_CHARS
+        ):
+            # The picture is decoration: a bad one is dropped, the message still goes.
+            logger.debug("Dropped an agent picture that is not an http(s) URL.")
+            picture = None
+    return AgentIdentity(name=name, picture=picture)
+
+
+def parse_message(fields: HookpointFields) -> AgentMessage:
+    session_id = _session_id(fields)
+    message = fields.text("message")
+    if message is None or not message.strip():
+        raise HookpointInputError("message", "required")
+    if len(message) > MESSAGE_MAX_CHARS:
+        raise HookpointInputError(
+            "message", f"must be at most {MESSAGE_MAX_CHARS} characters", status=413
+        )
+    return AgentMessage(session_id=session_id, message=message, agent=_agent(fields))
+
+
+def parse_upload(fields: HookpointFields) -> AgentUpload:
+    session_id = _session_id(fields)
+    upload = fields.files.get("file")
+    if upload is None:
+        raise HookpointInputError("file", "required (a multipart file field named 'file')")
+    if not upload.content:
+        raise HookpointInputError("file", "is empty")
+    return AgentUpload(session_id=session_id, file=upload, agent=_agent(fields))
+
+
+def parse_typing(fields: HookpointFields) -> AgentTyping:
+    session_id = _session_id(fields)
+    raw = fields.text("Typing")
+    if raw is None or raw == "":
+        raise HookpointInputError("Typing", "required (true or false)")
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        typing = True
+    elif lowered in _FALSE:
+        typing = False
+    else:
+        raise HookpointInputError("Typing", f"must be true, false, 1 or 0, got {raw[:20]!r}")
+    return AgentTyping(session_id=session_id, typing=typing)
+
+
+def parse_end(fields: HookpointFields) -> EndSession:
+    return EndSession(session_id=_session_id(fields))

@@ -1,0 +1,388 @@
+"""The switchboard: which conversation is with an agent right now.
+
+Read on every customer turn, so every operation is O(1) and never touches the
+tracker. Two implementations share one async interface, modeled on Rasa's lock
+store: ``InMemorySwitchboard`` for a single process and ``RedisSwitchboard``
+for several Rasa instances and for handoffs that survive a restart. Each
+mutation that two callers may race on (taking the next messageNumber, ending a
+handoff, sending the wait notice once) is atomic in both.
+
+Nothing here imports rasa or sanic.
+"""
+
+import abc
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Optional
+
+logger = logging.getLogger(__name__)
+
+
+class SwitchboardError(RuntimeError):
+    """The switchboard's store failed or holds data this version cannot read."""
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """One conversation in relay mode: its customer is talking to an Omnidesk agent."""
+
+    conversation_id: str
+    chat_session_id: str
+    channel: str
+    next_message_number: int
+    started_at: float
+    last_activity: float
+    last_agent_activity: Optional[float] = None
+    wait_notice_sent: bool = False
+
+    @property
+    def agent_replied(self) -> bool:
+        return self.last_agent_activity is not None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "Handoff":
+        try:
+            data = json.loads(raw)
+            return cls(
+                conversation_id=str(data["conversation_id"]),
+                chat_session_id=str(data["chat_session_id"]),
+                channel=str(data["channel"]),
+                next_message_number=int(data["next_message_number"]),
+                started_at=float(data["started_at"]),
+                last_activity=float(data["last_activity"]),
+                last_agent_activity=(
+                    None
+                    if data.get("last_agent_activity") is None
+                    else float(data["last_agent_activity"])
+                ),
+                wait_notice_sent=bool(data.get("wait_notice_sent", False)),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise SwitchboardError(
+                f"a stored handoff could not be read ({error}); "
+                "clear the switchboard's keys if the format changed"
+            ) from error
+
+
+def new_handoff(
+    conversation_id: str,
+    chat_session_id: str,
+    channel: str,
+    next_message_number: int,
+    now: Optional[float] = None,
+) -> Handoff:
+    at = time.time() if now is None else now
+    return Handoff(
+        conversation_id=conversation_id,
+        chat_session_id=chat_session_id,
+        channel=channel,
+        next_message_number=next_message_number,
+        started_at=at,
+        last_activity=at,
+    )
+
+
+class Switchboard(abc.ABC):
+    """Handoff state, keyed by conversation id and by Omnidesk chatSessionID."""
+
+    @abc.abstractmethod
+    async def start(self, handoff: Handoff) -> Optional[Handoff]:
+        """Put a conversation in relay mode; return the handoff it replaced, if any."""
+
+    @abc.abstractmethod
+    async def get(self, conversation_id: str) -> Optional[Handoff]:
+        """The conversation's handoff, or None when it is with the bot."""
+
+    @abc.abstractmethod
+    async def find_by_chat_session(self, chat_session_id: str) -> Optional[Handoff]:
+        """The handoff of an Omnidesk chat, or None when that chat is not open."""
+
+    @abc.abstractmethod
+    async def take_message_number(self, conversation_id: str) -> Optional[int]:
+        """Atomically return the next messageNumber and count it up (None: not in relay)."""
+
+    @abc.abstractmethod
+    async def touch(
+        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+    ) -> None:
+        """Record activity (of the agent when ``agent``); a no-op when not in relay."""
+
+    @abc.abstractmethod
+    async def claim_wait_notice(self, conversation_id: str) -> bool:
+        """True exactly once per handoff: for the caller that should send the wait notice."""
+
+    @abc.abstractmethod
+    async def end(
+        self, conversation_id: str, chat_session_id: Optional[str] = None
+    ) -> Optional[Handoff]:
+        """Atomically end relay mode and return the ended handoff.
+
+        With ``chat_session_id`` only that chat is ended (a stale end of an older
+        chat leaves a newer one alone). None when there was nothing to end, so of
+        two racing callers exactly one gets the handoff.
+        """
+
+    @abc.abstractmethod
+    async def all(self) -> List[Handoff]:
+        """Every open handoff, for the background sweeper (not the hot path)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release connections; the in-memory switchboard has none."""
+
+
+class InMemorySwitchboard(Switchboard):
+    """Handoffs of this process only. Lost on restart; fine for one Rasa instance."""
+
+    def __init__(self) -> None:
+        self._by_conversation: Dict[str, Handoff] = {}
+        self._by_chat: Dict[str, str] = {}
+
+    async def start(self, handoff: Handoff) -> Optional[Handoff]:
+        previous = self._by_conversation.get(handoff.conversation_id)
+        if previous is not None:
+            self._by_chat.pop(previous.chat_session_id, None)
+        self._by_conversation[handoff.conversation_id] = handoff
+        self._by_chat[handoff.chat_session_id] = handoff.conversation_id
+        return previous
+
+    async def get(self, conversation_id: str) -> Optional[Handoff]:
+        return self._by_conversation.get(conversation_id)
+
+    async def find_by_chat_session(self, chat_session_id: str) -> Optional[Handoff]:
+        conversation_id = self._by_chat.get(chat_session_id)
+        if conversation_id is None:
+            return None
+        return self._by_conversation.get(conversation_id)
+
+    async def take_message_number(self, conversation_id: str) -> Optional[int]:
+        handoff = self._by_conversation.get(conversation_id)
+        if handoff is None:
+            return None
+        number = handoff.next_message_number
+        self._by_conversation[conversation_id] = replace(handoff, next_message_number=number + 1)
+        return number
+
+    async def touch(
+        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+    ) -> None:
+        handoff = self._by_conversation.get(conversation_id)
+        if handoff is None:
+            return
+        at = time.time() if now is None else now
+        if agent:
+            handoff = replace(handoff, last_activity=at, last_agent_activity=at)
+        else:
+            handoff = replace(handoff, last_activity=at)
+        self._by_conversation[conversation_id] = handoff
+
+    async def claim_wait_notice(self, conversation_id: str) -> bool:
+        handoff = self._by_conversation.get(conversation_id)
+        if handoff is None or handoff.wait_notice_sent:
+            return False
+        self._by_conversation[conversation_id] = replace(handoff, wait_notice_sent=True)
+        return True
+
+    async def end(
+        self, conversation_id: str, chat_session_id: Optional[str] = None
+    ) -> Optional[Handoff]:
+        handoff = self._by_conversation.get(conversation_id)
+        if handoff is None:
+            return None
+        if chat_session_id is not None and handoff.chat_session_id != chat_session_id:
+            return None
+        del self._by_conversation[conversation_id]
+        self._by_chat.pop(handoff.chat_session_id, None)
+        return handoff
+
+    async def all(self) -> List[Handoff]:
+        return list(self._by_conversation.values())
+
+
+# Redis layout: one hash per handoff (field "h" the JSON, field "n" the next
+# messageNumber as a counter HINCRBY can bump) and one key per chat id pointing
+# back to the conversation, plus a set of open conversations for the sweeper.
+_END_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 'h')
+if not raw then return false end
+local n = redis.call('HGET', KEYS[1], 'n')
+local handoff = cjson.decode(raw)
+if ARGV[1] ~= '' and handoff['chat_session_id'] ~= ARGV[1] then return false end
+redis.call('DEL', KEYS[1])
+redis.call('DEL', ARGV[2] .. handoff['chat_session_id'])
+redis.call('SREM', ARGV[3], ARGV[4])
+return {raw, n}
+"""
+
+_TAKE_NUMBER_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('HINCRBY', KEYS[1], 'n', 1) - 1
+"""
+
+_CLAIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSETNX', KEYS[1], 'w', '1')
+"""
+
+
+class RedisSwitchboard(Switchboard):
+    """Handoffs in Redis: shared by every Rasa instance, kept across restarts."""
+
+    def __init__(self, url: str, prefix: str = "omnidesk:", timeout: float = 5.0) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis: Any = aioredis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self._prefix = prefix
+        self._end = self._redis.register_script(_END_SCRIPT)
+        self._take = self._redis.register_script(_TAKE_NUMBER_SCRIPT)
+        self._claim = self._redis.register_script(_CLAIM_SCRIPT)
+
+    def _key(self, conversation_id: str) -> str:
+        return f"{self._prefix}handoff:{conversation_id}"
+
+    def _chat_prefix(self) -> str:
+        return f"{self._prefix}chat:"
+
+    def _open_set(self) -> str:
+        return f"{self._prefix}open"
+
+    async def _call(self, what: str, coroutine: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await coroutine
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            raise SwitchboardError(
+                f"switchboard {what} failed: {type(error).__name__}: {error}; "
+                "check that Redis at OMNIDESK_SWITCHBOARD_URL is reachable"
+            ) from error
+
+    async def _read(self, key: str) -> Optional[Handoff]:
+        values = await self._call("read", self._redis.hmget(key, "h", "n", "w", "a", "l"))
+        raw, number, wait, agent_at, last_at = values
+        if raw is None:
+            return None
+        handoff = Handoff.from_json(raw)
+        return replace(
+            handoff,
+            next_message_number=int(number) if number is not None else 1,
+            wait_notice_sent=wait is not None,
+            last_agent_activity=float(agent_at) if agent_at is not None else None,
+            last_activity=float(last_at) if last_at is not None else handoff.last_activity,
+        )
+
+    async def start(self, handoff: Handoff) -> Optional[Handoff]:
+        previous = await self.end(handoff.conversation_id)
+        key = self._key(handoff.conversation_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(
+            key,
+            mapping={
+                "h": handoff.to_json(),
+                "n": handoff.next_message_number,
+                "l": handoff.last_activity,
+            },
+        )
+        pipe.set(self._chat_prefix() + handoff.chat_session_id, handoff.conversation_id)
+        pipe.sadd(self._open_set(), handoff.conversation_id)
+        await self._call("start", pipe.execute())
+        return previous
+
+    async def get(self, conversation_id: str) -> Optional[Handoff]:
+        return await self._read(self._key(conversation_id))
+
+    async def find_by_chat_session(self, chat_session_id: str) -> Optional[Handoff]:
+        conversation_id = await self._call(
+            "lookup", self._redis.get(self._chat_prefix() + chat_session_id)
+        )
+        if conversation_id is None:
+            return None
+        handoff = await self.get(str(conversation_id))
+        if handoff is None or handoff.chat_session_id != chat_session_id:
+            return None
+        return handoff
+
+    async def take_message_number(self, conversation_id: str) -> Optional[int]:
+        number = await self._call(
+            "take_message_number", self._take(keys=[self._key(conversation_id)])
+        )
+        return None if number is None else int(number)
+
+    async def touch(
+        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+    ) -> None:
+        at = time.time() if now is None else now
+        key = self._key(conversation_id)
+        mapping: Dict[str, Any] = {"l": at}
+        if agent:
+            mapping["a"] = at
+        # Only touch a handoff that exists: HSET on a missing key would revive it.
+        script = (
+            "if redis.call('EXISTS', KEYS[1]) == 1 then "
+            "for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end end "
+            "return 1"
+        )
+        args: List[Any] = []
+        for field, value in mapping.items():
+            args.extend([field, value])
+        await self._call("touch", self._redis.eval(script, 1, key, *args))
+
+    async def claim_wait_notice(self, conversation_id: str) -> bool:
+        claimed = await self._call(
+            "claim_wait_notice", self._claim(keys=[self._key(conversation_id)])
+        )
+        return bool(int(claimed))
+
+    async def end(
+        self, conversation_id: str, chat_session_id: Optional[str] = None
+    ) -> Optional[Handoff]:
+        ended = await self._call(
+            "end",
+            self._end(
+                keys=[self._key(conversation_id)],
+                args=[
+                    chat_session_id or "",
+                    self._chat_prefix(),
+                    self._open_set(),
+                    conversation_id,
+                ],
+            ),
+        )
+        if not ended:
+            return None
+        raw, number = ended
+        handoff = Handoff.from_json(raw)
+        return replace(handoff, next_message_number=int(number) if number is not None else 1)
+
+    async def all(self) -> List[Handoff]:
+        members = await self._call("list", self._redis.smembers(self._open_set()))
+        handoffs: List[Handoff] = []
+        for conversation_id in sorted(members):
+            handoff = await self.get(str(conversation_id))
+            if handoff is not None:
+                handoffs.append(handoff)
+        return handoffs
+
+    async def close(self) -> None:
+        await self._redis.close()
+
+
+def create_switchboard(url: str) -> Switchboard:
+    """The switchboard settings.switchboard_url names: ``memory://`` or ``redis://...``."""
+    if url.startswith("memory://") or url in {"", "memory"}:
+        return InMemorySwitchboard()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisSwitchboard(url)
+    raise SwitchboardError(
+        "switchboard_url must be memory:// or a Redis URL such as redis://localhost:6379/0"
+    )

@@ -1,0 +1,261 @@
+"""The channel on a real Sanic server on loopback, with the sandbox as Omnidesk.
+
+``channel_server(...)`` starts a Sanic 21.12 app in the test's own event loop
+(``create_server(return_asyncio_server=True)`` and its listeners), with
+OmnideskInput registered as Rasa registers it (url_prefix /webhooks/omnidesk)
+and a small stand-in for Rasa's message handler: it answers a bot turn through
+the output channel it is given, from a script (text -> messages), so a test can
+make "the action" utter the control payload. End-to-end tests may reuse it.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional
+
+import aiohttp
+import pytest
+from aiohttp import web
+from rasa.core.channels.channel import UserMessage
+from sanic import Sanic
+
+from connectors.omnidesk.channel import OmnideskInput
+from connectors.omnidesk.client import OmnideskClient
+from connectors.omnidesk.handoff import HandoffStarted, new_chat_session_id
+from connectors.omnidesk.settings import OmnideskSettings
+from omnidesk_sandbox.testing import Sandbox, running_sandbox
+
+SECRET = "test-hookpoint-secret-0123456789abcdef"
+ACCOUNT_TOKEN = "sandboxAccountToken1"
+SERVER_TOKEN = "sandboxServerToken1"
+
+# Tests must not pick up a developer's real Omnidesk from the environment.
+for _name in [name for name in os.environ if name.startswith("OMNIDESK_")]:
+    os.environ.pop(_name)
+
+
+DOMAIN_YAML = """
+version: "3.1"
+intents:
+  - greet
+  - omnidesk_chat_ended
+entities:
+  - handoff_outcome
+responses:
+  utter_omnidesk_delivery_failed:
+    - text: "Your message did not reach the agent (from the domain)."
+  utter_omnidesk_agent_wait:
+    - text: "Still looking for someone (from the domain)."
+"""
+
+
+def rasa_agent() -> Any:
+    """A real Rasa Agent with a domain and an in-memory tracker store (no model needed)."""
+    from rasa.core.agent import Agent
+    from rasa.core.tracker_store import InMemoryTrackerStore
+    from rasa.shared.core.domain import Domain
+
+    domain = Domain.from_yaml(DOMAIN_YAML)
+    return Agent(domain=domain, tracker_store=InMemoryTrackerStore(domain))
+
+
+@dataclass
+class BotScript:
+    """The stand-in for Rasa: what the bot answers, and every turn it saw."""
+
+    replies: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+    seen: List[UserMessage] = field(default_factory=list)
+
+    async def handle(self, message: UserMessage) -> None:
+        self.seen.append(message)
+        text = message.text or ""
+        if text in self.replies:
+            for reply in self.replies[text]:
+                await message.output_channel.send_response(message.sender_id, dict(reply))
+            return
+        if text.startswith("/omnidesk_chat_ended"):
+            outcome = json.loads(text[len("/omnidesk_chat_ended") :])["handoff_outcome"]
+            await message.output_channel.send_response(
+                message.sender_id, {"text": f"Back with the bot ({outcome})."}
+            )
+            return
+        await message.output_channel.send_response(message.sender_id, {"text": f"bot: {text}"})
+
+
+@dataclass
+class ChannelServer:
+    app: Sanic
+    url: str
+    channel: OmnideskInput
+    bot: BotScript
+    sandbox: Sandbox
+    settings: OmnideskSettings
+
+    @property
+    def relay(self) -> Any:
+        assert self.channel.relay is not None
+        return self.channel.relay
+
+    def hook_url(self, name: str, secret: str = SECRET) -> str:
+        return f"{self.url}/webhooks/omnidesk/hook/{secret}/{name}"
+
+    async def open_chat(self, first_message: str = "I need a person") -> HandoffStarted:
+        """What action_escalate_to_human does: open the chat with message 1."""
+        chat_session_id = new_chat_session_id()
+        async with OmnideskClient(self.settings) as client:
+            await client.notify_user_new_chat_message(
+                chat_session_id=chat_session_id, message=first_message, message_number=1
+            )
+        return HandoffStarted(chat_session_id=chat_session_id, next_message_number=2)
+
+    def escalate_on(self, text: str, started: HandoffStarted) -> None:
+        """The bot answers ``text`` with a line and the control payload, as the action does."""
+        self.bot.replies[text] = [
+            {"text": "Connecting you to a person."},
+            {"custom": started.to_json_message()},
+        ]
+
+
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@asynccontextmanager
+async def channel_server(
+    customer_channels: Dict[str, Any],
+    *,
+    sandbox: Optional[Sandbox] = None,
+    agent: Any = "default",
+    access_log: bool = True,
+    **settings: Any,
+) -> AsyncIterator[ChannelServer]:
+    async with _maybe_sandbox(sandbox) as running:
+        sock = _bound_socket()
+        port = sock.getsockname()[1]
+        credentials: Dict[str, Any] = {
+            "customer_channels": customer_channels,
+            "public_url": f"http://127.0.0.1:{port}",
+            "hookpoint_secret": SECRET,
+            "chat_account_token": ACCOUNT_TOKEN,
+            "chat_server_token": SERVER_TOKEN,
+            "api_url": running.url,
+            "chat_config_url": running.url,
+            "max_attempts": 2,
+            "backoff_base": 0.01,
+            "backoff_max": 0.02,
+            "request_timeout": 3,
+            "connect_timeout": 1,
+        }
+        credentials.update(settings)
+        channel = OmnideskInput.from_credentials(credentials)
+        bot = BotScript()
+        app = Sanic(f"omnidesk_test_{uuid.uuid4().hex[:12]}", configure_logging=False)
+        if agent == "default":
+            agent = rasa_agent()
+        if agent is not None:
+            app.ctx.agent = agent
+        app.blueprint(channel.blueprint(bot.handle), url_prefix="/webhooks/omnidesk")
+        app.ctx.input_channels = [channel]
+        for wrapped in channel.customer_channels:
+            sio = getattr(wrapped, "sio", None)
+            if sio is not None:
+                # Long polls end quickly, so a test's client disconnects at once.
+                sio.eio.ping_interval = 0.5
+        server: Any = await app.create_server(
+            sock=sock, return_asyncio_server=True, access_log=access_log
+        )
+        await server.startup()
+        await server.before_start()
+        await server.after_start()
+        try:
+            yield ChannelServer(
+                app=app,
+                url=f"http://127.0.0.1:{port}",
+                channel=channel,
+                bot=bot,
+                sandbox=running,
+                settings=channel.settings,
+            )
+        finally:
+            if channel.relay is not None:
+                await channel.relay.wait_idle(3.0)
+            await server.before_stop()
+            await server.close()
+            await server.after_stop()
+            sock.close()
+
+
+@asynccontextmanager
+async def _maybe_sandbox(sandbox: Optional[Sandbox]) -> AsyncIterator[Sandbox]:
+    if sandbox is not None:
+        yield sandbox
+        return
+    async with running_sandbox(
+        chat_account_token=ACCOUNT_TOKEN, chat_server_token=SERVER_TOKEN
+    ) as running:
+        yield running
+
+
+@dataclass
+class CallbackReceiver:
+    """The customer's app backend: an aiohttp server the callback channel posts to."""
+
+    url: str
+    received: List[Dict[str, Any]]
+
+    async def wait_for(
+        self, condition: Callable[[List[Dict[str, Any]]], Any], timeout: float = 5.0
+    ) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            value = condition(self.received)
+            if value:
+                return value
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"callback receiver never saw it; got {self.received!r}")
+            await asyncio.sleep(0.02)
+
+    def texts(self) -> List[str]:
+        return [m["text"] for m in self.received if "text" in m]
+
+
+@asynccontextmanager
+async def callback_receiver() -> AsyncIterator[CallbackReceiver]:
+    received: List[Dict[str, Any]] = []
+
+    async def bot(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/bot", bot)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield CallbackReceiver(url=f"http://127.0.0.1:{port}/bot", received=received)
+    finally:
+        await runner.cleanup()
+
+
+async def post_json(url: str, body: Any) -> aiohttp.ClientResponse:
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+        await resp.read()
+        return resp
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with running_sandbox(
+        chat_account_token=ACCOUNT_TOKEN, chat_server_token=SERVER_TOKEN
+    ) as running:
+        yield running
