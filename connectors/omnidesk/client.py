@@ -15,6 +15,7 @@ uses it too.
 """
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import logging
@@ -296,7 +297,7 @@ class OmnideskClient:
         )
         _check(
             call,
-            _CHAT_SERVER_TOKEN.check,
+            rules.CHAT_SERVER_TOKEN.check,
             settings.chat_server_token.reveal(),
         )
         self._settings = settings
@@ -549,7 +550,7 @@ class OmnideskClient:
                     failure = _Failure(
                         f"HTTP {status}",
                         status,
-                        self._omnidesk_message(body),
+                        self._omnidesk_message(_json_object(body)),
                         retry_after,
                     )
                 delay = self._delay_before_retry(call, attempt, failure, deadline)
@@ -644,7 +645,7 @@ class OmnideskClient:
     def _read_answer(self, call: str, status: int, body: bytes) -> Dict[str, Any]:
         """Map a final (not retried) answer to its data, or to the error it is."""
         answer = _json_object(body)
-        message = self._omnidesk_message(body)
+        message = self._omnidesk_message(answer)
         if not 200 <= status < 300:
             reason = f"HTTP {status}" + (f": {message}" if message else "")
             raise OmnideskHTTPError(call, reason, status=status, omnidesk_message=message)
@@ -660,9 +661,8 @@ class OmnideskClient:
             raise OmnideskHTTPError(call, reason, status=status, omnidesk_message=message)
         return answer
 
-    def _omnidesk_message(self, body: bytes) -> Optional[str]:
-        """Omnidesk's own words from an error body, tokens masked, or None."""
-        answer = _json_object(body)
+    def _omnidesk_message(self, answer: Optional[Mapping[str, Any]]) -> Optional[str]:
+        """Omnidesk's own words from an (error) answer, tokens masked, or None."""
         if answer is None:
             return None
         for key in ("message", "error"):
@@ -678,20 +678,8 @@ class OmnideskClient:
         return text
 
 
-_CHAT_SERVER_TOKEN = rules.TextRule(
-    "chatServerToken",
-    min_length=rules.CHAT_ACCOUNT_TOKEN.min_length,
-    pattern=rules.CHAT_ACCOUNT_TOKEN.pattern,
-    described=rules.CHAT_ACCOUNT_TOKEN.described,
-)
 # addAttachment names the session field sessionID; the rule is chatSessionID's.
-_SESSION_ID = rules.TextRule(
-    "sessionID",
-    min_length=rules.CHAT_SESSION_ID.min_length,
-    max_length=rules.CHAT_SESSION_ID.max_length,
-    pattern=rules.CHAT_SESSION_ID.pattern,
-    described=rules.CHAT_SESSION_ID.described,
-)
+_SESSION_ID = dataclasses.replace(rules.CHAT_SESSION_ID, field="sessionID")
 
 
 def _form(parts: Sequence[_Part]) -> aiohttp.FormData:

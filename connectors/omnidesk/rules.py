@@ -8,6 +8,7 @@ tests pin each of them with literal good and bad values.
 Nothing here imports rasa, rasa_sdk, sanic or aiohttp.
 """
 
+import dataclasses
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ CHAT_ACCOUNT_TOKEN = TextRule(
     pattern=re.compile(r"^[a-zA-Z0-9]+$"),
     described="letters and digits",
 )
+# requestChatConfig's chatServerToken follows the account token's rule.
+CHAT_SERVER_TOKEN = dataclasses.replace(CHAT_ACCOUNT_TOKEN, field="chatServerToken")
 MESSAGE = TextRule("message", min_length=1)
 CUSTOMER_NAME = TextRule(
     "customerName",

@@ -536,7 +536,7 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
     ),
     _Spec(
         "chat_server_token",
-        _token(dataclasses.replace(rules.CHAT_ACCOUNT_TOKEN, field="chatServerToken")),
+        _token(rules.CHAT_SERVER_TOKEN),
         "the chat server token from Omnidesk, letters and digits such as Z9y8X7w6V5u4",
         meaning="Omnidesk's chatServerToken, for requestChatConfig",
         secret=True,
