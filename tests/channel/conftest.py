@@ -33,6 +33,10 @@ SECRET = "test-hookpoint-secret-0123456789abcdef"
 ACCOUNT_TOKEN = "sandboxAccountToken1"
 SERVER_TOKEN = "sandboxServerToken1"
 
+# Several apps start in one process: Sanic's test mode keeps its start-up
+# rewriting (TouchUp) repeatable.
+Sanic.test_mode = True
+
 # Tests must not pick up a developer's real Omnidesk from the environment.
 for _name in [name for name in os.environ if name.startswith("OMNIDESK_")]:
     os.environ.pop(_name)
@@ -259,3 +263,35 @@ async def sandbox() -> AsyncIterator[Sandbox]:
         chat_account_token=ACCOUNT_TOKEN, chat_server_token=SERVER_TOKEN
     ) as running:
         yield running
+
+
+@dataclass
+class CallbackSetup:
+    server: ChannelServer
+    customer: CallbackReceiver
+
+    async def say(self, sender: str, text: str) -> int:
+        async with aiohttp.ClientSession() as session, session.post(
+            f"{self.server.url}/webhooks/callback/webhook",
+            json={"sender": sender, "message": text},
+        ) as resp:
+            await resp.read()
+            return resp.status
+
+    async def hand_over(self, sender: str) -> str:
+        """Escalate ``sender`` as the action would; return the Omnidesk chatSessionID."""
+        started = await self.server.open_chat()
+        self.server.escalate_on(f"escalate {sender}", started)
+        await self.say(sender, f"escalate {sender}")
+        await self.server.sandbox.wait_for(
+            lambda: self.server.relay.switchboard._by_conversation.get(sender)
+        )
+        return started.chat_session_id
+
+
+@asynccontextmanager
+async def callback_setup(**settings: Any) -> AsyncIterator[CallbackSetup]:
+    async with callback_receiver() as customer, channel_server(
+        {"callback": {"url": customer.url}}, **settings
+    ) as server:
+        yield CallbackSetup(server=server, customer=customer)
