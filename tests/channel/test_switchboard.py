@@ -1,0 +1,84 @@
+"""The switchboard's contract, for the in-memory and the Redis implementation."""
+
+import asyncio
+import subprocess
+import time
+from typing import AsyncIterator
+
+import pytest
+
+from connectors.omnidesk.switchboard import (
+    InMemorySwitchboard,
+    RedisSwitchboard,
+    Switchboard,
+    new_handoff,
+)
+from tests.conftest import free_port, require_program
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def switchboard(request: pytest.FixtureRequest) -> AsyncIterator[Switchboard]:
+    if request.param == "memory":
+        yield InMemorySwitchboard()
+        return
+    program = require_program("redis-server", "redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    board = RedisSwitchboard(f"redis://127.0.0.1:{port}/0")
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                await board.all()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        yield board
+    finally:
+        await board.close()
+        process.terminate()
+        process.wait(timeout=5)
+
+
+async def test_a_handoff_is_found_by_conversation_and_by_chat(switchboard: Switchboard) -> None:
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "socketio", 2))
+    assert (await switchboard.get("conv-1")).chat_session_id == "rasa-aaaaaaaaaa"  # type: ignore[union-attr]
+    assert (await switchboard.find_by_chat_session("rasa-aaaaaaaaaa")).conversation_id == "conv-1"  # type: ignore[union-attr]
+    assert await switchboard.get("conv-2") is None
+
+
+async def test_message_numbers_are_taken_once_each_under_concurrency(
+    switchboard: Switchboard,
+) -> None:
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "socketio", 2))
+    numbers = await asyncio.gather(*(switchboard.take_message_number("conv-1") for _ in range(30)))
+    assert sorted(n for n in numbers if n is not None) == list(range(2, 32))
+
+
+async def test_a_chat_ends_once_and_a_stale_end_leaves_a_newer_chat(
+    switchboard: Switchboard,
+) -> None:
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "socketio", 2))
+    await switchboard.start(new_handoff("conv-1", "rasa-bbbbbbbbbb", "socketio", 2))
+    assert await switchboard.find_by_chat_session("rasa-aaaaaaaaaa") is None
+    assert await switchboard.end("conv-1", "rasa-aaaaaaaaaa") is None
+    ended = await asyncio.gather(*(switchboard.end("conv-1") for _ in range(5)))
+    assert [e.chat_session_id for e in ended if e is not None] == ["rasa-bbbbbbbbbb"]
+    assert await switchboard.take_message_number("conv-1") is None
+    assert await switchboard.all() == []
+
+
+async def test_wait_notice_is_claimed_once_and_activity_is_kept(switchboard: Switchboard) -> None:
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "socketio", 2, now=100.0))
+    claims = await asyncio.gather(*(switchboard.claim_wait_notice("conv-1") for _ in range(5)))
+    assert claims.count(True) == 1
+    await switchboard.touch("conv-1", agent=True, now=200.0)
+    handoff = await switchboard.get("conv-1")
+    assert handoff is not None and handoff.agent_replied and handoff.last_activity == 200.0
+    await switchboard.touch("conv-9", now=300.0)
+    assert await switchboard.get("conv-9") is None
