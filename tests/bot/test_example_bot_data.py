@@ -109,3 +109,14 @@ def test_the_fragment_is_a_domain_rasa_accepts() -> None:
 
     assert "action_escalate_to_human" in domain.user_actions
     assert "utter_handoff_ended" in domain.responses
+
+
+def test_no_slot_mapping_makes_rasa_run_the_escalation_on_every_turn() -> None:
+    # A custom mapping that names an action makes Rasa run that action on every
+    # customer turn to fill the slot: the customer would be escalated again and again.
+    for path in (ROOT / "domain.yml", ROOT / "docs" / "domain-fragment.yml"):
+        for name, slot in load(path)["slots"].items():
+            for mapping in slot["mappings"]:
+                assert "action" not in mapping, (
+                    f"{path.name}: slot {name} names an action in a mapping"
+                )
