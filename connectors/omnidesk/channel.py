@@ -10,9 +10,11 @@ Rasa, customer.py reaches the customer. docs/channel.md is its reference.
 import asyncio
 import contextlib
 import hmac
+import inspect
 import logging
 import os
 import re
+import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urljoin
 
@@ -333,6 +335,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             self._lines[str(channel.name())] = line_for(channel, self.settings.agent_name_prefix)
             if isinstance(channel, SocketIOInput) and channel.sio is not None:
                 self._add_customer_event(channel)
+                _await_session_room(channel)
 
         bp = _OmnideskBlueprint(self, wrapped)
         # Sanic's decorators are untyped; registering through Any keeps the handlers typed.
@@ -611,3 +614,29 @@ def _error_body(field: str, problem: str) -> Dict[str, str]:
 
 def _error(status: int, message: str) -> HTTPResponse:
     return response.json({"status": "error", "message": message}, status=status)
+
+
+def _await_session_room(channel: SocketIOInput) -> None:
+    """Replace Rasa's socket.io ``session_request`` handler with one that awaits ``enter_room``.
+
+    Rasa 3.6 calls ``sio.enter_room(...)`` without ``await``. From python-socketio
+    5.9 on, ``AsyncServer.enter_room`` is a coroutine, so with
+    ``session_persistence: true`` the socket never joins its session's room and
+    no bot or agent message reaches the widget. The handler below is Rasa's,
+    with the room entered for real on either version.
+    """
+    sio = channel.sio
+    persistence = bool(channel.session_persistence)
+
+    async def session_request(sid: str, data: Optional[Dict[str, Any]]) -> None:
+        data = dict(data) if isinstance(data, Mapping) else {}
+        if not data.get("session_id"):
+            data["session_id"] = uuid.uuid4().hex
+        if persistence:
+            entered = sio.enter_room(sid, data["session_id"], namespace=channel.namespace)
+            if inspect.isawaitable(entered):
+                await entered
+        await sio.emit("session_confirm", data["session_id"], room=sid, namespace=channel.namespace)
+        logger.debug("socket.io client %s joined its session", sid)
+
+    sio.on("session_request", namespace=channel.namespace)(session_request)
