@@ -4,9 +4,9 @@ from typing import Any, List
 
 import pytest
 from aiohttp.test_utils import TestServer
-from fake_omnidesk import FakeOmnidesk, Schedule, settings_for
 
 from connectors.omnidesk.client import OmnideskClient
+from tests.client.fake_omnidesk import FakeOmnidesk, Schedule, settings_for
 
 
 @pytest.fixture

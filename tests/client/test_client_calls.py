@@ -4,7 +4,10 @@ import subprocess
 import sys
 
 import pytest
-from fake_omnidesk import (
+
+from connectors.omnidesk.client import ChatConfig, ChatResult, safe_filename
+from connectors.omnidesk.settings import SPEC_END_CHAT_PATH
+from tests.client.fake_omnidesk import (
     ACCOUNT_TOKEN,
     API_KEY,
     CHAT_SERVER,
@@ -13,9 +16,6 @@ from fake_omnidesk import (
     FakeOmnidesk,
     Reply,
 )
-
-from connectors.omnidesk.client import ChatConfig, ChatResult, safe_filename
-from connectors.omnidesk.settings import SPEC_END_CHAT_PATH
 
 
 def assert_multipart_post(request, path: str) -> None:

@@ -4,14 +4,6 @@ import dataclasses
 import logging
 
 import pytest
-from fake_omnidesk import (
-    ACCOUNT_TOKEN,
-    API_KEY,
-    HOOKPOINT_SECRET,
-    SERVER_TOKEN,
-    SESSION_ID,
-    Reply,
-)
 
 from connectors.omnidesk.client import (
     OmnideskClient,
@@ -22,6 +14,14 @@ from connectors.omnidesk.client import (
     OmnideskValidationError,
 )
 from connectors.omnidesk.settings import Secret
+from tests.client.fake_omnidesk import (
+    ACCOUNT_TOKEN,
+    API_KEY,
+    HOOKPOINT_SECRET,
+    SERVER_TOKEN,
+    SESSION_ID,
+    Reply,
+)
 
 NEW_MESSAGE = "/api/v2/chat/notifyUserNewChatMessage"
 SECRETS = (ACCOUNT_TOKEN, SERVER_TOKEN, HOOKPOINT_SECRET, API_KEY)

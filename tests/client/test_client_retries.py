@@ -6,13 +6,13 @@ import random
 import time
 
 import pytest
-from fake_omnidesk import ACCOUNT_TOKEN, SESSION_ID, Reply
 
 from connectors.omnidesk.client import (
     OmnideskClient,
     OmnideskHTTPError,
     OmnideskUnavailable,
 )
+from tests.client.fake_omnidesk import ACCOUNT_TOKEN, SESSION_ID, Reply
 
 END_CHAT = "/api/v2/message/notifyUserEndChat"
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import require_program  # tests/conftest.py, shared by every layer
 
 from omnidesk_sandbox.testing import Sandbox
+from tests.conftest import require_program
 
 from .support import SESSION_ID, Receiver, message_form, post
 
