@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 CHANNEL_NAME = "omnidesk"
 CUSTOMER_EVENT = "customer_event"
+HOOKPOINT_ANSWER_BUDGET = 0.5  # seconds a hookpoint waits to see its delivery through
 SMALL_BODY_BYTES = 64 * 1024
 MESSAGE_BODY_BYTES = 1024 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -494,15 +495,16 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             else:
                 limit = SMALL_BODY_BYTES
             fields = await self._fields(request, limit)
+            delivery: Optional[asyncio.Future[bool]] = None
             if hookpoint == "messageForCustomer":
-                await relay.agent_message(parse_message(fields))
+                delivery = await relay.agent_message(parse_message(fields))
             elif hookpoint == "uploadForCustomer":
                 upload = parse_upload(fields)
                 if len(upload.file.content) > self.settings.max_upload_bytes:
                     raise HookpointInputError(
                         "file", f"larger than {self.settings.max_upload_bytes} bytes", status=413
                     )
-                await relay.agent_upload(upload)
+                delivery = await relay.agent_upload(upload)
             elif hookpoint == "typingIndicatorForCustomer":
                 await relay.agent_typing(parse_typing(fields))
             else:
@@ -522,6 +524,10 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         except SwitchboardError as error:
             logger.error("Hookpoint %s failed: %s", hookpoint, error)
             return _error(503, "the switchboard is unavailable; try again")
+        if delivery is not None and not await _delivered_in_time(delivery):
+            return _error(
+                502, "the customer's channel did not take the message; it was not delivered"
+            )
         return response.text("ok")
 
     async def _customer_upload(self, request: Request) -> HTTPResponse:
@@ -614,6 +620,18 @@ def _error_body(field: str, problem: str) -> Dict[str, str]:
 
 def _error(status: int, message: str) -> HTTPResponse:
     return response.json({"status": "error", "message": message}, status=status)
+
+
+async def _delivered_in_time(delivery: "asyncio.Future[bool]") -> bool:
+    """False only when delivery failed within the hookpoint's answer budget.
+
+    Omnidesk wants a hookpoint answer within about a second. A delivery still
+    under way by then is answered ``ok`` and goes on in the background (a
+    failure is then logged); one that has already failed is answered 502, so
+    the agent's side hears of it instead of a false ``ok``.
+    """
+    done, _ = await asyncio.wait({delivery}, timeout=HOOKPOINT_ANSWER_BUDGET)
+    return not done or delivery.result()
 
 
 def _await_session_room(channel: SocketIOInput) -> None:

@@ -288,7 +288,8 @@ class Relay:
             raise NotInRelay(session_id)
         return handoff
 
-    async def agent_message(self, message: AgentMessage) -> None:
+    async def agent_message(self, message: AgentMessage) -> "asyncio.Future[bool]":
+        """Queue the agent's message for the customer; the future says whether it arrived."""
         handoff = await self._handoff_for(message.session_id)
         await self.switchboard.touch(handoff.conversation_id, agent=True)
         self._buffer(handoff.conversation_id).entries.append(
@@ -304,10 +305,10 @@ class Relay:
         async def deliver(line: CustomerLine) -> None:
             await line.send_text(handoff.conversation_id, message.message, message.agent)
 
-        self._deliver(handoff, "agent message", deliver)
+        return self._deliver(handoff, "agent message", deliver)
 
-    async def agent_upload(self, upload: AgentUpload) -> str:
-        """Store the agent's file, send its link to the customer; the link is returned."""
+    async def agent_upload(self, upload: AgentUpload) -> "asyncio.Future[bool]":
+        """Store the agent's file and send its link; the future says whether it arrived."""
         handoff = await self._handoff_for(upload.session_id)
         stored = await self.files.store(upload.file)
         url = self.files.url_for(stored)
@@ -332,10 +333,9 @@ class Relay:
                 upload.agent,
             )
 
-        self._deliver(handoff, "agent file", deliver)
-        return url
+        return self._deliver(handoff, "agent file", deliver)
 
-    async def agent_typing(self, typing: AgentTyping) -> None:
+    async def agent_typing(self, typing: AgentTyping) -> "asyncio.Future[bool]":
         handoff = await self._handoff_for(typing.session_id)
 
         async def deliver(line: CustomerLine) -> None:
@@ -343,7 +343,7 @@ class Relay:
             if not shown:
                 logger.debug("Channel %s cannot show typing; dropped.", handoff.channel)
 
-        self._deliver(handoff, "agent typing", deliver)
+        return self._deliver(handoff, "agent typing", deliver)
 
     async def agent_end(self, end: EndSession) -> None:
         handoff = await self._handoff_for(end.session_id)
@@ -353,7 +353,14 @@ class Relay:
             handoff=handoff,
         )
 
-    def _deliver(self, handoff: Handoff, what: str, deliver: Any) -> None:
+    def _deliver(self, handoff: Handoff, what: str, deliver: Any) -> "asyncio.Future[bool]":
+        """Deliver in the background, in arrival order per conversation.
+
+        The returned future resolves to True once the customer's channel took
+        it, False when delivery failed (logged with its cause). The hookpoint
+        waits for it briefly, so a failure Omnidesk can still hear of is
+        answered as one, not as ``ok``.
+        """
         line = self.lines.get(handoff.channel)
         if line is None:
             logger.error(
@@ -364,7 +371,9 @@ class Relay:
                 handoff.chat_session_id,
                 what,
             )
-            return
+            failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            failed.set_result(False)
+            return failed
         lock = self._delivery_locks.setdefault(handoff.conversation_id, asyncio.Lock())
 
         async def run() -> None:
@@ -377,10 +386,12 @@ class Relay:
                 handoff.chat_session_id,
             )
 
-        self._spawn(run(), what=what, handoff=handoff)
+        return self._spawn(run(), what=what, handoff=handoff)
 
-    def _spawn(self, coroutine: Awaitable[Any], what: str, handoff: Handoff) -> None:
-        async def guarded() -> None:
+    def _spawn(
+        self, coroutine: Awaitable[Any], what: str, handoff: Handoff
+    ) -> "asyncio.Future[bool]":
+        async def guarded() -> bool:
             try:
                 await coroutine
             except asyncio.CancelledError:
@@ -394,10 +405,13 @@ class Relay:
                     type(error).__name__,
                     error,
                 )
+                return False
+            return True
 
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- the end of a chat -----------------------------------------------------
 

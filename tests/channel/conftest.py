@@ -213,6 +213,7 @@ class CallbackReceiver:
 
     url: str
     received: List[Dict[str, Any]]
+    answer_status: int = 200  # set to 500 to play a backend that is down
 
     async def wait_for(
         self, condition: Callable[[List[Dict[str, Any]]], Any], timeout: float = 5.0
@@ -232,10 +233,12 @@ class CallbackReceiver:
 
 @asynccontextmanager
 async def callback_receiver() -> AsyncIterator[CallbackReceiver]:
-    received: List[Dict[str, Any]] = []
+    receiver = CallbackReceiver(url="", received=[])
 
     async def bot(request: web.Request) -> web.Response:
-        received.append(await request.json())
+        if receiver.answer_status != 200:
+            return web.json_response({"error": "down"}, status=receiver.answer_status)
+        receiver.received.append(await request.json())
         return web.json_response({})
 
     app = web.Application()
@@ -246,7 +249,8 @@ async def callback_receiver() -> AsyncIterator[CallbackReceiver]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield CallbackReceiver(url=f"http://127.0.0.1:{port}/bot", received=received)
+        receiver.url = f"http://127.0.0.1:{port}/bot"
+        yield receiver
     finally:
         await runner.cleanup()
 
