@@ -1,11 +1,12 @@
 """A customer on the socket.io widget is handed to an agent and back."""
 
 import asyncio
-from typing import Any, Dict, List
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Dict, List, Tuple
 
 import socketio
 
-from tests.channel.conftest import channel_server
+from tests.channel.conftest import ChannelServer, channel_server
 
 SOCKETIO = {"socketio": {"user_message_evt": "user_uttered", "bot_message_evt": "bot_uttered"}}
 
@@ -104,62 +105,52 @@ PERSISTENT = {
 }
 
 
-async def _join_session(widget: Widget, session_id: str) -> None:
-    confirmed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    widget.client.on("session_confirm", lambda sid: confirmed.set_result(sid))
-    await widget.client.emit("session_request", {"session_id": session_id})
-    assert await asyncio.wait_for(confirmed, 5) == session_id
+@asynccontextmanager
+async def persistent_widget_with_agent(
+    session_id: str,
+) -> AsyncIterator[Tuple[ChannelServer, Widget, str]]:
+    """A widget that joined ``session_id`` and was handed to an agent; yields the chat id."""
+    async with channel_server(PERSISTENT) as server:
+        widget = Widget()
+        await widget.connect(server.url)
+        try:
+            confirmed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            widget.client.on("session_confirm", lambda sid: confirmed.set_result(sid))
+            await widget.client.emit("session_request", {"session_id": session_id})
+            assert await asyncio.wait_for(confirmed, 5) == session_id
+            started = await server.open_chat()
+            server.escalate_on("human please", started)
+            await widget.client.emit(
+                "user_uttered", {"message": "human please", "session_id": session_id}
+            )
+            await widget.wait_for(lambda: "Connecting you to a person." in widget.texts())
+            yield server, widget, started.chat_session_id
+        finally:
+            await widget.close()
 
 
 async def test_a_widget_with_session_persistence_gets_the_bot_and_the_agent() -> None:
     # Rasa's own session_request handler forgets to await enter_room on newer
     # python-socketio, and the widget then never hears a word.
-    async with channel_server(PERSISTENT) as server:
-        widget = Widget()
-        await widget.connect(server.url)
-        try:
-            await _join_session(widget, "customer-session-1")
-            started = await server.open_chat()
-            server.escalate_on("human please", started)
-            await widget.client.emit(
-                "user_uttered", {"message": "human please", "session_id": "customer-session-1"}
-            )
-            await widget.wait_for(lambda: "Connecting you to a person." in widget.texts())
-            result = await server.sandbox.agent_reply(started.chat_session_id, "Hello from Anna")
-            assert result.body == "ok"
-            await widget.wait_for(lambda: "Hello from Anna" in widget.texts())
-        finally:
-            await widget.close()
+    async with persistent_widget_with_agent("customer-session-1") as (server, widget, chat):
+        result = await server.sandbox.agent_reply(chat, "Hello from Anna")
+        assert result.body == "ok"
+        await widget.wait_for(lambda: "Hello from Anna" in widget.texts())
 
 
 async def test_the_widget_typing_event_reaches_the_agent() -> None:
-    async with channel_server(PERSISTENT) as server:
-        widget = Widget()
-        await widget.connect(server.url)
-        try:
-            await _join_session(widget, "customer-session-2")
-            started = await server.open_chat()
-            server.escalate_on("human please", started)
-            await widget.client.emit(
-                "user_uttered", {"message": "human please", "session_id": "customer-session-2"}
-            )
-            await widget.wait_for(lambda: "Connecting you to a person." in widget.texts())
-            answer = await widget.client.call(
-                "customer_event",
-                {"event": "startedtyping", "session_id": "customer-session-2"},
-                timeout=5,
-            )
-            assert answer.get("status") != "error", answer
-            chat = started.chat_session_id
-            await server.sandbox.wait_for(lambda: server.sandbox.chat(chat).events)
-            assert [e.name for e in server.sandbox.chat(chat).events] == ["startedtyping"]
+    async with persistent_widget_with_agent("customer-session-2") as (server, widget, chat):
+        answer = await widget.client.call(
+            "customer_event",
+            {"event": "startedtyping", "session_id": "customer-session-2"},
+            timeout=5,
+        )
+        assert answer.get("status") != "error", answer
+        await server.sandbox.wait_for(lambda: server.sandbox.chat(chat).events)
+        assert [e.name for e in server.sandbox.chat(chat).events] == ["startedtyping"]
 
-            refused = await widget.client.call(
-                "customer_event",
-                {"event": "dancing", "session_id": "customer-session-2"},
-                timeout=5,
-            )
-            assert refused["status"] == "error" and "event" in refused["message"]
-            assert [e.name for e in server.sandbox.chat(chat).events] == ["startedtyping"]
-        finally:
-            await widget.close()
+        refused = await widget.client.call(
+            "customer_event", {"event": "dancing", "session_id": "customer-session-2"}, timeout=5
+        )
+        assert refused["status"] == "error" and "event" in refused["message"]
+        assert [e.name for e in server.sandbox.chat(chat).events] == ["startedtyping"]
