@@ -12,10 +12,12 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
+import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
 
 import aiohttp
 import pytest
@@ -28,6 +30,7 @@ from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import HandoffStarted, new_chat_session_id
 from connectors.omnidesk.settings import OmnideskSettings
 from omnidesk_sandbox.testing import Sandbox, running_sandbox
+from tests.conftest import free_port, require_program
 
 SECRET = "test-hookpoint-secret-0123456789abcdef"
 ACCOUNT_TOKEN = "sandboxAccountToken1"
@@ -116,6 +119,14 @@ class ChannelServer:
             )
         return HandoffStarted(chat_session_id=chat_session_id, next_message_number=2)
 
+    async def wait_with_agent(self, conversation_id: str, timeout: float = 5.0) -> None:
+        """Wait until the switchboard has ``conversation_id`` in relay mode."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await self.relay.switchboard.get(conversation_id) is None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{conversation_id} never went to an agent")
+            await asyncio.sleep(0.02)
+
     def escalate_on(self, text: str, started: HandoffStarted) -> None:
         """The bot answers ``text`` with a line and the control payload, as the action does."""
         self.bot.replies[text] = [
@@ -124,10 +135,10 @@ class ChannelServer:
         ]
 
 
-def _bound_socket() -> socket.socket:
+def _bound_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
@@ -138,10 +149,11 @@ async def channel_server(
     sandbox: Optional[Sandbox] = None,
     agent: Any = "default",
     access_log: bool = True,
+    port: int = 0,
     **settings: Any,
 ) -> AsyncIterator[ChannelServer]:
     async with _maybe_sandbox(sandbox) as running:
-        sock = _bound_socket()
+        sock = _bound_socket(port)
         port = sock.getsockname()[1]
         credentials: Dict[str, Any] = {
             "customer_channels": customer_channels,
@@ -287,9 +299,7 @@ class CallbackSetup:
         started = await self.server.open_chat()
         self.server.escalate_on(f"escalate {sender}", started)
         await self.say(sender, f"escalate {sender}")
-        await self.server.sandbox.wait_for(
-            lambda: self.server.relay.switchboard._by_conversation.get(sender)
-        )
+        await self.server.wait_with_agent(sender)
         return started.chat_session_id
 
 
@@ -299,3 +309,28 @@ async def callback_setup(**settings: Any) -> AsyncIterator[CallbackSetup]:
         {"callback": {"url": customer.url}}, **settings
     ) as server:
         yield CallbackSetup(server=server, customer=customer)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real redis-server on a free loopback port, empty, stopped after the test."""
+    program = require_program("redis-server", "redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=5)

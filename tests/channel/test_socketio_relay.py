@@ -62,9 +62,7 @@ async def test_customer_and_agent_talk_through_the_widget() -> None:
             await widget.say("human please")
             await widget.wait_for(lambda: "Connecting you to a person." in widget.texts())
             chat = started.chat_session_id
-            await server.sandbox.wait_for(
-                lambda: server.relay.switchboard._by_conversation.get(sid)
-            )
+            await server.wait_with_agent(sid)
             assert not any("omnidesk_handoff" in str(m) for m in widget.bot)
 
             await widget.say("my order is late")

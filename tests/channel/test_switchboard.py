@@ -1,8 +1,6 @@
 """The switchboard's contract, for the in-memory and the Redis implementation."""
 
 import asyncio
-import subprocess
-import time
 from typing import AsyncIterator
 
 import pytest
@@ -13,36 +11,18 @@ from connectors.omnidesk.switchboard import (
     Switchboard,
     new_handoff,
 )
-from tests.conftest import free_port, require_program
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def switchboard(request: pytest.FixtureRequest) -> AsyncIterator[Switchboard]:
     if request.param == "memory":
         yield InMemorySwitchboard()
         return
-    program = require_program("redis-server", "redis-server")
-    port = free_port()
-    process = subprocess.Popen(
-        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    board = RedisSwitchboard(f"redis://127.0.0.1:{port}/0")
+    board = RedisSwitchboard(request.getfixturevalue("redis_url"))
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                await board.all()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
         yield board
     finally:
         await board.close()
-        process.terminate()
-        process.wait(timeout=5)
 
 
 async def test_a_handoff_is_found_by_conversation_and_by_chat(switchboard: Switchboard) -> None:
