@@ -1,0 +1,89 @@
+"""The floor: a bare two-hop relay with no logic in it.
+
+hop1 takes a customer turn as JSON and posts it on as a multipart form with
+aiohttp; hop2 answers like Omnidesk. Both are plain Sanic handlers, each in its
+own process, as Rasa's server and Omnidesk would be. Whatever the connector adds
+on top of this is the cost of its own logic.
+
+    python bench/floor_servers.py hop2 --port 0
+    python bench/floor_servers.py hop1 --port 0 --next http://127.0.0.1:PORT
+"""
+
+import argparse
+import logging
+import socket
+from typing import Any
+
+import aiohttp
+from sanic import Sanic, response
+from sanic.request import Request
+
+
+def build_hop1(next_url: str) -> Sanic:
+    app = Sanic("floor_hop1")
+
+    async def open_session(app: Sanic, _: Any) -> None:
+        app.ctx.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=10, connect=3),
+            connector=aiohttp.TCPConnector(limit=0),
+        )
+
+    async def close_session(app: Sanic, _: Any) -> None:
+        await app.ctx.session.close()
+
+    app.register_listener(open_session, "before_server_start")
+    app.register_listener(close_session, "after_server_stop")
+
+    @app.post("/turn")
+    async def turn(request: Request) -> response.HTTPResponse:
+        body = request.json
+        form = aiohttp.FormData()
+        form.add_field("chatSessionID", body["sender"])
+        form.add_field("message", body["message"])
+        form.add_field("messageNumber", str(body.get("number", 1)))
+        async with app.ctx.session.post(
+            next_url + "/api/v2/chat/notifyUserNewChatMessage", data=form
+        ) as answer:
+            await answer.read()
+            if answer.status != 200:
+                return response.text("failed", status=502)
+        return response.text("success")
+
+    return app
+
+
+def build_hop2() -> Sanic:
+    app = Sanic("floor_hop2")
+
+    @app.post("/api/v2/chat/notifyUserNewChatMessage")
+    async def message(request: Request) -> response.HTTPResponse:
+        if not request.form.get("message"):
+            return response.json({"status": "error", "message": "message: required"}, status=400)
+        return response.json({"type": "result", "message": "Message sent.", "ticketID": 1})
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("hop", choices=["hop1", "hop2"])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--next", default="")
+    args = parser.parse_args()
+    logging.getLogger("sanic").setLevel(logging.WARNING)
+    app = build_hop1(args.next) if args.hop == "hop1" else build_hop2()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    port = sock.getsockname()[1]
+
+    async def announce(_: Sanic, __: Any) -> None:
+        print(f"ready port={port}", flush=True)
+
+    app.register_listener(announce, "after_server_start")
+
+    app.run(sock=sock, access_log=False, debug=False, workers=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Load generation and statistics shared by every benchmark.
+
+A benchmark is a coroutine factory ``turn(i) -> awaitable``; ``measure`` runs it
+sequentially for latency and with N workers for throughput, on loopback only,
+bounded in count and time.
+"""
+
+import asyncio
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Awaitable, Callable, Dict, List, Optional
+
+Turn = Callable[[int], Awaitable[None]]
+
+
+@dataclass
+class Figures:
+    name: str
+    concurrency: int
+    count: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # completed turns per second
+    errors: int
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(samples: List[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def measure(
+    name: str,
+    turn: Turn,
+    *,
+    count: int,
+    concurrency: int = 1,
+    warmup: int = 20,
+    time_limit: float = 120.0,
+) -> Figures:
+    """Run ``count`` turns with ``concurrency`` workers; latency per turn, throughput overall."""
+    for i in range(warmup):
+        await turn(-1 - i)
+    latencies: List[float] = []
+    errors = 0
+    next_index = 0
+    deadline = time.monotonic() + time_limit
+
+    async def worker() -> None:
+        nonlocal next_index, errors
+        while next_index < count and time.monotonic() < deadline:
+            i = next_index
+            next_index += 1
+            started = time.perf_counter()
+            try:
+                await turn(i)
+            except Exception:
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return Figures(
+        name=name,
+        concurrency=concurrency,
+        count=len(latencies),
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        mean_ms=statistics.fmean(latencies) if latencies else float("nan"),
+        throughput=len(latencies) / elapsed if elapsed > 0 else float("nan"),
+        errors=errors,
+    )
+
+
+def ratio(numerator: Optional[float], denominator: Optional[float]) -> float:
+    if not numerator or not denominator:
+        return float("nan")
+    return numerator / denominator
+
+
+SessionTurn = Callable[[int, int], Awaitable[None]]
+
+
+async def measure_sessions(
+    name: str,
+    turn: SessionTurn,
+    *,
+    sessions: int,
+    turns_per_session: int,
+    time_limit: float = 120.0,
+) -> Figures:
+    """One worker per session, each sending its turns one after the other.
+
+    Turns of one session never overlap, so the order the receiver records can be
+    checked against the order they were sent; ``sessions`` is the concurrency.
+    """
+    latencies: List[float] = []
+    errors = 0
+    deadline = time.monotonic() + time_limit
+
+    async def worker(session: int) -> None:
+        nonlocal errors
+        for sequence in range(turns_per_session):
+            if time.monotonic() >= deadline:
+                return
+            started = time.perf_counter()
+            try:
+                await turn(session, sequence)
+            except Exception:
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(session) for session in range(sessions)))
+    elapsed = time.perf_counter() - started
+    return _figures(name, sessions, latencies, elapsed, errors)
+
+
+async def measure_paced(
+    name: str,
+    turn: Turn,
+    *,
+    count: int,
+    interval: float,
+    time_limit: float = 60.0,
+) -> Figures:
+    """Sequential turns, one every ``interval`` seconds at most, for latency.
+
+    Pacing spreads the turns over time, so background work the server does
+    periodically (the tracker record) falls inside the measured window.
+    """
+    latencies: List[float] = []
+    errors = 0
+    deadline = time.monotonic() + time_limit
+    started_all = time.perf_counter()
+    for i in range(count):
+        if time.monotonic() >= deadline:
+            break
+        started = time.perf_counter()
+        try:
+            await turn(i)
+        except Exception:
+            errors += 1
+        else:
+            latencies.append((time.perf_counter() - started) * 1000)
+        rest = interval - (time.perf_counter() - started)
+        if rest > 0:
+            await asyncio.sleep(rest)
+    elapsed = time.perf_counter() - started_all
+    return _figures(name, 1, latencies, elapsed, errors)
+
+
+def _figures(
+    name: str, concurrency: int, latencies: List[float], elapsed: float, errors: int
+) -> Figures:
+    return Figures(
+        name=name,
+        concurrency=concurrency,
+        count=len(latencies),
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        mean_ms=statistics.fmean(latencies) if latencies else float("nan"),
+        throughput=len(latencies) / elapsed if elapsed > 0 else float("nan"),
+        errors=errors,
+    )
+
+
+def figures_from(name: str, latencies: List[float], elapsed: float, errors: int = 0) -> Figures:
+    """Figures for latencies measured elsewhere (paired runs), at concurrency 1."""
+    return _figures(name, 1, latencies, elapsed, errors)
