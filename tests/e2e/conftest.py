@@ -1,0 +1,106 @@
+"""One running stack for every end-to-end test of the session.
+
+The callback receiver starts first, so its URL goes into the generated
+credentials; then ``Stack.start`` launches the sandbox, the action server and
+Rasa (20-30 s on two cores, the model trained first if it is stale). The
+processes' logs are kept in artifacts/e2e/stack/ for a failing run.
+Each test gets fresh conversation ids, and the sandbox's faults and agent
+availability are reset before and after it.
+"""
+
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.e2e.people import CallbackCustomer, Desk, RasaApi, SocketCustomer
+from tests.e2e.receiver import CallbackReceiver
+from tests.e2e.stack import ROOT, Stack
+
+ARTIFACTS = ROOT / "artifacts" / "e2e"
+
+# Give up quickly when a test makes the sandbox fail every call.
+FAST_FAILURE_ENV = {
+    "OMNIDESK_MAX_ATTEMPTS": "2",
+    "OMNIDESK_BACKOFF_BASE": "0.05",
+    "OMNIDESK_BACKOFF_MAX": "0.1",
+    "OMNIDESK_REQUEST_TIMEOUT": "5",
+    "OMNIDESK_RETRY_BUDGET": "10",
+}
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def callback_inbox() -> Iterator[CallbackReceiver]:
+    receiver = CallbackReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(callback_inbox: CallbackReceiver, artifacts: Path) -> Iterator[Stack]:
+    started = Stack.start(
+        log_dir=artifacts / "stack",
+        callback_url=callback_inbox.url,
+        env=FAST_FAILURE_ENV,
+        # The browser test serves web/ from its own origin; its uploads need CORS.
+        cors=["*"],
+        timeout=180,
+    )
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@pytest_asyncio.fixture
+async def desk(stack: Stack, http: aiohttp.ClientSession) -> AsyncIterator[Desk]:
+    """The agent's desk, with agents online and no faults, before and after the test."""
+    stack.check_alive()
+    agent_desk = Desk(stack.sandbox_url, http)
+    await agent_desk.clear_faults()
+    await agent_desk.set_agents_online(True)
+    try:
+        yield agent_desk
+    finally:
+        await agent_desk.clear_faults()
+        await agent_desk.set_agents_online(True)
+
+
+@pytest.fixture
+def rasa(stack: Stack, http: aiohttp.ClientSession) -> RasaApi:
+    return RasaApi(stack.rasa_url, http)
+
+
+@pytest_asyncio.fixture
+async def socket_customer(
+    stack: Stack, http: aiohttp.ClientSession
+) -> AsyncIterator[SocketCustomer]:
+    customer = SocketCustomer(stack.rasa_url, http)
+    await customer.connect()
+    try:
+        yield customer
+    finally:
+        await customer.close()
+
+
+@pytest_asyncio.fixture
+async def callback_customer(
+    stack: Stack, http: aiohttp.ClientSession, callback_inbox: CallbackReceiver
+) -> CallbackCustomer:
+    return CallbackCustomer(stack.rasa_url, http, callback_inbox)
