@@ -96,7 +96,8 @@ def test_the_routes_docs_channel_md_lists_exist(omnidesk_env: Dict[str, str]) ->
     )
     app = Sanic(f"docs_{uuid.uuid4().hex[:12]}")
     register([channel], app, "/webhooks/")
-    app.router.finalize()
+    router: Any = app.router
+    router.finalize()
     table = read(DOCS / "channel.md")
     listed = re.findall(r"^\| `(GET|POST) (/[^`]+)`", table, re.MULTILINE)
     assert len(listed) >= 8
