@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` and `make test`.
 # Each sets itself up first (scripts/bootstrap.sh), so a fresh machine needs nothing else.
-.PHONY: run test lint typecheck pytest bench setup train
+.PHONY: run test bench setup train
 
 VENV := .venv
 BIN := $(VENV)/bin
