@@ -2,7 +2,9 @@
 
 Everything is HTML-escaped first; only then are a few markdown forms turned into
 tags (headings, bold, italics, inline code, lists, links to http/https/mailto).
-No raw HTML from the input ever reaches the page.
+No raw HTML from the input ever reaches the page. A backslash before ASCII
+punctuation shows that character literally, as in CommonMark: the connector's
+transcript escapes what the customer typed that way.
 """
 
 import html
@@ -15,6 +17,8 @@ _CODE = re.compile(r"`([^`]+)`")
 _LINK = re.compile(r"\[([^\]]+)\]\(((?:https?://|mailto:)[^\s()]+)\)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 _LIST_ITEM = re.compile(r"^\s*[-*+]\s+(.*)$")
+_BACKSLASH_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+_LITERAL = re.compile("\x01(\\d+)\x01")
 
 
 def _inline(escaped: str) -> str:
@@ -39,7 +43,14 @@ def _inline(escaped: str) -> str:
 
 def render(markdown: str) -> str:
     """Render markdown to safe HTML: escape first, then a small set of forms."""
-    escaped = html.escape(markdown.replace("\x00", ""), quote=True)
+    literals: List[str] = []
+
+    def keep_literal(match: "re.Match[str]") -> str:
+        literals.append(html.escape(match.group(1), quote=True))
+        return f"\x01{len(literals) - 1}\x01"
+
+    source = _BACKSLASH_ESCAPE.sub(keep_literal, markdown.replace("\x00", "").replace("\x01", ""))
+    escaped = html.escape(source, quote=True)
     out: List[str] = []
     paragraph: List[str] = []
     items: List[str] = []
@@ -70,4 +81,4 @@ def render(markdown: str) -> str:
                 flush()
             paragraph.append(line)
     flush()
-    return "".join(out)
+    return _LITERAL.sub(lambda m: literals[int(m.group(1))], "".join(out))

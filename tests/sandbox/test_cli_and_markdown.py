@@ -79,3 +79,17 @@ def test_markdown_renders_a_transcript() -> None:
         '<li><strong>bot</strong>: see <a href="https://example.com/a?b=1&amp;c=2" '
         'rel="noopener noreferrer" target="_blank">help</a></li></ul>'
     )
+
+
+def test_the_agent_sees_what_the_customer_typed_without_markdown_backslashes() -> None:
+    # The transcript backslash-escapes markdown characters (as Omnidesk's markdown
+    # reads them); the agent page must show the text itself, not "Hi\!".
+    from connectors.omnidesk.transcript import escape_markdown
+
+    typed = "Hi! my_order_id is *42* (see [1]) <b>#tag</b> - 3.5"
+    assert markdown.render(escape_markdown(typed)) == (
+        "<p>Hi! my_order_id is *42* (see [1]) &lt;b&gt;#tag&lt;/b&gt; - 3.5</p>"
+    )
+    assert markdown.render(r"\- not a list \\ and \*not italic\*") == (
+        r"<p>- not a list \ and *not italic*</p>"
+    )
