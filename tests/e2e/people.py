@@ -281,6 +281,9 @@ class Desk:
     async def set_agents_online(self, online: bool) -> None:
         await self._post("agents", {"online": online})
 
+    async def set_agent_profile(self, name: str, picture: str = "") -> None:
+        await self._post("agent-profile", {"name": name, "picture": picture})
+
     async def add_fault(self, **fault: Any) -> None:
         await self._post("faults", fault)
 
