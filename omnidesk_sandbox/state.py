@@ -302,7 +302,10 @@ class SandboxState:
             listener(event)
 
     def _chat_changed(self, chat: Chat) -> None:
-        self._emit({"type": "chat", "chat": self.chat_json(chat)})
+        # Rendering a chat is a markdown pass over all its messages: do it only for
+        # an agent page that listens, or every message costs more the longer its chat.
+        if self._listeners:
+            self._emit({"type": "chat", "chat": self.chat_json(chat)})
 
     # -- reading -----------------------------------------------------------------
 
