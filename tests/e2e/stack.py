@@ -36,7 +36,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import yaml
 
@@ -296,12 +296,14 @@ class Stack:
         timeout: float = 180.0,
         cors: Optional[List[str]] = None,
         model: Optional[Path] = None,
+        sandbox_args: Sequence[str] = (),
     ) -> "Stack":
         """Start everything; raise StackError (everything stopped again) if a part fails.
 
         ``env``: extra variables for both Rasa processes (e.g. faster OMNIDESK_*
         retries). ``credentials_override``: the whole credentials.yml mapping,
         instead of the generated one. ``cors``: origins for ``rasa run --cors``.
+        ``sandbox_args``: more options for the sandbox (e.g. ``--max-chats 2000``).
         """
         deadline = time.monotonic() + timeout
         log_dir = Path(log_dir)
@@ -311,7 +313,16 @@ class Stack:
         try:
             sandbox = launch(
                 "the Omnidesk sandbox",
-                [sys.executable, "-m", "omnidesk_sandbox", "--host", "127.0.0.1", "--port", "0"],
+                [
+                    sys.executable,
+                    "-m",
+                    "omnidesk_sandbox",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    *sandbox_args,
+                ],
                 log_dir / "sandbox.log",
                 base_env(),
             )
