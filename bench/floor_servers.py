@@ -18,6 +18,10 @@ import aiohttp
 from sanic import Sanic, response
 from sanic.request import Request
 
+TEXT_PART = "text/plain; charset=utf-8"
+# As long as the connector's chatServer: {public_url}/webhooks/omnidesk/hook/{40-char secret}.
+CHAT_SERVER = "http://127.0.0.1:5005/webhooks/omnidesk/hook/" + "s" * 40
+
 
 def build_hop1(next_url: str) -> Sanic:
     app = Sanic("floor_hop1")
@@ -37,10 +41,18 @@ def build_hop1(next_url: str) -> Sanic:
     @app.post("/turn")
     async def turn(request: Request) -> response.HTTPResponse:
         body = request.json
+        # The same six fields the connector sends, as multipart/form-data: aiohttp sends
+        # a form without files urlencoded unless its parts carry a content type.
         form = aiohttp.FormData()
-        form.add_field("chatSessionID", body["sender"])
-        form.add_field("message", body["message"])
-        form.add_field("messageNumber", str(body.get("number", 1)))
+        for name, value in (
+            ("messageNumber", str(body.get("number", 1))),
+            ("message", body["message"]),
+            ("channelID", "8"),
+            ("chatAccountToken", "sandboxAccountToken1"),
+            ("chatSessionID", body["sender"]),
+            ("chatServer", CHAT_SERVER),
+        ):
+            form.add_field(name, value, content_type=TEXT_PART)
         async with app.ctx.session.post(
             next_url + "/api/v2/chat/notifyUserNewChatMessage", data=form
         ) as answer:
@@ -57,6 +69,8 @@ def build_hop2() -> Sanic:
 
     @app.post("/api/v2/chat/notifyUserNewChatMessage")
     async def message(request: Request) -> response.HTTPResponse:
+        if request.content_type.split(";")[0] != "multipart/form-data":
+            return response.json({"status": "error", "message": "Content-Type"}, status=400)
         if not request.form.get("message"):
             return response.json({"status": "error", "message": "message: required"}, status=400)
         return response.json({"type": "result", "message": "Message sent.", "ticketID": 1})

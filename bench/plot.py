@@ -1,12 +1,16 @@
 """latest.png: latency against conversation length and against concurrency."""
 
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+with warnings.catch_warnings():
+    # matplotlib 3.5 calls pyparsing's old names: nothing a reader of the results needs.
+    warnings.simplefilter("ignore")
+    import matplotlib.pyplot as plt
 
 
 def _series(figures: Dict[str, Any], prefix: str) -> List[Dict[str, Any]]:
@@ -23,6 +27,12 @@ def _ms(value: Optional[float]) -> float:
 
 
 def plot(results: Dict[str, Any], path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _plot(results, path)
+
+
+def _plot(results: Dict[str, Any], path: Path) -> None:
     figures = results["figures"]
     machine = results["machine"]
     fig, (by_length, by_concurrency) = plt.subplots(1, 2, figsize=(12, 4.8))

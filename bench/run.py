@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import machine, memory  # noqa: E402
-from bench.floor import http_session, run_floor  # noqa: E402
+from bench.floor import http_session, omnidesk_alone, run_floor  # noqa: E402
 from bench.load import Figures, ratio  # noqa: E402
 from bench.product import (  # noqa: E402
     Product,
@@ -101,15 +101,6 @@ QUICK = Plan(
 )
 
 
-import inspect  # noqa: E402
-
-_SANDBOX_KW: Dict[str, Any] = (
-    {"sandbox_args": ["--max-chats", str(SANDBOX_MAX_CHATS), "--log-level", "WARNING"]}
-    if "sandbox_args" in inspect.signature(Stack.start).parameters
-    else {}
-)
-
-
 def _start_stacks(log_dir: Path, callback_url: str) -> Tuple[Stack, Stack]:
     """The product (Rasa with the connector) and a plain Rasa, started side by side."""
     plain_credentials = {"callback": {"url": callback_url}}
@@ -118,13 +109,14 @@ def _start_stacks(log_dir: Path, callback_url: str) -> Tuple[Stack, Stack]:
             Stack.start,
             log_dir=log_dir / "wrapped",
             callback_url=callback_url,
-            **_SANDBOX_KW,
+            sandbox_args=["--max-chats", str(SANDBOX_MAX_CHATS), "--log-level", "WARNING"],
         )
         plain_future = pool.submit(
             Stack.start,
             log_dir=log_dir / "plain",
             callback_url=callback_url,
             credentials_override=plain_credentials,
+            sandbox_args=["--log-level", "WARNING"],
         )
         stacks: List[Stack] = []
         error: Optional[BaseException] = None
@@ -183,9 +175,13 @@ async def _measure_stacks(
     checks: Dict[str, Any],
 ) -> None:
     _say("the floor: two bare Sanic hops")
-    for result in await run_floor(plan.floor_counts):
-        figures[f"floor_c{result.concurrency}"] = result.as_dict()
+    for result in await run_floor(plan.floor_counts, plan.relay_turns):
+        key = "hop2_alone" if result.name.startswith("hop2") else f"floor_c{result.concurrency}"
+        figures[key] = result.as_dict()
         _say(_row(result))
+    sandbox_alone = await omnidesk_alone("sandbox alone c=1", wrapped.sandbox_url, plan.relay_turns)
+    figures["sandbox_alone"] = sandbox_alone.as_dict()
+    _say(_row(sandbox_alone))
 
     async with http_session() as http:
         product = Product(
@@ -280,6 +276,15 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
         ),
         "long_over_short_history_p50": ratio(longest["p50_ms"], shortest["p50_ms"]),
         "long_over_short_history_p99": ratio(longest["p99_ms"], shortest["p99_ms"]),
+        # Where a relayed turn's time goes: the far end alone (sandbox vs the floor's
+        # hop2), and the rest, the first hop (Rasa with the connector vs the floor's hop1).
+        "sandbox_alone_over_hop2_alone_p50": ratio(
+            f["sandbox_alone"]["p50_ms"], f["hop2_alone"]["p50_ms"]
+        ),
+        "connector_hop_over_floor_hop1_p50": ratio(
+            f["relay_c1"]["p50_ms"] - f["sandbox_alone"]["p50_ms"],
+            f["floor_c1"]["p50_ms"] - f["hop2_alone"]["p50_ms"],
+        ),
         f"relay_c{plan.mid_concurrency}_throughput_over_floor": ratio(
             f[f"relay_c{plan.mid_concurrency}"]["throughput"],
             f.get(f"floor_c{plan.mid_concurrency}", {}).get("throughput"),
