@@ -134,6 +134,9 @@ class Relay:
         self._delivery_locks: Dict[str, asyncio.Lock] = {}
         self._buffers: Dict[str, _Buffer] = {}
         self._tasks: Set[asyncio.Task[Any]] = set()
+        # The agent of each chat's latest message: uploadForCustomer carries no
+        # name or picture (omnidesk-api.txt), so a file is shown as theirs.
+        self._agents: Dict[str, AgentIdentity] = {}
 
     # -- texts -----------------------------------------------------------------
 
@@ -291,6 +294,8 @@ class Relay:
     async def agent_message(self, message: AgentMessage) -> "asyncio.Future[bool]":
         """Queue the agent's message for the customer; the future says whether it arrived."""
         handoff = await self._handoff_for(message.session_id)
+        if message.agent.name or message.agent.picture:
+            self._agents[handoff.chat_session_id] = message.agent
         await self.switchboard.touch(handoff.conversation_id, agent=True)
         self._buffer(handoff.conversation_id).entries.append(
             RecordEntry(
@@ -310,6 +315,9 @@ class Relay:
     async def agent_upload(self, upload: AgentUpload) -> "asyncio.Future[bool]":
         """Store the agent's file and send its link; the future says whether it arrived."""
         handoff = await self._handoff_for(upload.session_id)
+        agent = upload.agent
+        if not (agent.name or agent.picture):
+            agent = self._agents.get(handoff.chat_session_id, agent)
         stored = await self.files.store(upload.file)
         url = self.files.url_for(stored)
         await self.switchboard.touch(handoff.conversation_id, agent=True)
@@ -319,7 +327,7 @@ class Relay:
                 f"[file: {stored.filename}]",
                 handoff.chat_session_id,
                 time.time(),
-                agent_name=upload.agent.name,
+                agent_name=agent.name,
                 attachment_url=url,
             )
         )
@@ -330,7 +338,7 @@ class Relay:
                 url,
                 stored.filename,
                 stored.content_type.startswith("image/"),
-                upload.agent,
+                agent,
             )
 
         return self._deliver(handoff, "agent file", deliver)
@@ -434,6 +442,7 @@ class Relay:
                 pass
         await self.flush(ended.conversation_id)
         self._chat_locks.pop(ended.chat_session_id, None)
+        self._agents.pop(ended.chat_session_id, None)
         self._delivery_locks.pop(ended.conversation_id, None)
         logger.info(
             "Handoff ended (%s): conversation %s, chat %s.",

@@ -116,12 +116,12 @@ class SocketCustomer:
     def agent_messages(self) -> List[Dict[str, Any]]:
         return [m for m in self.messages if m.get("agent")]
 
-    def agent_file_url(self) -> Optional[str]:
-        # uploadForCustomer carries no agent name (omnidesk-api.txt), so no "agent" key.
+    def agent_file(self) -> Optional[Dict[str, Any]]:
+        """The agent's image as the widget gets it: {"url", "agent"}."""
         for message in self.messages:
             attachment = message.get("attachment")
             if isinstance(attachment, dict) and attachment.get("type") == "image":
-                return str(attachment["payload"]["src"])
+                return {"url": attachment["payload"]["src"], "agent": message.get("agent")}
         return None
 
     def agent_typing_seen(self, typing: bool) -> bool:
@@ -182,12 +182,12 @@ class CallbackCustomer:
     def agent_messages(self) -> List[Dict[str, Any]]:
         return [m for m in self.messages if m.get("agent")]
 
-    def agent_file_url(self) -> Optional[str]:
-        # uploadForCustomer carries no agent name (omnidesk-api.txt), so no "agent" key.
+    def agent_file(self) -> Optional[Dict[str, Any]]:
+        """The agent's image as the app backend gets it: {"url", "agent"}."""
         for message in self.messages:
             url = message.get("image")
             if isinstance(url, str):
-                return url
+                return {"url": url, "agent": message.get("agent")}
         return None
 
     def agent_typing_seen(self, typing: bool) -> bool:

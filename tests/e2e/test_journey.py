@@ -142,8 +142,10 @@ async def the_whole_journey(
     agent_file = png(2)
     sent = await desk.upload(chat_id, "label.png", agent_file, "image/png")
     assert sent["hookpoint_status"] == 200, sent
-    url = await customer.wait(customer.agent_file_url, "the agent's file")
-    async with http.get(url) as download:
+    file_message = await customer.wait(customer.agent_file, "the agent's file")
+    # uploadForCustomer carries no name; the file comes from the agent who wrote last.
+    assert (file_message["agent"] or {}).get("name") == "Anna", file_message
+    async with http.get(file_message["url"]) as download:
         assert download.status == 200
         assert download.content_type == "image/png"
         assert await download.read() == agent_file
@@ -173,7 +175,8 @@ async def the_whole_journey(
         if e["event"] == "bot" and omnidesk_role(e) == "agent"
     ]
     assert relayed_agent[0] == ("Hello, I'm Anna. How can I help?", "Anna")
-    assert len(relayed_agent) == 2 and "label.png" in relayed_agent[1][0]
+    assert len(relayed_agent) == 2
+    assert "label.png" in relayed_agent[1][0] and relayed_agent[1][1] == "Anna"
     assert all(
         e["metadata"]["omnidesk"]["chat_session_id"] == chat_id for e in events if omnidesk_role(e)
     )
