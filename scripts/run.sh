@@ -174,6 +174,10 @@ wait_until_up() {  # index url seconds
 }
 
 export SQLALCHEMY_SILENCE_UBER_WARNING=1
+# Rasa loads scikit-learn, which imports numpy.distutils; with setuptools' distutils shim
+# that sets the root logger to WARNING and hides every INFO line. The standard
+# library's distutils leaves logging alone.
+export SETUPTOOLS_USE_DISTUTILS=stdlib
 if [ "$MODE" = sandbox ]; then
     start "the Omnidesk sandbox" "$LOG_DIR/sandbox.log" "$PY" -m omnidesk_sandbox --host 127.0.0.1 --port "$SANDBOX_PORT"
     wait_until_up $((${#PIDS[@]} - 1)) "http://127.0.0.1:$SANDBOX_PORT/agent" 30

@@ -229,6 +229,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
     @classmethod
     def from_credentials(cls, credentials: Optional[Dict[str, Any]]) -> "OmnideskInput":
+        _keep_log_level()
         credentials = dict(credentials or {})
         customer = credentials.get("customer_channels")
         if not isinstance(customer, Mapping) or not customer:
@@ -620,6 +621,20 @@ def _error_body(field: str, problem: str) -> Dict[str, str]:
 
 def _error(status: int, message: str) -> HTTPResponse:
     return response.json({"status": "error", "message": message}, status=status)
+
+
+def _keep_log_level() -> None:
+    """Pin the connector's log level to the one Rasa was started with.
+
+    Loading a model whose pipeline uses scikit-learn (LogisticRegressionClassifier,
+    for one) imports numpy.distutils, which, through setuptools' distutils shim,
+    sets the root logger to WARNING. Every INFO line after the model loaded would
+    vanish, the connector's one line per handoff event among them. Rasa configures
+    logging before it builds the channels, so the level seen here is the user's.
+    """
+    ours = logging.getLogger("connectors.omnidesk")
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.getLogger().getEffectiveLevel())
 
 
 async def _delivered_in_time(delivery: "asyncio.Future[bool]") -> bool:
