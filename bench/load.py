@@ -6,6 +6,7 @@ bounded in count and time.
 """
 
 import asyncio
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ class Figures:
     mean_ms: float
     throughput: float  # completed turns per second
     errors: int
+    max_ms: float = float("nan")
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -79,6 +81,7 @@ async def measure(
         mean_ms=statistics.fmean(latencies) if latencies else float("nan"),
         throughput=len(latencies) / elapsed if elapsed > 0 else float("nan"),
         errors=errors,
+        max_ms=max(latencies) if latencies else float("nan"),
     )
 
 
@@ -173,9 +176,50 @@ def _figures(
         mean_ms=statistics.fmean(latencies) if latencies else float("nan"),
         throughput=len(latencies) / elapsed if elapsed > 0 else float("nan"),
         errors=errors,
+        max_ms=max(latencies) if latencies else float("nan"),
     )
 
 
 def figures_from(name: str, latencies: List[float], elapsed: float, errors: int = 0) -> Figures:
     """Figures for latencies measured elsewhere (paired runs), at concurrency 1."""
     return _figures(name, 1, latencies, elapsed, errors)
+
+
+async def measure_interleaved(
+    turns: Dict[str, Turn],
+    *,
+    count: int,
+    pace: float,
+    warmup: int = 10,
+    time_limit: float = 120.0,
+    seed: int = 11,
+) -> Dict[str, Figures]:
+    """Sequential turns of several paths, one of each per round, in random order.
+
+    Latencies of paths compared with each other are taken side by side, so other
+    work on the machine and drift fall on all of them alike. Throughput here is
+    1000 / mean latency: what one client waiting for each answer gets.
+    """
+    rng = random.Random(seed)
+    names = list(turns)
+    latencies: Dict[str, List[float]] = {name: [] for name in names}
+    errors: Dict[str, int] = {name: 0 for name in names}
+    deadline = time.monotonic() + time_limit
+    for i in range(-warmup, count):
+        if time.monotonic() >= deadline:
+            break
+        rng.shuffle(names)
+        for name in names:
+            started = time.perf_counter()
+            try:
+                await turns[name](i)
+            except Exception:
+                errors[name] += 1
+            else:
+                if i >= 0:
+                    latencies[name].append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(pace)
+    return {
+        name: _figures(name, 1, latencies[name], sum(latencies[name]) / 1000, errors[name])
+        for name in turns
+    }

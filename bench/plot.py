@@ -41,6 +41,12 @@ def _plot(results: Dict[str, Any], path: Path) -> None:
     events = [h["tracker_events"] for h in history]
     by_length.plot(events, [_ms(h["p50_ms"]) for h in history], "o-", label="relayed turn p50")
     by_length.plot(events, [_ms(h["p99_ms"]) for h in history], "s--", label="relayed turn p99")
+    by_length.plot(
+        events,
+        [_ms(h.get("max_ms")) for h in history],
+        "^:",
+        label="relayed turn max (a background tracker write)",
+    )
     bot = figures["bot_turn_wrapped"]
     by_length.axhline(_ms(bot["p50_ms"]), color="grey", linestyle=":", label="bot turn p50")
     by_length.set_xscale("log")
@@ -72,6 +78,7 @@ def _plot(results: Dict[str, Any], path: Path) -> None:
                 fontsize=8,
                 color=colour,
             )
+    by_concurrency.margins(x=0.1, y=0.2)
     by_concurrency.set_xscale("log")
     by_concurrency.set_yscale("log")
     by_concurrency.set_xlabel("concurrent clients (relayed: concurrent handoffs)")

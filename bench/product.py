@@ -11,15 +11,14 @@ Every figure is time seen by a client on loopback:
 """
 
 import asyncio
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import aiohttp
 
-from bench.load import Figures, figures_from, measure_paced, measure_sessions
+from bench.load import Figures, Turn, measure_paced, measure_sessions
 from bench.receiver import Receiver
 
 ESCALATE_ACTION = "action_escalate_to_human"
@@ -240,56 +239,38 @@ class Product:
 # -- the measurements -------------------------------------------------------------------
 
 
-async def bot_turns_paired(product: Product, plain_url: str, count: int) -> Tuple[Figures, Figures]:
-    """The same bot turns through the wrapped and the plain callback channel, interleaved.
+def bot_turn(product: Product, rasa_url: str, tag: str, conversations: int = 25) -> Turn:
+    """A bot turn of one of ``conversations`` ongoing conversations (rules of data/)."""
 
-    Each pair goes in random order, so drift and the other process's background
-    work fall on both alike.
-    """
-    wrapped: List[float] = []
-    plain: List[float] = []
-    rng = random.Random(7)
-    tag = uuid.uuid4().hex[:6]
-    elapsed = {"wrapped": 0.0, "plain": 0.0}
+    def sender(i: int) -> str:
+        return f"bot-{tag}-{i % conversations}"
 
-    async def one(which: str, i: int) -> None:
-        sender = f"bot-{which}-{tag}-{i % 25}"
-        url = product.rasa_url if which == "wrapped" else plain_url
-        started = time.perf_counter()
-        await product.say(sender, BOT_TURNS[i % len(BOT_TURNS)], rasa_url=url)
-        took = time.perf_counter() - started
-        elapsed[which] += took
-        if i >= 0:
-            (wrapped if which == "wrapped" else plain).append(took * 1000)
+    async def turn(i: int) -> None:
+        await product.say(sender(i), BOT_TURNS[i % len(BOT_TURNS)], rasa_url=rasa_url)
 
-    for i in range(-25, count):  # the first turn of each conversation starts its session
-        order = ["wrapped", "plain"]
-        rng.shuffle(order)
-        for which in order:
-            await one(which, i)
-    return (
-        figures_from("bot turn, wrapped callback", wrapped, sum(wrapped) / 1000),
-        figures_from("bot turn, plain callback", plain, sum(plain) / 1000),
-    )
+    return turn
+
+
+def relay_turn(product: Product, conversations: List[Conversation], tag: str) -> Turn:
+    async def turn(i: int) -> None:
+        await product.relay(conversations[i % len(conversations)], f"{tag} {i}")
+
+    return turn
+
+
+def agent_reply_turn(product: Product, conversations: List[Conversation]) -> Turn:
+    async def turn(i: int) -> None:
+        await product.agent_reply(conversations[i % len(conversations)], f"agent reply {i}")
+
+    return turn
 
 
 async def relayed_latency(
     product: Product, conversations: List[Conversation], count: int, interval: float, name: str
 ) -> Figures:
-    async def turn(i: int) -> None:
-        conversation = conversations[i % len(conversations)]
-        await product.relay(conversation, f"{name} {i}")
-
-    return await measure_paced(name, turn, count=count, interval=interval)
-
-
-async def agent_reply_latency(
-    product: Product, conversations: List[Conversation], count: int, interval: float
-) -> Figures:
-    async def turn(i: int) -> None:
-        await product.agent_reply(conversations[i % len(conversations)], f"agent reply {i}")
-
-    return await measure_paced("agent reply to callback", turn, count=count, interval=interval)
+    return await measure_paced(
+        name, relay_turn(product, conversations, name), count=count, interval=interval
+    )
 
 
 async def relayed_throughput(

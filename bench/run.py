@@ -16,9 +16,11 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +31,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import machine, memory  # noqa: E402
-from bench.floor import http_session, omnidesk_alone, run_floor  # noqa: E402
-from bench.load import Figures, ratio  # noqa: E402
+from bench.cpu import cpu_used  # noqa: E402
+from bench.floor import Floor, far_end_turn, http_session, warm_connections  # noqa: E402
+from bench.load import Figures, Turn, measure, measure_interleaved, ratio  # noqa: E402
 from bench.product import (  # noqa: E402
     Product,
-    agent_reply_latency,
-    bot_turns_paired,
+    agent_reply_turn,
+    bot_turn,
+    relay_turn,
     relayed_latency,
     relayed_throughput,
 )
@@ -50,11 +54,9 @@ SANDBOX_MAX_CHATS = 2000
 class Plan:
     """How much of each measurement; every loop below is bounded by these."""
 
-    floor_counts: Dict[int, int]  # concurrency -> turns
     bot_pairs: int
     relay_chats: int
     relay_turns: int
-    agent_replies: int
     pace: float  # seconds between sequential turns
     history_lengths: List[int]
     history_turns: int
@@ -67,12 +69,10 @@ class Plan:
 
 
 FULL = Plan(
-    floor_counts={1: 1000, 50: 5000, 500: 10000},
     bot_pairs=300,
     relay_chats=10,
     relay_turns=400,
-    agent_replies=300,
-    pace=0.01,
+    pace=0.0,
     history_lengths=[10, 1000, 5000],
     history_turns=250,
     history_pace=0.024,  # 250 turns over ~6 s: each block spans a tracker write (every 5 s)
@@ -84,11 +84,9 @@ FULL = Plan(
 )
 
 QUICK = Plan(
-    floor_counts={1: 50, 5: 100, 20: 200},
     bot_pairs=10,
     relay_chats=3,
     relay_turns=30,
-    agent_replies=20,
     pace=0.005,
     history_lengths=[10, 500],
     history_turns=20,
@@ -149,15 +147,16 @@ async def measure_all(plan: Plan, log_dir: Path) -> Dict[str, Any]:
     receiver = await Receiver().start()
     loop = asyncio.get_running_loop()
     try:
-        _say("starting the stacks (sandbox, action server, Rasa with and without the connector)")
+        _say("starting the floor's servers and the stacks (sandbox, action server, Rasa)")
         started = time.monotonic()
-        wrapped, plain = await loop.run_in_executor(None, _start_stacks, log_dir, receiver.url)
-        _say(f"  up in {time.monotonic() - started:.0f} s; logs in {log_dir}")
-        try:
-            await _measure_stacks(plan, wrapped, plain, receiver, figures, checks)
-        finally:
-            await loop.run_in_executor(None, wrapped.stop)
-            await loop.run_in_executor(None, plain.stop)
+        with Floor() as floor:
+            wrapped, plain = await loop.run_in_executor(None, _start_stacks, log_dir, receiver.url)
+            _say(f"  up in {time.monotonic() - started:.0f} s; logs in {log_dir}")
+            try:
+                await _measure_stacks(plan, floor, wrapped, plain, receiver, figures, checks)
+            finally:
+                await loop.run_in_executor(None, wrapped.stop)
+                await loop.run_in_executor(None, plain.stop)
     finally:
         await receiver.stop()
     _say("memory of an idle handoff (tracemalloc, InMemorySwitchboard)")
@@ -166,52 +165,96 @@ async def measure_all(plan: Plan, log_dir: Path) -> Dict[str, Any]:
     return {"figures": figures, "checks": checks}
 
 
+def _per_turn(used: Optional[float], turns: int) -> Optional[float]:
+    return None if used is None or turns <= 0 else used * 1000 / turns
+
+
+def _floor_pids(floor: Floor) -> Dict[str, int]:
+    assert floor.hop1 is not None
+    return {
+        "floor_client": os.getpid(),
+        "floor_hop1": floor.hop1.process.pid,
+        "floor_hop2": floor.hop2.process.pid,
+    }
+
+
+def _stack_pids(stack: Any) -> Dict[str, int]:
+    pids = {"relay_client": os.getpid()}
+    for process in stack.processes:
+        if process.name.startswith("Rasa"):
+            pids["rasa_with_connector"] = process.popen.pid
+        elif "sandbox" in process.name:
+            pids["sandbox"] = process.popen.pid
+    return pids
+
+
+async def _throughput(name: str, turn: Turn, concurrency: int, count: int) -> Figures:
+    await warm_connections(turn, concurrency)
+    return await measure(name, turn, count=count, concurrency=concurrency, warmup=0)
+
+
 async def _measure_stacks(
     plan: Plan,
+    floor: Floor,
     wrapped: Any,
     plain: Any,
     receiver: Receiver,
     figures: Dict[str, Any],
     checks: Dict[str, Any],
 ) -> None:
-    _say("the floor: two bare Sanic hops")
-    for result in await run_floor(plan.floor_counts, plan.relay_turns):
-        key = "hop2_alone" if result.name.startswith("hop2") else f"floor_c{result.concurrency}"
+    def keep(key: str, result: Figures, note: str = "") -> None:
         figures[key] = result.as_dict()
-        _say(_row(result))
-    sandbox_alone = await omnidesk_alone("sandbox alone c=1", wrapped.sandbox_url, plan.relay_turns)
-    figures["sandbox_alone"] = sandbox_alone.as_dict()
-    _say(_row(sandbox_alone))
+        _say(_row(result) + note)
 
     async with http_session() as http:
         product = Product(
             http, receiver, wrapped.rasa_url, wrapped.sandbox_url, wrapped.hookpoint_base
         )
 
-        _say("bot turns, wrapped and plain callback channel, interleaved")
-        with_wrapper, without = await bot_turns_paired(product, plain.rasa_url, plan.bot_pairs)
-        figures["bot_turn_wrapped"] = with_wrapper.as_dict()
-        figures["bot_turn_plain"] = without.as_dict()
-        _say(_row(with_wrapper))
-        _say(_row(without))
+        _say("bot turns through the wrapped and a plain callback channel, interleaved")
+        tag = uuid.uuid4().hex[:6]
+        bot = await measure_interleaved(
+            {
+                "bot turn, wrapped callback": bot_turn(product, wrapped.rasa_url, f"w{tag}"),
+                "bot turn, plain callback": bot_turn(product, plain.rasa_url, f"p{tag}"),
+            },
+            count=plan.bot_pairs,
+            pace=0.002,
+            warmup=25,  # the first turn of each conversation starts its session
+        )
+        keep("bot_turn_wrapped", bot["bot turn, wrapped callback"])
+        keep("bot_turn_plain", bot["bot turn, plain callback"])
 
         _say(f"handing {plan.relay_chats} conversations over (one by dialogue, the rest by action)")
-        short = [await product.escalate_by_dialogue(f"dialogue-{time.time_ns()}")]
+        short = [await product.escalate_by_dialogue(f"dialogue-{tag}")]
         short += await product.escalate_many("short", plan.relay_chats - 1, concurrency=4)
-        relayed = await relayed_latency(
-            product, short, plan.relay_turns, plan.pace, "relayed turn c=1"
+
+        _say("one client: the floor, each far end alone, relayed turns, agent replies, interleaved")
+        single = await measure_interleaved(
+            {
+                "floor c=1": floor.turn(http),
+                "hop2 alone c=1": far_end_turn(http, floor.hop2.url, tag),
+                "sandbox alone c=1": far_end_turn(http, wrapped.sandbox_url, tag),
+                "relayed turn c=1": relay_turn(product, short, "single"),
+                "agent reply to callback": agent_reply_turn(product, short),
+            },
+            count=plan.relay_turns,
+            pace=plan.pace,
         )
-        figures["relay_c1"] = relayed.as_dict()
-        _say(_row(relayed))
-        replies = await agent_reply_latency(product, short, plan.agent_replies, plan.pace)
-        figures["agent_reply"] = replies.as_dict()
-        _say(_row(replies))
+        for key, name in (
+            ("floor_c1", "floor c=1"),
+            ("hop2_alone", "hop2 alone c=1"),
+            ("sandbox_alone", "sandbox alone c=1"),
+            ("relay_c1", "relayed turn c=1"),
+            ("agent_reply", "agent reply to callback"),
+        ):
+            keep(key, single[name])
         checks["relay_c1_delivery"] = await product.check_delivery(short)
 
-        _say("relayed turns by tracker length")
+        _say("relayed turns by tracker length (each spans a background tracker write)")
         history: List[Dict[str, Any]] = []
         for length in plan.history_lengths:
-            sender = f"history-{length}-{time.time_ns()}"
+            sender = f"history-{length}-{tag}"
             await product.seed_history(sender, length)
             conversation = await product.escalate_by_action(sender)
             events = await product.tracker_length(sender)
@@ -229,16 +272,44 @@ async def _measure_stacks(
                 checks.setdefault("history_delivery_problems", []).append(delivered)
         figures["relay_by_history"] = history
 
-        _say(f"handing {plan.handoffs} conversations over for the concurrent run")
+        _say(f"handing {plan.handoffs} conversations over for the concurrent runs")
         started = time.monotonic()
         many = await product.escalate_many("load", plan.handoffs, concurrency=8)
         _say(f"  {len(many)} handoffs in {time.monotonic() - started:.0f} s")
-        mid = await relayed_throughput(product, many[: plan.mid_concurrency], plan.mid_turns, "mid")
-        figures[f"relay_c{plan.mid_concurrency}"] = mid.as_dict()
-        _say(_row(mid))
-        loaded = await relayed_throughput(product, many, plan.handoff_turns, "load")
-        figures[f"relay_c{plan.handoffs}"] = loaded.as_dict()
-        _say(_row(loaded))
+
+        n, mid = plan.handoffs, plan.mid_concurrency
+        floor_turn = floor.turn(http)
+        keep(
+            f"floor_c{mid}",
+            await _throughput(f"floor c={mid}", floor_turn, mid, mid * plan.mid_turns),
+        )
+        keep(f"relay_c{mid}", await relayed_throughput(product, many[:mid], plan.mid_turns, "mid"))
+        cpu: Dict[str, Optional[float]] = {}
+        with cpu_used(_floor_pids(floor), cpu):
+            result = await _throughput(f"floor c={n}", floor_turn, n, n * plan.handoff_turns)
+        keep(f"floor_c{n}", result)
+        floor_turns = result.count + n
+        with cpu_used(_stack_pids(wrapped), cpu):
+            result = await relayed_throughput(product, many, plan.handoff_turns, "load")
+        keep(f"relay_c{n}", result)
+        relay_turns = result.count + n
+        checks[f"cpu_ms_per_turn_c{n}"] = per_turn = {
+            name: _per_turn(cpu.get(name), turns)
+            for name, turns in (
+                ("floor_client", floor_turns),
+                ("floor_hop1", floor_turns),
+                ("floor_hop2", floor_turns),
+                ("relay_client", relay_turns),
+                ("rasa_with_connector", relay_turns),
+                ("sandbox", relay_turns),
+            )
+        }
+        _say("  CPU ms per turn: " + ", ".join(f"{k} {v:.2f}" for k, v in per_turn.items() if v))
+        far = n * plan.handoff_turns // 2
+        hop2 = far_end_turn(http, floor.hop2.url, tag + "c")
+        keep(f"hop2_alone_c{n}", await _throughput(f"hop2 alone c={n}", hop2, n, far))
+        sandbox = far_end_turn(http, wrapped.sandbox_url, tag + "c")
+        keep(f"sandbox_alone_c{n}", await _throughput(f"sandbox alone c={n}", sandbox, n, far))
         checks["concurrent_delivery"] = await product.check_delivery(many)
         _say(f"  delivery: {json.dumps(checks['concurrent_delivery'])}")
         wrapped.check_alive()
@@ -256,6 +327,7 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
     history = f["relay_by_history"]
     shortest, longest = history[0], history[-1]
     delivery = checks["concurrent_delivery"]
+    cpu_n = checks.get(f"cpu_ms_per_turn_c{n}", {})
     nothing_lost = (
         relay_n.get("errors") == 0
         and delivery["chats_with_lost_messages"] == 0
@@ -285,6 +357,17 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
             f["relay_c1"]["p50_ms"] - f["sandbox_alone"]["p50_ms"],
             f["floor_c1"]["p50_ms"] - f["hop2_alone"]["p50_ms"],
         ),
+        f"sandbox_alone_over_hop2_alone_throughput_c{n}": ratio(
+            f[f"sandbox_alone_c{n}"]["throughput"], f[f"hop2_alone_c{n}"]["throughput"]
+        ),
+        f"relay_throughput_over_sandbox_alone_c{n}": ratio(
+            relay_n.get("throughput"), f[f"sandbox_alone_c{n}"]["throughput"]
+        ),
+        # CPU per turn at N concurrent: the first hop and the far end of each path.
+        "connector_cpu_over_floor_hop1_per_turn": ratio(
+            cpu_n.get("rasa_with_connector"), cpu_n.get("floor_hop1")
+        ),
+        "sandbox_cpu_over_hop2_per_turn": ratio(cpu_n.get("sandbox"), cpu_n.get("floor_hop2")),
         f"relay_c{plan.mid_concurrency}_throughput_over_floor": ratio(
             f[f"relay_c{plan.mid_concurrency}"]["throughput"],
             f.get(f"floor_c{plan.mid_concurrency}", {}).get("throughput"),

@@ -75,6 +75,8 @@ def test_every_path_is_measured(quick_run: Dict[str, Any]) -> None:
         "agent_reply",
         f"relay_c{plan['mid_concurrency']}",
         f"relay_c{plan['handoffs']}",
+        f"hop2_alone_c{plan['handoffs']}",
+        f"sandbox_alone_c{plan['handoffs']}",
     ]
     for name in expected:
         assert name in figures, f"no figure {name}; got {sorted(figures)}"
