@@ -249,7 +249,9 @@ async def _measure_stacks(
             ("agent_reply", "agent reply to callback"),
         ):
             keep(key, single[name])
+        # A turn the bot answered instead would be timed but missing here.
         checks["relay_c1_delivery"] = await product.check_delivery(short)
+        _say(f"  delivery: {json.dumps(checks['relay_c1_delivery'])}")
 
         _say("relayed turns by tracker length (each spans a background tracker write)")
         history: List[Dict[str, Any]] = []

@@ -102,11 +102,18 @@ def test_every_ratio_and_target_is_reported(quick_run: Dict[str, Any]) -> None:
 
 
 def test_no_relayed_message_is_lost_or_reordered(quick_run: Dict[str, Any]) -> None:
-    delivery = quick_run["checks"]["concurrent_delivery"]
+    checks = quick_run["checks"]
+    delivery = checks["concurrent_delivery"]
     assert delivery["chats"] == quick_run["plan"]["handoffs"]
     assert delivery["chats_with_lost_messages"] == 0, delivery
     assert delivery["chats_out_of_order"] == 0, delivery
     assert delivery["chats_with_numbering_problems"] == 0, delivery
+    # The one-client turns reached the agent too (a bot answer would be timed, not relayed).
+    single = checks["relay_c1_delivery"]
+    assert single["chats"] == quick_run["plan"]["relay_chats"]
+    assert single["chats_with_lost_messages"] == 0, single
+    assert single["chats_out_of_order"] == 0, single
+    assert "history_delivery_problems" not in checks, checks["history_delivery_problems"]
 
 
 def test_results_name_the_machine_and_come_with_a_plot(quick_run: Dict[str, Any]) -> None:
