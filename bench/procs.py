@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional
 
@@ -35,9 +36,16 @@ class ServerProcess:
             seen.append(line)
             match = READY.search(line)
             if match:
+                # Keep reading what it prints, or a full pipe would block the server.
+                threading.Thread(target=self._drain, daemon=True).start()
                 return int(match.group(1))
         self.stop()
         raise RuntimeError("server did not start:\n" + "".join(seen[-30:]))
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for _ in self.process.stdout:
+            pass
 
     def stop(self) -> None:
         if self.process.poll() is None:
