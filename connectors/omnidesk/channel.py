@@ -418,6 +418,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         app.ctx.input_channels = existing
         shortest = min(
             self.settings.inactivity_timeout,
+            self.settings.record_interval,
             self.settings.agent_wait_notice or self.settings.inactivity_timeout,
         )
         interval = max(0.05, min(5.0, shortest / 4))

@@ -110,6 +110,7 @@ class BotSide(Protocol):
 @dataclass
 class _Buffer:
     entries: List[RecordEntry] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)  # when its oldest entry came
 
 
 class Relay:
@@ -125,6 +126,7 @@ class Relay:
         files: AgentFileStore,
     ) -> None:
         self.settings = settings
+        self.record_interval = settings.record_interval
         self.switchboard = switchboard
         self.client = client
         self.lines = dict(lines)
@@ -479,12 +481,25 @@ class Relay:
             )
             raise
 
-    async def flush_all(self) -> None:
+    async def flush_all(self, older_than: Optional[float] = None) -> None:
+        """Write buffered turns; with ``older_than``, only buffers that waited that long.
+
+        A tracker write reads and rewrites the whole tracker (InMemoryTrackerStore
+        does, and it runs on the event loop), so writes are paced: each
+        conversation at most once per ``settings.record_interval`` and at the end of its
+        chat, one conversation at a time with the loop let go in between, so
+        customer turns are served among them rather than after all of them.
+        """
+        cutoff = None if older_than is None else time.monotonic() - older_than
         for conversation_id in list(self._buffers):
+            buffer = self._buffers.get(conversation_id)
+            if buffer is None or (cutoff is not None and buffer.since > cutoff):
+                continue
             try:
                 await self.flush(conversation_id)
             except Exception:  # noqa: S112 - logged in flush; the others still get written
                 continue
+            await asyncio.sleep(0)
 
     # -- the sweeper -----------------------------------------------------------
 
@@ -519,7 +534,7 @@ class Relay:
                     handoff.chat_session_id,
                     handoff.conversation_id,
                 )
-        await self.flush_all()
+        await self.flush_all(older_than=self.record_interval)
 
     async def run_sweeper(self, interval: float) -> None:
         while True:

@@ -166,6 +166,7 @@ class OmnideskSettings:
     backoff_max: float = 8.0
     inactivity_timeout: float = 900.0
     agent_wait_notice: float = 300.0
+    record_interval: float = 30.0
     leave_command: str = "/leave_human_chat"
     max_upload_bytes: int = 10 * 1024 * 1024
     allowed_upload_types: Tuple[str, ...] = DEFAULT_ALLOWED_UPLOAD_TYPES
@@ -573,6 +574,7 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
     _Spec("backoff_max", _positive, "8"),
     _Spec("inactivity_timeout", _positive, "900"),
     _Spec("agent_wait_notice", _non_negative, "300 (or 0 to turn the notice off)"),
+    _Spec("record_interval", _positive, "30"),
     _Spec("leave_command", _non_empty, "/leave_human_chat"),
     _Spec(
         "max_upload_bytes",

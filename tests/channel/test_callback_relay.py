@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from typing import Any, List
 
 import aiohttp
 import pytest
@@ -165,3 +166,26 @@ async def test_relayed_turns_land_in_the_tracker_before_the_end_intent() -> None
             ("UserUttered", "my question", "customer"),
             ("BotUttered", "my answer", "agent"),
         ]
+
+
+async def test_an_open_chat_reaches_the_tracker_once_its_turns_waited_the_record_interval() -> None:
+    async with callback_setup() as setup:
+        chat = await setup.hand_over("cust-12")
+        await setup.say("cust-12", "still there?")
+        await setup.server.sandbox.agent_reply(chat, "yes", name="Anna")
+        await setup.customer.wait_for(lambda r: [m for m in r if m.get("text") == "yes"])
+        relay = setup.server.relay
+        store = setup.server.app.ctx.agent.tracker_store
+
+        def relayed(tracker: Any) -> List[str]:
+            return [
+                e.text for e in tracker.events if "omnidesk" in (getattr(e, "metadata", None) or {})
+            ]
+
+        await relay.sweep()  # the turns are seconds old: not yet written
+        assert relayed(await store.get_or_create_tracker("cust-12")) == []
+
+        relay.record_interval = 0.0
+        await relay.sweep()
+        assert relayed(await store.retrieve("cust-12")) == ["still there?", "yes"]
+        assert await setup.server.relay.switchboard.get("cust-12") is not None  # still open

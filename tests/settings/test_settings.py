@@ -397,4 +397,4 @@ def test_upload_types_accept_a_wildcard_and_ignore_parameters():
 
 
 def test_every_setting_has_a_variable_and_the_table_is_complete():
-    assert len(SETTING_KEYS) == 23
+    assert len(SETTING_KEYS) == 24
