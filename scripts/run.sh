@@ -97,7 +97,7 @@ with socket.socket() as sock:
 EOF
 }
 check_port "Rasa" "$RASA_PORT" 127.0.0.1 RASA_PORT
-check_port "the action server" "$ACTIONS_PORT" 0.0.0.0 ACTIONS_PORT
+check_port "the action server" "$ACTIONS_PORT" 127.0.0.1 ACTIONS_PORT
 check_port "the chat page" "$PAGE_PORT" 127.0.0.1 PAGE_PORT
 [ "$MODE" = sandbox ] && check_port "the Omnidesk sandbox" "$SANDBOX_PORT" 127.0.0.1 SANDBOX_PORT
 
@@ -183,7 +183,8 @@ if [ "$MODE" = sandbox ]; then
     wait_until_up $((${#PIDS[@]} - 1)) "http://127.0.0.1:$SANDBOX_PORT/agent" 30
 fi
 
-start "the action server" "$LOG_DIR/actions.log" "$BIN/rasa" run actions --port "$ACTIONS_PORT" --actions actions
+# rasa_sdk binds 0.0.0.0 unless SANIC_HOST says otherwise.
+start "the action server" "$LOG_DIR/actions.log" env SANIC_HOST=127.0.0.1 "$BIN/rasa" run actions --port "$ACTIONS_PORT" --actions actions
 ACTIONS_INDEX=$((${#PIDS[@]} - 1))
 
 start "Rasa" "$LOG_DIR/rasa.log" "$BIN/rasa" run --model "$MODEL" --interface 127.0.0.1 --port "$RASA_PORT" \

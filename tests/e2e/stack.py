@@ -361,7 +361,8 @@ class Stack:
                 "the action server (rasa run actions)",
                 [str(RASA), "run", "actions", "--port", str(actions_port), "--actions", "actions"],
                 log_dir / "actions.log",
-                stack_env,
+                # rasa_sdk binds 0.0.0.0 unless SANIC_HOST says otherwise.
+                {**stack_env, "SANIC_HOST": "127.0.0.1"},
             )
             processes.append(actions)
             rasa_command = [

@@ -11,6 +11,7 @@ from typing import Dict, List
 import pytest
 
 from tests.e2e.stack import ROOT, base_env, ensure_model, free_port, log_tail, port_is_free
+from tests.e2e.test_loopback import LOOPBACK, listening_addresses
 
 pytestmark = pytest.mark.e2e
 
@@ -69,6 +70,9 @@ def test_run_sh_serves_both_pages_and_ctrl_c_stops_everything(artifacts: Path) -
         )
         assert 'data-testid="messages"' in get_html(page_url)
         assert "agent desk" in get_html(f"http://127.0.0.1:{ports['SANDBOX_PORT']}/agent")
+        for name, port in ports.items():
+            listening = listening_addresses(port)
+            assert listening and all(a == LOOPBACK for a, _ in listening), (name, listening)
 
         # Ctrl-C: the script stops what it started and exits.
         os.kill(process.pid, signal.SIGINT)
