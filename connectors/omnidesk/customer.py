@@ -100,10 +100,11 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
         await self.inner.send_elements(recipient_id, elements, **kwargs)
 
 
-def _agent_payload(agent: Optional[AgentIdentity]) -> Optional[Dict[str, Optional[str]]]:
-    if agent is None or (agent.name is None and agent.picture is None):
-        return None
-    return {"name": agent.name, "picture": agent.picture}
+def _with_agent(payload: Dict[str, Any], agent: Optional[AgentIdentity]) -> Dict[str, Any]:
+    """``payload`` with the agent's name and picture under "agent", when there are any."""
+    if agent is not None and (agent.name is not None or agent.picture is not None):
+        payload["agent"] = {"name": agent.name, "picture": agent.picture}
+    return payload
 
 
 class SocketIOLine:
@@ -121,10 +122,7 @@ class SocketIOLine:
     async def send_text(
         self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
     ) -> None:
-        data: Dict[str, Any] = {"text": text}
-        shown = _agent_payload(agent)
-        if shown is not None:
-            data["agent"] = shown
+        data = _with_agent({"text": text}, agent)
         await self._emit(self._channel.bot_message_evt, data, recipient_id)
 
     async def send_file(
@@ -139,10 +137,7 @@ class SocketIOLine:
             attachment: Dict[str, Any] = {"type": "image", "payload": {"src": url}}
         else:
             attachment = {"type": "file", "payload": {"src": url, "name": filename}}
-        data: Dict[str, Any] = {"attachment": attachment}
-        shown = _agent_payload(agent)
-        if shown is not None:
-            data["agent"] = shown
+        data = _with_agent({"attachment": attachment}, agent)
         await self._emit(self._channel.bot_message_evt, data, recipient_id)
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
@@ -166,11 +161,7 @@ class CallbackLine:
     async def send_text(
         self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
     ) -> None:
-        body: Dict[str, Any] = {"recipient_id": recipient_id, "text": text}
-        shown = _agent_payload(agent)
-        if shown is not None:
-            body["agent"] = shown
-        await self._post(body)
+        await self._post(_with_agent({"recipient_id": recipient_id, "text": text}, agent))
 
     async def send_file(
         self,
@@ -182,10 +173,7 @@ class CallbackLine:
     ) -> None:
         body: Dict[str, Any] = {"recipient_id": recipient_id, "filename": filename}
         body["image" if is_image else "attachment"] = url
-        shown = _agent_payload(agent)
-        if shown is not None:
-            body["agent"] = shown
-        await self._post(body)
+        await self._post(_with_agent(body, agent))
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         await self._post({"recipient_id": recipient_id, "typing": typing})
