@@ -94,6 +94,7 @@ async def channel() -> AsyncIterator["tuple[ChannelStandIn, str]"]:
     app.router.add_post("/webhooks/omnidesk/upload", stand_in.upload)
     runner, url = await serve(app)
     yield stand_in, url
+    await stand_in.sio.shutdown()  # stops engine.io's background service task
     await runner.cleanup()
 
 
