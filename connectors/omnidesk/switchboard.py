@@ -207,17 +207,42 @@ class InMemorySwitchboard(Switchboard):
 # Redis layout: one hash per handoff (field "h" the JSON, field "n" the next
 # messageNumber as a counter HINCRBY can bump) and one key per chat id pointing
 # back to the conversation, plus a set of open conversations for the sweeper.
-_END_SCRIPT = """
-local raw = redis.call('HGET', KEYS[1], 'h')
-if not raw then return false end
-local n = redis.call('HGET', KEYS[1], 'n')
-local handoff = cjson.decode(raw)
-if ARGV[1] ~= '' and handoff['chat_session_id'] ~= ARGV[1] then return false end
-redis.call('DEL', KEYS[1])
-redis.call('DEL', ARGV[2] .. handoff['chat_session_id'])
-redis.call('SREM', ARGV[3], ARGV[4])
-return {raw, n}
+# end_handoff ends the handoff at `key` (only if it is chat `only_chat`, when
+# that is not ''), returns {json, next number} or false. Both scripts use it, so
+# ending a handoff and starting one in its place are each one atomic step.
+_END_FUNCTION = """
+local function end_handoff(key, only_chat, chat_prefix, open_set, conversation)
+  local raw = redis.call('HGET', key, 'h')
+  if not raw then return false end
+  local n = redis.call('HGET', key, 'n')
+  local handoff = cjson.decode(raw)
+  if only_chat ~= '' and handoff['chat_session_id'] ~= only_chat then return false end
+  redis.call('DEL', key)
+  redis.call('DEL', chat_prefix .. handoff['chat_session_id'])
+  redis.call('SREM', open_set, conversation)
+  return {raw, n}
+end
 """
+
+_END_SCRIPT = (
+    _END_FUNCTION
+    + """
+return end_handoff(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+)
+
+# ARGV: chat prefix, open set, conversation, handoff JSON, next number, last
+# activity, chat id.
+_START_SCRIPT = (
+    _END_FUNCTION
+    + """
+local previous = end_handoff(KEYS[1], '', ARGV[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'h', ARGV[4], 'n', ARGV[5], 'l', ARGV[6])
+redis.call('SET', ARGV[1] .. ARGV[7], ARGV[3])
+redis.call('SADD', ARGV[2], ARGV[3])
+return previous
+"""
+)
 
 _TAKE_NUMBER_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -244,6 +269,7 @@ class RedisSwitchboard(Switchboard):
         )
         self._prefix = prefix
         self._end = self._redis.register_script(_END_SCRIPT)
+        self._start = self._redis.register_script(_START_SCRIPT)
         self._take = self._redis.register_script(_TAKE_NUMBER_SCRIPT)
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
 
@@ -282,21 +308,22 @@ class RedisSwitchboard(Switchboard):
         )
 
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
-        previous = await self.end(handoff.conversation_id)
-        key = self._key(handoff.conversation_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(
-            key,
-            mapping={
-                "h": handoff.to_json(),
-                "n": handoff.next_message_number,
-                "l": handoff.last_activity,
-            },
+        replaced = await self._call(
+            "start",
+            self._start(
+                keys=[self._key(handoff.conversation_id)],
+                args=[
+                    self._chat_prefix(),
+                    self._open_set(),
+                    handoff.conversation_id,
+                    handoff.to_json(),
+                    handoff.next_message_number,
+                    handoff.last_activity,
+                    handoff.chat_session_id,
+                ],
+            ),
         )
-        pipe.set(self._chat_prefix() + handoff.chat_session_id, handoff.conversation_id)
-        pipe.sadd(self._open_set(), handoff.conversation_id)
-        await self._call("start", pipe.execute())
-        return previous
+        return _ended_handoff(replaced)
 
     async def get(self, conversation_id: str) -> Optional[Handoff]:
         return await self._read(self._key(conversation_id))
@@ -358,11 +385,7 @@ class RedisSwitchboard(Switchboard):
                 ],
             ),
         )
-        if not ended:
-            return None
-        raw, number = ended
-        handoff = Handoff.from_json(raw)
-        return replace(handoff, next_message_number=int(number) if number is not None else 1)
+        return _ended_handoff(ended)
 
     async def all(self) -> List[Handoff]:
         members = await self._call("list", self._redis.smembers(self._open_set()))
@@ -386,3 +409,12 @@ def create_switchboard(url: str) -> Switchboard:
     raise SwitchboardError(
         "switchboard_url must be memory:// or a Redis URL such as redis://localhost:6379/0"
     )
+
+
+def _ended_handoff(ended: Any) -> Optional[Handoff]:
+    """The handoff end_handoff returned ({json, next number}), or None for false."""
+    if not ended:
+        return None
+    raw, number = ended
+    handoff = Handoff.from_json(raw)
+    return replace(handoff, next_message_number=int(number) if number is not None else 1)

@@ -62,3 +62,17 @@ async def test_wait_notice_is_claimed_once_and_activity_is_kept(switchboard: Swi
     assert handoff is not None and handoff.agent_replied and handoff.last_activity == 200.0
     await switchboard.touch("conv-9", now=300.0)
     assert await switchboard.get("conv-9") is None
+
+
+async def test_concurrent_starts_replace_each_chat_exactly_once(switchboard: Switchboard) -> None:
+    chats = [f"rasa-{i:010d}" for i in range(12)]
+    replaced = await asyncio.gather(
+        *(switchboard.start(new_handoff("conv-1", chat, "socketio", 2)) for chat in chats)
+    )
+    current = await switchboard.get("conv-1")
+    assert current is not None
+    # Every chat but the one left open was replaced by exactly one other start.
+    assert sorted([r.chat_session_id for r in replaced if r] + [current.chat_session_id]) == chats
+    found = [await switchboard.find_by_chat_session(chat) for chat in chats]
+    assert [h.chat_session_id for h in found if h] == [current.chat_session_id]
+    assert [h.conversation_id for h in await switchboard.all()] == ["conv-1"]
