@@ -208,7 +208,7 @@
     body.append("sender", sessionId);
     body.append("file", file, file.name);
     var item = addItem("customer", "customer-file");
-    addText(item, "📎 " + file.name);
+    addText(item, "File: " + file.name);
     scrollDown();
     fetch(server + "/webhooks/omnidesk/upload", { method: "POST", body: body })
       .then(function (answer) {
