@@ -11,10 +11,10 @@ import logging
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from connectors.omnidesk.rules import FieldRuleError
-from omnidesk_sandbox import validation
+from omnidesk_sandbox import forms, validation
 from omnidesk_sandbox.faults import FaultDecision
 from omnidesk_sandbox.keys import state_of, stopping_of
 from omnidesk_sandbox.state import FilePart, RecordedCall, SandboxState, UnknownChat
@@ -23,7 +23,7 @@ from omnidesk_sandbox.validation import UploadedFile
 logger = logging.getLogger(__name__)
 
 SECRET_FIELDS = frozenset({"chatAccountToken", "chatServerToken", "apiKey"})
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+FORM_TYPES = (forms.MULTIPART, forms.URLENCODED)
 
 Handler = Callable[[SandboxState, Mapping[str, str], Mapping[str, UploadedFile]], Tuple[int, Any]]
 
@@ -51,37 +51,28 @@ class NoAnswer(Exception):
 
 async def _read_body(
     request: web.Request,
-) -> Tuple[Dict[str, str], Dict[str, UploadedFile], Optional[Tuple[int, Dict[str, Any]]]]:
-    """The form fields and file parts, or the error answer when the body is unreadable."""
-    fields: Dict[str, str] = {}
-    files: Dict[str, UploadedFile] = {}
+) -> Tuple[str, Dict[str, str], Dict[str, UploadedFile], Optional[Tuple[int, Dict[str, Any]]]]:
+    """The media type, form fields and file parts, or the error answer when the body is unreadable."""
     if request.method == "GET":
-        return fields, files, None
-    if request.content_type not in FORM_TYPES:
-        return (
-            fields,
-            files,
-            (
-                400,
-                error(
-                    f"Content-Type: must be multipart/form-data or "
-                    f"application/x-www-form-urlencoded, got {request.content_type!r}"
-                ),
-            ),
-        )
+        return (request.content_type if request.body_exists else ""), {}, {}, None
+    raw = request.headers.get(hdrs.CONTENT_TYPE, "")
+    media = forms.parse_media_type(raw)
+    if media is None or media.type not in FORM_TYPES:
+        content_type = request.content_type
+        if content_type in FORM_TYPES:
+            problem = f"Content-Type: malformed parameters in {raw!r}"
+        else:
+            problem = (
+                f"Content-Type: must be multipart/form-data or "
+                f"application/x-www-form-urlencoded, got {content_type!r}"
+            )
+        return (content_type if request.body_exists else ""), {}, {}, (400, error(problem))
+    content_type = media.type if request.body_exists else ""
     try:
-        form = await request.post()
-    except web.HTTPRequestEntityTooLarge:
-        return fields, files, (413, error("body: larger than this sandbox accepts"))
-    except ValueError as exc:
-        return fields, files, (400, error(f"body: not a readable form ({exc})"))
-    for name, value in form.items():
-        if isinstance(value, web.FileField):
-            if name not in files:
-                files[name] = UploadedFile(value.filename, value.content_type, value.file.read())
-        elif name not in fields:
-            fields[name] = str(value)
-    return fields, files, None
+        form = await forms.read_form(request, media)
+    except forms.FormError as exc:
+        return content_type, {}, {}, (exc.status, error(exc.message))
+    return content_type, form.fields, form.files, None
 
 
 def _api_key_problem(state: SandboxState, request: web.Request) -> Optional[str]:
@@ -117,7 +108,7 @@ def _fault_answer(decision: FaultDecision) -> web.Response:
 def endpoint_view(endpoint: str, handler: Handler) -> Callable[[web.Request], Any]:
     async def view(request: web.Request) -> web.StreamResponse:
         state = state_of(request.app)
-        fields, files, unreadable = await _read_body(request)
+        content_type, fields, files, unreadable = await _read_body(request)
         query = {k: v for k, v in request.query.items()}
         form: Dict[str, str] = dict(query) if request.method == "GET" else fields
         call = RecordedCall(
@@ -126,7 +117,7 @@ def endpoint_view(endpoint: str, handler: Handler) -> Callable[[web.Request], An
             path=request.path,
             endpoint=endpoint,
             query=_masked(query),
-            content_type=request.content_type if request.body_exists else "",
+            content_type=content_type,
             fields=_masked(fields),
             files=[
                 FilePart(name, f.filename, len(f.data), f.content_type) for name, f in files.items()
