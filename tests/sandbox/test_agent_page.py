@@ -11,7 +11,7 @@ from tests.conftest import require_program
 from .support import SESSION_ID, Receiver, message_form, post
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-TIMEOUT_MS = 10_000
+TIMEOUT_MS = 15_000
 
 
 @pytest.mark.browser
@@ -71,10 +71,10 @@ async def test_the_agent_sees_a_chat_live_and_answers_it_from_the_page(
 
             # Typing, then the reply.
             await page.get_by_test_id("reply-input").press_sequentially("Hi Jane")
-            await sandbox.wait_for(lambda: receiver.of("typingIndicatorForCustomer"))
+            await sandbox.wait_for(lambda: receiver.of("typingIndicatorForCustomer"), timeout=15)
             await page.get_by_test_id("send-reply").click()
             await expect(page.get_by_test_id("last-hookpoint")).to_contain_text("answered 200")
-            await sandbox.wait_for(lambda: receiver.of("messageForCustomer"))
+            await sandbox.wait_for(lambda: receiver.of("messageForCustomer"), timeout=15)
             [reply] = receiver.of("messageForCustomer")
             assert reply.fields == {
                 "picture": "https://cdn.example.com/anna.png",
@@ -109,7 +109,7 @@ async def test_the_agent_sees_a_chat_live_and_answers_it_from_the_page(
             upload.write_bytes(b"return label")
             await page.get_by_test_id("file-input").set_input_files(str(upload))
             await page.get_by_test_id("send-file").click()
-            await sandbox.wait_for(lambda: receiver.of("uploadForCustomer"))
+            await sandbox.wait_for(lambda: receiver.of("uploadForCustomer"), timeout=15)
             [sent] = receiver.of("uploadForCustomer")
             assert sent.files["file"].filename == "label.txt"
             assert sent.files["file"].data == b"return label"
@@ -131,7 +131,7 @@ async def test_the_agent_sees_a_chat_live_and_answers_it_from_the_page(
 
             # The agent stops the chat.
             await page.get_by_test_id("end-chat").click()
-            await sandbox.wait_for(lambda: receiver.of("endSession"))
+            await sandbox.wait_for(lambda: receiver.of("endSession"), timeout=15)
             assert receiver.of("endSession")[0].fields == {"sessionID": SESSION_ID}
             await expect(
                 page.locator(f'[data-testid="list-ended"] [data-chat-id="{SESSION_ID}"]')
@@ -141,6 +141,6 @@ async def test_the_agent_sees_a_chat_live_and_answers_it_from_the_page(
 
             # Availability from the page's switch.
             await page.get_by_test_id("agents-online-toggle").uncheck()
-            await sandbox.wait_for(lambda: not sandbox.state.agents_online)
+            await sandbox.wait_for(lambda: not sandbox.state.agents_online, timeout=15)
         finally:
             await browser.close()
