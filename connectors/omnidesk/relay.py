@@ -36,6 +36,10 @@ from connectors.omnidesk.switchboard import Handoff, Switchboard, new_handoff
 logger = logging.getLogger(__name__)
 
 DELIVERY_TIMEOUT = 10.0
+# How long a hookpoint call for a chat the switchboard does not know yet waits
+# for the action's control payload to register it, and how often it looks.
+NEW_CHAT_GRACE = 0.3
+NEW_CHAT_POLL = 0.02
 SHUTDOWN_GRACE = 5.0
 
 # The connector's own messages: responses of the bot's domain when it has them.
@@ -127,6 +131,7 @@ class Relay:
     ) -> None:
         self.settings = settings
         self.record_interval = settings.record_interval
+        self.new_chat_grace = NEW_CHAT_GRACE
         self.switchboard = switchboard
         self.client = client
         self.lines = dict(lines)
@@ -288,10 +293,21 @@ class Relay:
     # -- agent to customer -----------------------------------------------------
 
     async def _handoff_for(self, session_id: str) -> Handoff:
-        handoff = await self.switchboard.find_by_chat_session(session_id)
-        if handoff is None:
-            raise NotInRelay(session_id)
-        return handoff
+        """The open handoff of chat ``session_id``, looked for again for a moment.
+
+        The action opens the Omnidesk chat and the channel registers it a few
+        milliseconds later, when the action's control payload comes back through
+        the turn. Omnidesk may call a hookpoint in between (an automatic greeting,
+        a quick agent), so an unknown chat is not refused at once.
+        """
+        deadline = time.monotonic() + self.new_chat_grace
+        while True:
+            handoff = await self.switchboard.find_by_chat_session(session_id)
+            if handoff is not None:
+                return handoff
+            if time.monotonic() >= deadline:
+                raise NotInRelay(session_id)
+            await asyncio.sleep(NEW_CHAT_POLL)
 
     async def agent_message(self, message: AgentMessage) -> "asyncio.Future[bool]":
         """Queue the agent's message for the customer; the future says whether it arrived."""

@@ -189,3 +189,21 @@ async def test_an_open_chat_reaches_the_tracker_once_its_turns_waited_the_record
         await relay.sweep()
         assert relayed(await store.retrieve("cust-12")) == ["still there?", "yes"]
         assert await setup.server.relay.switchboard.get("cust-12") is not None  # still open
+
+
+async def test_an_agent_message_in_the_moment_before_the_handoff_registers_is_delivered() -> None:
+    # The action opens the chat, then its control payload reaches the channel a
+    # little later; Omnidesk may already call messageForCustomer in between.
+    async with callback_setup() as setup:
+        setup.server.relay.new_chat_grace = 3.0  # generous, so a slow machine cannot miss it
+        started = await setup.server.open_chat()
+        setup.server.escalate_on("escalate early", started)
+        greeting = asyncio.ensure_future(
+            setup.server.sandbox.agent_reply(started.chat_session_id, "Welcome!", name="Omnidesk")
+        )
+        await asyncio.sleep(0.1)
+        assert not greeting.done()
+        await setup.say("cust-early", "escalate early")
+        result = await greeting
+        assert (result.status, result.body) == (200, "ok")
+        await setup.customer.wait_for(lambda r: [m for m in r if m.get("text") == "Welcome!"])
