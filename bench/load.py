@@ -72,17 +72,7 @@ async def measure(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return Figures(
-        name=name,
-        concurrency=concurrency,
-        count=len(latencies),
-        p50_ms=percentile(latencies, 0.50),
-        p99_ms=percentile(latencies, 0.99),
-        mean_ms=statistics.fmean(latencies) if latencies else float("nan"),
-        throughput=len(latencies) / elapsed if elapsed > 0 else float("nan"),
-        errors=errors,
-        max_ms=max(latencies) if latencies else float("nan"),
-    )
+    return _figures(name, concurrency, latencies, elapsed, errors)
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> float:
