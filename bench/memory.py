@@ -13,8 +13,8 @@ import tracemalloc
 import uuid
 from typing import Any, Dict
 
+from connectors.omnidesk.channel.switchboard import InMemorySwitchboard, new_handoff
 from connectors.omnidesk.handoff import new_chat_session_id
-from connectors.omnidesk.switchboard import InMemorySwitchboard, new_handoff
 
 
 async def bytes_per_idle_handoff(count: int) -> Dict[str, Any]:

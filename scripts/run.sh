@@ -60,7 +60,7 @@ fi
 if [ -n "${RASA_CREDENTIALS:-}" ]; then
     CREDENTIALS="$RASA_CREDENTIALS"
     WITH_CHANNEL=yes
-elif "$PY" -c 'import connectors.omnidesk.channel' >/dev/null 2>&1; then
+elif "$PY" -c 'import connectors.omnidesk.channel.input' >/dev/null 2>&1; then
     CREDENTIALS="$ROOT/credentials.yml"
     WITH_CHANNEL=yes
 else
@@ -72,7 +72,7 @@ socketio:
   bot_message_evt: bot_uttered
   session_persistence: true
 EOF
-    say "connectors/omnidesk/channel.py is not importable: running plain socket.io without the handoff relay"
+    say "connectors/omnidesk/channel/input.py is not importable: running plain socket.io without the handoff relay"
 fi
 
 ENDPOINTS="$ROOT/endpoints.yml"

@@ -13,7 +13,7 @@ __all__ = ["OmnideskInput"]
 
 def __getattr__(name: str) -> Any:
     if name == "OmnideskInput":
-        from connectors.omnidesk.channel import OmnideskInput
+        from connectors.omnidesk.channel.input import OmnideskInput
 
         return OmnideskInput
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

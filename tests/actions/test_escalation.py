@@ -2,7 +2,12 @@
 
 from typing import Any, Dict, List
 
-from actions.escalation import EscalationReason, build_escalation, customer_from, escalation_reason
+from connectors.omnidesk.action.escalation import (
+    EscalationReason,
+    build_escalation,
+    customer_from,
+    escalation_reason,
+)
 
 
 def user(intent: str, text: str = "...", **extra: Any) -> Dict[str, Any]:

@@ -3,7 +3,11 @@
 from typing import Any, Dict, List
 
 from connectors.omnidesk import handoff
-from connectors.omnidesk.transcript import TranscriptOptions, escape_markdown, render_transcript
+from connectors.omnidesk.action.transcript import (
+    TranscriptOptions,
+    escape_markdown,
+    render_transcript,
+)
 
 T0 = 1_714_572_000.0  # 2024-05-01 14:00:00 UTC
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from rasa.core.channels.channel import UserMessage
 from sanic import Sanic
 
-from connectors.omnidesk.channel import OmnideskInput
+from connectors.omnidesk.channel.input import OmnideskInput
 from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import HandoffStarted, new_chat_session_id
 from connectors.omnidesk.settings import OmnideskSettings

@@ -7,7 +7,7 @@ from aiohttp import FormData
 from rasa.server import _get_output_channel
 from sanic.request import Request
 
-from connectors.omnidesk.channel import ChannelConfigError, OmnideskInput
+from connectors.omnidesk.channel.input import ChannelConfigError, OmnideskInput
 from tests.channel.conftest import ACCOUNT_TOKEN, SECRET, SERVER_TOKEN, callback_setup
 from tests.channel.test_hookpoints import post
 

@@ -5,7 +5,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from connectors.omnidesk.switchboard import (
+from connectors.omnidesk.channel.switchboard import (
     InMemorySwitchboard,
     RedisSwitchboard,
     Switchboard,

@@ -20,7 +20,7 @@ from rasa.shared.core.training_data.story_reader.yaml_story_reader import YAMLSt
 from rasa.shared.utils.io import read_yaml
 from sanic import Sanic
 
-from connectors.omnidesk.channel import HOOKPOINT_NAMES, ChannelConfigError, OmnideskInput
+from connectors.omnidesk.channel.input import HOOKPOINT_NAMES, ChannelConfigError, OmnideskInput
 from connectors.omnidesk.client import OmnideskClient, OmnideskUnavailable
 from connectors.omnidesk.handoff import new_chat_session_id
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
@@ -147,7 +147,10 @@ def test_the_messages_troubleshooting_quotes_are_the_code_s(
     typo = _settings_error_from_credentials({"public_ulr": "x"})
     assert normalised(typo.split(" The settings are:")[0]) in page
 
-    from actions.escalate_to_human import ActionServerSettingsError, check_settings_at_start
+    from connectors.omnidesk.action.escalate_to_human import (
+        ActionServerSettingsError,
+        check_settings_at_start,
+    )
 
     monkeypatch.delenv("OMNIDESK_PUBLIC_URL")
     monkeypatch.delenv("OMNIDESK_HOOKPOINT_SECRET")

@@ -84,7 +84,7 @@ def test_markdown_renders_a_transcript() -> None:
 def test_the_agent_sees_what_the_customer_typed_without_markdown_backslashes() -> None:
     # The transcript backslash-escapes markdown characters (as Omnidesk's markdown
     # reads them); the agent page must show the text itself, not "Hi\!".
-    from connectors.omnidesk.transcript import escape_markdown
+    from connectors.omnidesk.action.transcript import escape_markdown
 
     typed = "Hi! my_order_id is *42* (see [1]) <b>#tag</b> - 3.5"
     assert markdown.render(escape_markdown(typed)) == (

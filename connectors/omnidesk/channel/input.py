@@ -32,11 +32,9 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from connectors.omnidesk import rules
-from connectors.omnidesk.client import OmnideskClient, OmnideskError
-from connectors.omnidesk.customer import WrappedOutput, line_for
-from connectors.omnidesk.files import AgentFileStore, FileTooLarge
-from connectors.omnidesk.handoff import HandoffStarted
-from connectors.omnidesk.hookpoints import (
+from connectors.omnidesk.channel.customer import WrappedOutput, line_for
+from connectors.omnidesk.channel.files import AgentFileStore, FileTooLarge
+from connectors.omnidesk.channel.hookpoints import (
     HookpointFields,
     HookpointInputError,
     UploadedFile,
@@ -46,10 +44,12 @@ from connectors.omnidesk.hookpoints import (
     parse_typing,
     parse_upload,
 )
-from connectors.omnidesk.rasa_bot import RasaBot
-from connectors.omnidesk.relay import NotInRelay, Relay
+from connectors.omnidesk.channel.rasa_bot import RasaBot
+from connectors.omnidesk.channel.relay import NotInRelay, Relay
+from connectors.omnidesk.channel.switchboard import SwitchboardError, create_switchboard
+from connectors.omnidesk.client import OmnideskClient, OmnideskError
+from connectors.omnidesk.handoff import HandoffStarted
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
-from connectors.omnidesk.switchboard import SwitchboardError, create_switchboard
 
 logger = logging.getLogger(__name__)
 

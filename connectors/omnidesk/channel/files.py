@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import quote
 
-from connectors.omnidesk.hookpoints import UploadedFile
+from connectors.omnidesk.channel.hookpoints import UploadedFile
 
 logger = logging.getLogger(__name__)
 

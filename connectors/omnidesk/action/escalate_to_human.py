@@ -22,8 +22,8 @@ from rasa_sdk import Action, Tracker
 from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
-from actions.escalation import Escalation, build_escalation
 from connectors.omnidesk import handoff
+from connectors.omnidesk.action.escalation import Escalation, build_escalation
 from connectors.omnidesk.client import OmnideskClient, OmnideskError
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
 

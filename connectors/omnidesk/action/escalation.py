@@ -1,7 +1,7 @@
 """What an escalation tells Omnidesk: why, who the customer is, and the history.
 
 Pure functions over the tracker's event dicts and slots, so they are tested
-without an action server. The action (``actions.escalate_to_human``) sends what
+without an action server. The action (``connectors.omnidesk.action.escalate_to_human``) sends what
 these build.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
 from connectors.omnidesk import rules
-from connectors.omnidesk.transcript import TranscriptOptions, render_transcript
+from connectors.omnidesk.action.transcript import TranscriptOptions, render_transcript
 
 SLOT_CUSTOMER_EMAIL = "customer_email"
 SLOT_CUSTOMER_PHONE = "customer_phone"

@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Dict, List, Mapping, Optional, Protocol, Sequence, Set
 
 from connectors.omnidesk import rules
-from connectors.omnidesk.client import OmnideskClient, OmnideskError
-from connectors.omnidesk.files import AgentFileStore
-from connectors.omnidesk.handoff import HandoffOutcome, HandoffStarted
-from connectors.omnidesk.hookpoints import (
+from connectors.omnidesk.channel.files import AgentFileStore
+from connectors.omnidesk.channel.hookpoints import (
     AgentIdentity,
     AgentMessage,
     AgentTyping,
@@ -30,8 +28,10 @@ from connectors.omnidesk.hookpoints import (
     EndSession,
     UploadedFile,
 )
+from connectors.omnidesk.channel.switchboard import Handoff, Switchboard, new_handoff
+from connectors.omnidesk.client import OmnideskClient, OmnideskError
+from connectors.omnidesk.handoff import HandoffOutcome, HandoffStarted
 from connectors.omnidesk.settings import OmnideskSettings
-from connectors.omnidesk.switchboard import Handoff, Switchboard, new_handoff
 
 logger = logging.getLogger(__name__)
 

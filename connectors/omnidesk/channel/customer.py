@@ -16,13 +16,13 @@ from rasa.core.channels.callback import CallbackInput
 from rasa.core.channels.channel import InputChannel, OutputChannel
 from rasa.core.channels.socketio import SocketIOInput
 
+from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.handoff import (
     ControlPayloadError,
     HandoffStarted,
     is_control_payload,
     parse_control_payload,
 )
-from connectors.omnidesk.hookpoints import AgentIdentity
 
 logger = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from typing import Any, Awaitable, Callable, Dict, Optional, Sequence
 from rasa.core.channels.channel import UserMessage
 from rasa.shared.core.events import BotUttered, UserUttered
 
+from connectors.omnidesk.channel.relay import DEFAULT_TEXTS, CustomerLine, RecordEntry
+from connectors.omnidesk.channel.switchboard import Handoff
 from connectors.omnidesk.handoff import (
     ENTITY_HANDOFF_OUTCOME,
     INTENT_CHAT_ENDED,
     HandoffOutcome,
 )
-from connectors.omnidesk.relay import DEFAULT_TEXTS, CustomerLine, RecordEntry
-from connectors.omnidesk.switchboard import Handoff
 
 logger = logging.getLogger(__name__)
 
