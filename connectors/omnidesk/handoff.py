@@ -1,4 +1,4 @@
-"""The handoff's vocabulary: its states, its outcomes and the control payload.
+"""The handoff's vocabulary: its outcomes and the control payload.
 
 The action server and the channel are separate processes. The action tells the
 channel that a conversation is now with an agent by uttering one custom JSON
@@ -25,14 +25,6 @@ SLOT_CHAT_SESSION_ID = "omnidesk_chat_session_id"
 SLOT_HANDOFF_OUTCOME = "handoff_outcome"
 INTENT_CHAT_ENDED = "omnidesk_chat_ended"
 ENTITY_HANDOFF_OUTCOME = "handoff_outcome"
-
-
-class HandoffState(str, enum.Enum):
-    """Where a conversation is. Only ``with_agent`` is kept in the switchboard."""
-
-    BOT = "bot"
-    CONNECTING = "connecting"
-    WITH_AGENT = "with_agent"
 
 
 class HandoffOutcome(str, enum.Enum):

@@ -169,12 +169,11 @@ async def test_relayed_turns_land_in_the_tracker_before_the_end_intent() -> None
 
 
 async def test_an_open_chat_reaches_the_tracker_once_its_turns_waited_the_record_interval() -> None:
-    async with callback_setup() as setup:
+    async with callback_setup(record_interval=3) as setup:
         chat = await setup.hand_over("cust-12")
         await setup.say("cust-12", "still there?")
         await setup.server.sandbox.agent_reply(chat, "yes", name="Anna")
         await setup.customer.wait_for(lambda r: [m for m in r if m.get("text") == "yes"])
-        relay = setup.server.relay
         store = setup.server.app.ctx.agent.tracker_store
 
         def relayed(tracker: Any) -> List[str]:
@@ -182,12 +181,14 @@ async def test_an_open_chat_reaches_the_tracker_once_its_turns_waited_the_record
                 e.text for e in tracker.events if "omnidesk" in (getattr(e, "metadata", None) or {})
             ]
 
-        await relay.sweep()  # the turns are seconds old: not yet written
+        await setup.server.channel.sweeper.sweep()  # the turns are younger than 3 s
         assert relayed(await store.get_or_create_tracker("cust-12")) == []
 
-        relay.record_interval = 0.0
-        await relay.sweep()
-        assert relayed(await store.retrieve("cust-12")) == ["still there?", "yes"]
+        # The background sweeper writes them once they have waited 3 s.
+        deadline = asyncio.get_running_loop().time() + 10
+        while relayed(await store.retrieve("cust-12")) != ["still there?", "yes"]:
+            assert asyncio.get_running_loop().time() < deadline, "never written"
+            await asyncio.sleep(0.1)
         assert await setup.server.relay.switchboard.get("cust-12") is not None  # still open
 
 
@@ -195,7 +196,9 @@ async def test_an_agent_message_in_the_moment_before_the_handoff_registers_is_de
     # The action opens the chat, then its control payload reaches the channel a
     # little later; Omnidesk may already call messageForCustomer in between.
     async with callback_setup() as setup:
-        setup.server.relay.new_chat_grace = 3.0  # generous, so a slow machine cannot miss it
+        setup.server.relay.delivery.new_chat_grace = (
+            3.0  # generous, so a slow machine cannot miss it
+        )
         started = await setup.server.open_chat()
         setup.server.escalate_on("escalate early", started)
         greeting = asyncio.ensure_future(

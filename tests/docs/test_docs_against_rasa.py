@@ -20,7 +20,8 @@ from rasa.shared.core.training_data.story_reader.yaml_story_reader import YAMLSt
 from rasa.shared.utils.io import read_yaml
 from sanic import Sanic
 
-from connectors.omnidesk.channel.input import HOOKPOINT_NAMES, ChannelConfigError, OmnideskInput
+from connectors.omnidesk.channel.input import ChannelConfigError, OmnideskInput
+from connectors.omnidesk.channel.routes import HOOKPOINT_NAMES
 from connectors.omnidesk.client import OmnideskClient, OmnideskUnavailable
 from connectors.omnidesk.handoff import new_chat_session_id
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError

@@ -17,6 +17,7 @@ from rasa.core.channels.channel import InputChannel, OutputChannel
 from rasa.core.channels.socketio import SocketIOInput
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
+from connectors.omnidesk.channel.sides import CustomerLine, FileLink
 from connectors.omnidesk.handoff import (
     ControlPayloadError,
     HandoffStarted,
@@ -35,7 +36,7 @@ _CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "ele
 class WrappedOutput(OutputChannel):  # type: ignore[misc]
     """The wrapped channel's output channel, with the control payload taken off."""
 
-    def __init__(self, inner: Any, channel: str, on_started: OnHandoffStarted) -> None:
+    def __init__(self, inner: OutputChannel, channel: str, on_started: OnHandoffStarted) -> None:
         self.inner = inner
         self.channel = channel
         self._on_started = on_started
@@ -110,7 +111,7 @@ def _with_agent(payload: Dict[str, Any], agent: Optional[AgentIdentity]) -> Dict
 class SocketIOLine:
     """socket.io: the bot event carries {"text", "agent": {"name", "picture"}}."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: SocketIOInput) -> None:
         self._channel = channel
 
     async def _emit(self, event: str, data: Dict[str, Any], room: str) -> None:
@@ -126,17 +127,12 @@ class SocketIOLine:
         await self._emit(self._channel.bot_message_evt, data, recipient_id)
 
     async def send_file(
-        self,
-        recipient_id: str,
-        url: str,
-        filename: str,
-        is_image: bool,
-        agent: Optional[AgentIdentity] = None,
+        self, recipient_id: str, file: FileLink, agent: Optional[AgentIdentity] = None
     ) -> None:
-        if is_image:
-            attachment: Dict[str, Any] = {"type": "image", "payload": {"src": url}}
+        if file.is_image:
+            attachment: Dict[str, Any] = {"type": "image", "payload": {"src": file.url}}
         else:
-            attachment = {"type": "file", "payload": {"src": url, "name": filename}}
+            attachment = {"type": "file", "payload": {"src": file.url, "name": file.filename}}
         data = _with_agent({"attachment": attachment}, agent)
         await self._emit(self._channel.bot_message_evt, data, recipient_id)
 
@@ -152,7 +148,7 @@ class CallbackLine:
     "attachment" (a URL) and "filename"; typing: {"recipient_id", "typing": bool}.
     """
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: CallbackInput) -> None:
         self._endpoint = channel.callback_endpoint
 
     async def _post(self, body: Dict[str, Any]) -> None:
@@ -164,15 +160,10 @@ class CallbackLine:
         await self._post(_with_agent({"recipient_id": recipient_id, "text": text}, agent))
 
     async def send_file(
-        self,
-        recipient_id: str,
-        url: str,
-        filename: str,
-        is_image: bool,
-        agent: Optional[AgentIdentity] = None,
+        self, recipient_id: str, file: FileLink, agent: Optional[AgentIdentity] = None
     ) -> None:
-        body: Dict[str, Any] = {"recipient_id": recipient_id, "filename": filename}
-        body["image" if is_image else "attachment"] = url
+        body: Dict[str, Any] = {"recipient_id": recipient_id, "filename": file.filename}
+        body["image" if file.is_image else "attachment"] = file.url
         await self._post(_with_agent(body, agent))
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
@@ -183,11 +174,11 @@ class CallbackLine:
 class PlainLine:
     """Any other channel: its own output channel; the agent's name as a text prefix."""
 
-    def __init__(self, channel: Any, name_prefix: bool) -> None:
+    def __init__(self, channel: InputChannel, name_prefix: bool) -> None:
         self._channel = channel
         self._name_prefix = name_prefix
 
-    def _output(self) -> Any:
+    def _output(self) -> OutputChannel:
         output = self._channel.get_output_channel()
         if output is None:
             raise RuntimeError(
@@ -206,26 +197,21 @@ class PlainLine:
         await self._output().send_text_message(recipient_id, self._prefixed(text, agent))
 
     async def send_file(
-        self,
-        recipient_id: str,
-        url: str,
-        filename: str,
-        is_image: bool,
-        agent: Optional[AgentIdentity] = None,
+        self, recipient_id: str, file: FileLink, agent: Optional[AgentIdentity] = None
     ) -> None:
         output = self._output()
         if self._name_prefix and agent is not None and agent.name:
-            await output.send_text_message(recipient_id, f"{agent.name}: {filename}")
-        if is_image:
-            await output.send_image_url(recipient_id, url)
+            await output.send_text_message(recipient_id, f"{agent.name}: {file.filename}")
+        if file.is_image:
+            await output.send_image_url(recipient_id, file.url)
         else:
-            await output.send_attachment(recipient_id, url)
+            await output.send_attachment(recipient_id, file.url)
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         return False
 
 
-def line_for(channel: InputChannel, name_prefix: bool) -> Any:
+def line_for(channel: InputChannel, name_prefix: bool) -> CustomerLine:
     """The best way to reach a customer of ``channel`` outside a request."""
     if isinstance(channel, SocketIOInput):
         return SocketIOLine(channel)

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional, Sequence
 from rasa.core.channels.channel import UserMessage
 from rasa.shared.core.events import BotUttered, UserUttered
 
-from connectors.omnidesk.channel.relay import DEFAULT_TEXTS, CustomerLine, RecordEntry
+from connectors.omnidesk.channel.sides import RecordEntry
 from connectors.omnidesk.channel.switchboard import Handoff
 from connectors.omnidesk.handoff import (
     ENTITY_HANDOFF_OUTCOME,
@@ -103,37 +103,30 @@ class RasaBot:
             conversation_id,
         )
 
-    async def hand_back(
-        self, handoff: Handoff, outcome: HandoffOutcome, line: Optional[CustomerLine]
-    ) -> None:
-        if self._knows_end_intent():
-            entities = json.dumps({ENTITY_HANDOFF_OUTCOME: outcome.value})
-            message = UserMessage(
-                f"/{INTENT_CHAT_ENDED}{entities}",
-                output_channel=self._output_for(handoff.channel),
-                sender_id=handoff.conversation_id,
-                input_channel=handoff.channel,
-                metadata={
-                    "omnidesk": {
-                        "event": "chat_ended",
-                        "outcome": outcome.value,
-                        "chat_session_id": handoff.chat_session_id,
-                    }
-                },
-            )
-            await self._handler(message)
-            return
-        if not self._warned_no_intent:
-            self._warned_no_intent = True
-            logger.warning(
-                "The bot's domain has no intent %s: the customer gets a plain text when a "
-                "chat ends, and the bot's slots are not reset. Add the intent and a rule "
-                "(see docs/domain.md).",
-                INTENT_CHAT_ENDED,
-            )
-        if line is not None:
-            text = (
-                self.response_text("utter_omnidesk_chat_ended")
-                or DEFAULT_TEXTS["utter_omnidesk_chat_ended"]
-            )
-            await line.send_text(handoff.conversation_id, text)
+    async def hand_back(self, handoff: Handoff, outcome: HandoffOutcome) -> bool:
+        if not self._knows_end_intent():
+            if not self._warned_no_intent:
+                self._warned_no_intent = True
+                logger.warning(
+                    "The bot's domain has no intent %s: the customer gets a plain text when a "
+                    "chat ends, and the bot's slots are not reset. Add the intent and a rule "
+                    "(see docs/domain.md).",
+                    INTENT_CHAT_ENDED,
+                )
+            return False
+        entities = json.dumps({ENTITY_HANDOFF_OUTCOME: outcome.value})
+        message = UserMessage(
+            f"/{INTENT_CHAT_ENDED}{entities}",
+            output_channel=self._output_for(handoff.channel),
+            sender_id=handoff.conversation_id,
+            input_channel=handoff.channel,
+            metadata={
+                "omnidesk": {
+                    "event": "chat_ended",
+                    "outcome": outcome.value,
+                    "chat_session_id": handoff.chat_session_id,
+                }
+            },
+        )
+        await self._handler(message)
+        return True

@@ -20,9 +20,15 @@ from typing import Any, Dict, List, Optional
 
 logger = logging.getLogger(__name__)
 
+NEW_CHAT_POLL = 0.02  # seconds between looks for a chat that is about to register
+
 
 class SwitchboardError(RuntimeError):
     """The switchboard's store failed or holds data this version cannot read."""
+
+
+class NotInRelay(LookupError):
+    """The conversation or Omnidesk chat is not with an agent now."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,24 @@ class Switchboard(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections; the in-memory switchboard has none."""
+
+    async def wait_for_chat(self, chat_session_id: str, grace: float) -> Handoff:
+        """The open handoff of chat ``chat_session_id``, looked for again for ``grace`` seconds.
+
+        The action opens the Omnidesk chat and the channel registers it a few
+        milliseconds later, when the action's control payload comes back through
+        the turn. Omnidesk may call a hookpoint in between (an automatic greeting,
+        a quick agent), so an unknown chat is not refused at once. NotInRelay
+        when it is still unknown after ``grace``.
+        """
+        deadline = time.monotonic() + grace
+        while True:
+            handoff = await self.find_by_chat_session(chat_session_id)
+            if handoff is not None:
+                return handoff
+            if time.monotonic() >= deadline:
+                raise NotInRelay(chat_session_id)
+            await asyncio.sleep(NEW_CHAT_POLL)
 
 
 class InMemorySwitchboard(Switchboard):

@@ -1,0 +1,179 @@
+"""Workarounds for Rasa and Sanic, each with the reason and the version it is for.
+
+Nothing here changes Rasa's files: each one wraps, replaces a handler, or adds
+an entry where Rasa looks. docs/architecture.md ("Rasa traps") tells the story.
+"""
+
+import inspect
+import logging
+import re
+import uuid
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urljoin
+
+from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
+from rasa.core.channels.socketio import SocketIOInput
+from sanic import Blueprint
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[UserMessage], Awaitable[Any]]
+OutputFor = Callable[[str], Optional[OutputChannel]]
+
+# -- keeping the secret out of Sanic's logs (any Sanic) ------------------------------
+
+_HOOK_PATH = re.compile(r"(/hook/)[^/\s?\"']+")
+
+
+class HookpointSecretFilter(logging.Filter):
+    """Masks the secret path segment of hookpoint URLs in Sanic's access and error logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        if isinstance(request, str):
+            record.request = _HOOK_PATH.sub(r"\1***", request)
+        if isinstance(record.msg, str):
+            record.msg = _HOOK_PATH.sub(r"\1***", record.msg)
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(
+                _HOOK_PATH.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+_SECRET_FILTER = HookpointSecretFilter()
+
+
+def install_secret_filter() -> None:
+    for name in ("sanic.access", "sanic.error", "sanic.root"):
+        target = logging.getLogger(name)
+        if _SECRET_FILTER not in target.filters:
+            target.addFilter(_SECRET_FILTER)
+
+
+# -- the log level (Rasa 3.6 with scikit-learn pipelines) ----------------------------
+
+
+def keep_log_level() -> None:
+    """Pin the connector's log level to the one Rasa was started with.
+
+    Loading a model whose pipeline uses scikit-learn (LogisticRegressionClassifier,
+    for one) imports numpy.distutils, which, through setuptools' distutils shim,
+    sets the root logger to WARNING. Every INFO line after the model loaded would
+    vanish, the connector's one line per handoff event among them. Rasa configures
+    logging before it builds the channels, so the level seen here is the user's.
+    """
+    ours = logging.getLogger("connectors.omnidesk")
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.getLogger().getEffectiveLevel())
+
+
+# -- socket.io rooms (Rasa 3.6 with python-socketio >= 5.9) ---------------------------
+
+
+def await_session_room(channel: SocketIOInput) -> None:
+    """Replace Rasa's socket.io ``session_request`` handler with one that awaits ``enter_room``.
+
+    Rasa 3.6 calls ``sio.enter_room(...)`` without ``await``. From python-socketio
+    5.9 on, ``AsyncServer.enter_room`` is a coroutine, so with
+    ``session_persistence: true`` the socket never joins its session's room and
+    no bot or agent message reaches the widget. The handler below is Rasa's,
+    with the room entered for real on either version.
+    """
+    sio = channel.sio
+    persistence = bool(channel.session_persistence)
+
+    async def session_request(sid: str, data: Optional[Dict[str, Any]]) -> None:
+        data = dict(data) if isinstance(data, Mapping) else {}
+        if not data.get("session_id"):
+            data["session_id"] = uuid.uuid4().hex
+        if persistence:
+            entered = sio.enter_room(sid, data["session_id"], namespace=channel.namespace)
+            if inspect.isawaitable(entered):
+                await entered
+        await sio.emit("session_confirm", data["session_id"], room=sid, namespace=channel.namespace)
+        logger.debug("socket.io client %s joined its session", sid)
+
+    sio.on("session_request", namespace=channel.namespace)(session_request)
+
+
+# -- Rasa's channel registry (rasa.server._get_output_channel) -------------------------
+
+
+class WrappedChannelEntry(InputChannel):  # type: ignore[misc]
+    """Stands for a wrapped channel in app.ctx.input_channels.
+
+    Rasa's HTTP API (``?output_channel=latest``) looks a conversation's output
+    channel up by the latest input channel's name; the wrapped channel is not
+    registered by itself, so this entry answers for it, with the control
+    payload still caught.
+    """
+
+    def __init__(self, wrapped: InputChannel, output_for: OutputFor) -> None:
+        self._wrapped = wrapped
+        self._output_for = output_for
+
+    def name(self) -> str:
+        return str(self._wrapped.name())
+
+    def url_prefix(self) -> str:
+        return str(self._wrapped.url_prefix())
+
+    def get_output_channel(self) -> Optional[OutputChannel]:
+        return self._output_for(self.name())
+
+    def blueprint(self, on_new_message: Handler) -> Blueprint:
+        raise RuntimeError("registered through OmnideskInput")
+
+
+def register_wrapped_channels(
+    app: Any, channels: List[InputChannel], output_for: OutputFor
+) -> None:
+    """Add an entry per wrapped channel to ``app.ctx.input_channels`` where none is."""
+    existing = list(getattr(app.ctx, "input_channels", None) or [])
+    known = {str(c.name()) for c in existing}
+    for channel in channels:
+        if str(channel.name()) not in known:
+            existing.append(WrappedChannelEntry(channel, output_for))
+    app.ctx.input_channels = existing
+
+
+# -- the wrapped channels' usual URLs (Rasa registers one blueprint per channel) -------
+
+
+class BesideBlueprint(Blueprint):
+    """Registers the wrapped channels' blueprints at their own usual prefixes.
+
+    Rasa registers OmnideskInput's blueprint with url_prefix /webhooks/omnidesk;
+    a wrapped channel's routes belong at /webhooks/<its prefix>, so they are
+    registered here beside it, not below it. A ``Blueprint.group`` would take
+    one prefix for all its members. ``on_prefix`` hears the prefix Rasa gave.
+    """
+
+    def __init__(
+        self,
+        own_prefix: str,
+        wrapped: List[Tuple[InputChannel, Blueprint]],
+        on_prefix: Callable[[str], None],
+    ) -> None:
+        super().__init__("omnidesk_webhook", url_prefix=None)
+        self.ctx.own_prefix = own_prefix
+        self.ctx.wrapped = wrapped
+        self.ctx.on_prefix = on_prefix
+
+    def register(self, app: Any, options: Dict[str, Any]) -> None:
+        prefix = options.get("url_prefix")
+        base: Optional[str] = None
+        if prefix:
+            stripped = str(prefix).rstrip("/")
+            own = "/" + self.ctx.own_prefix
+            base = stripped[: -len(own)] + "/" if stripped.endswith(own) else "/"
+            self.ctx.on_prefix(stripped)
+        else:
+            self.ctx.on_prefix("")
+        for channel, blueprint in self.ctx.wrapped:
+            wrapped_prefix = urljoin(base, channel.url_prefix()) if base is not None else None
+            app.blueprint(blueprint, url_prefix=wrapped_prefix)
+        register: Any = super().register
+        register(app, options)

@@ -1,0 +1,341 @@
+"""The connector's HTTP routes under /webhooks/omnidesk, and the socket.io customer event.
+
+- ``POST /hook/<secret>/<hookpoint>``: Omnidesk's four hookpoints.
+- ``POST /upload``, ``POST /event`` and the socket.io ``customer_event``: the
+  customer's file and typing/widget events while with an agent.
+- ``GET /files/<token>/<name>``: the agent's files, as linked to the customer.
+- ``GET /``: health.
+
+Each route reads its body under its own cap, hands typed values to the relay
+and answers from one table (``answer_for``): what went wrong decides the status,
+never a 500. docs/channel.md and docs/security.md describe them.
+"""
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from sanic import Blueprint, response
+from sanic.exceptions import PayloadTooLarge
+from sanic.request import Request
+from sanic.response import HTTPResponse
+
+from connectors.omnidesk import rules
+from connectors.omnidesk.channel.files import FileTooLarge
+from connectors.omnidesk.channel.hookpoints import (
+    HookpointFields,
+    HookpointInputError,
+    UploadedFile,
+    fields_from,
+    parse_end,
+    parse_message,
+    parse_typing,
+    parse_upload,
+)
+from connectors.omnidesk.channel.relay import Relay
+from connectors.omnidesk.channel.switchboard import NotInRelay, SwitchboardError
+from connectors.omnidesk.client import OmnideskError
+from connectors.omnidesk.settings import OmnideskSettings
+
+logger = logging.getLogger(__name__)
+
+CUSTOMER_EVENT = "customer_event"
+HOOKPOINT_ANSWER_BUDGET = 0.5  # seconds a hookpoint waits to see its delivery through
+SMALL_BODY_BYTES = 64 * 1024
+MESSAGE_BODY_BYTES = 1024 * 1024
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+HOOKPOINT_NAMES = (
+    "messageForCustomer",
+    "uploadForCustomer",
+    "typingIndicatorForCustomer",
+    "endSession",
+)
+
+
+class ChannelStarting(RuntimeError):
+    """A route was called before the channel's listeners built the relay."""
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What one route says when the conversation is not with an agent, or Omnidesk failed."""
+
+    not_in_relay: str
+    omnidesk_failed: str = "Omnidesk did not accept it"
+
+
+HOOKPOINT_ANSWERS = Answers(not_in_relay="sessionID: no open chat with this session id")
+UPLOAD_ANSWERS = Answers(
+    not_in_relay="sender: this conversation is not with an agent",
+    omnidesk_failed="file: Omnidesk did not accept the file; the customer was told",
+)
+EVENT_ANSWERS = Answers(
+    not_in_relay="sender: this conversation is not with an agent",
+    omnidesk_failed="event: Omnidesk did not accept the event",
+)
+
+
+def answer_for(error: Exception, answers: Answers) -> Optional[Tuple[int, str]]:
+    """The one table from what went wrong to the status and message; None: not ours to map."""
+    if isinstance(error, HookpointInputError):
+        return error.status, str(error)
+    if isinstance(error, FileTooLarge):
+        return 413, str(error)
+    if isinstance(error, NotInRelay):
+        return 404, answers.not_in_relay
+    if isinstance(error, OmnideskError):
+        return 502, answers.omnidesk_failed
+    if isinstance(error, SwitchboardError):
+        logger.error("The switchboard failed: %s", error)
+        return 503, "the switchboard is unavailable; try again"
+    if isinstance(error, ChannelStarting):
+        return 503, "the Omnidesk channel is starting; try again"
+    return None
+
+
+def error_body(message: str) -> Dict[str, str]:
+    return {"status": "error", "message": message}
+
+
+def error_response(status: int, message: str) -> HTTPResponse:
+    return response.json(error_body(message), status=status)
+
+
+class Routes:
+    """The connector's routes; ``relay`` answers None until the channel has started."""
+
+    def __init__(self, settings: OmnideskSettings, relay: Callable[[], Optional[Relay]]) -> None:
+        self.settings = settings
+        self._relay = relay
+
+    def relay(self) -> Relay:
+        relay = self._relay()
+        if relay is None:
+            raise ChannelStarting()
+        return relay
+
+    def add_to(self, blueprint: Blueprint) -> None:
+        # Sanic marks its handlers with attributes, which bound methods cannot take,
+        # so each route is a plain function; its decorators are untyped, hence Any.
+        routes: Any = blueprint
+
+        async def health(request: Request) -> HTTPResponse:
+            return await self.health(request)
+
+        async def hook(request: Request, secret: str, hookpoint: str) -> HTTPResponse:
+            return await self.hookpoint(request, secret, hookpoint)
+
+        async def upload(request: Request) -> HTTPResponse:
+            return await self.customer_upload(request)
+
+        async def event(request: Request) -> HTTPResponse:
+            return await self.customer_event(request)
+
+        async def files(request: Request, token: str, filename: str) -> HTTPResponse:
+            return await self.serve_file(request, token, filename)
+
+        routes.add_route(health, "/", methods=["GET"], name="omnidesk_health")
+        routes.add_route(
+            hook,
+            "/hook/<secret:str>/<hookpoint:str>",
+            methods=["POST"],
+            stream=True,
+            name="omnidesk_hook",
+        )
+        routes.add_route(upload, "/upload", methods=["POST"], stream=True, name="omnidesk_upload")
+        routes.add_route(event, "/event", methods=["POST"], stream=True, name="omnidesk_event")
+        routes.add_route(
+            files, "/files/<token:str>/<filename:str>", methods=["GET"], name="omnidesk_files"
+        )
+
+    # -- reading a body ----------------------------------------------------------------
+
+    @staticmethod
+    async def _read_body(request: Request, limit: int) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise HookpointInputError("body", f"larger than {limit} bytes", status=413)
+        stream: Any = request.stream
+        if stream is not None:
+            stream.request_max_size = limit
+        receive: Any = request.receive_body
+        try:
+            await receive()
+        except PayloadTooLarge as error:
+            raise HookpointInputError("body", f"larger than {limit} bytes", status=413) from error
+        return bytes(request.body or b"")
+
+    async def _fields(self, request: Request, limit: int) -> HookpointFields:
+        body = await self._read_body(request, limit)
+        kind = (request.content_type or "").split(";", 1)[0].strip().lower()
+        form: Optional[Mapping[str, Any]] = None
+        files: Optional[Mapping[str, Any]] = None
+        if kind in {"multipart/form-data", "application/x-www-form-urlencoded"}:
+            form = request.form
+            files = request.files
+        return fields_from(
+            content_type=request.content_type or "",
+            body=body,
+            query_string=request.query_string or "",
+            form=form,
+            files=files,
+        )
+
+    def _check_upload(self, upload: UploadedFile) -> None:
+        if len(upload.content) > self.settings.max_upload_bytes:
+            raise HookpointInputError(
+                "file", f"larger than {self.settings.max_upload_bytes} bytes", status=413
+            )
+
+    # -- the routes --------------------------------------------------------------------
+
+    async def health(self, _: Request) -> HTTPResponse:
+        return response.json({"status": "ok"})
+
+    async def hookpoint(self, request: Request, secret: str, hookpoint: str) -> HTTPResponse:
+        expected = self.settings.hookpoint_secret.reveal()
+        if not hmac.compare_digest(secret.encode("utf-8"), expected.encode("utf-8")):
+            logger.warning("Hookpoint call with a wrong secret refused (404).")
+            return error_response(404, "not found")
+        if hookpoint not in HOOKPOINT_NAMES:
+            return error_response(404, f"no hookpoint {hookpoint[:40]!r}")
+        try:
+            relay = self.relay()
+            if hookpoint == "uploadForCustomer":
+                limit = self.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+            elif hookpoint == "messageForCustomer":
+                limit = MESSAGE_BODY_BYTES
+            else:
+                limit = SMALL_BODY_BYTES
+            fields = await self._fields(request, limit)
+            delivery: Optional[asyncio.Future[bool]] = None
+            if hookpoint == "messageForCustomer":
+                delivery = await relay.delivery.message(parse_message(fields))
+            elif hookpoint == "uploadForCustomer":
+                upload = parse_upload(fields)
+                self._check_upload(upload.file)
+                delivery = await relay.delivery.upload(upload)
+            elif hookpoint == "typingIndicatorForCustomer":
+                await relay.delivery.typing(parse_typing(fields))
+            else:
+                await relay.agent_end(parse_end(fields))
+        except Exception as error:
+            answer = answer_for(error, HOOKPOINT_ANSWERS)
+            if answer is None:
+                raise
+            status, message = answer
+            if isinstance(error, NotInRelay):
+                logger.info(
+                    "Hookpoint %s for chat %s refused: not with an agent now (404).",
+                    hookpoint,
+                    error.args[0] if error.args else "?",
+                )
+            elif isinstance(error, HookpointInputError):
+                logger.info("Hookpoint %s refused (%d): %s", hookpoint, status, message)
+            return error_response(status, message)
+        if delivery is not None and not await _delivered_in_time(delivery):
+            return error_response(
+                502, "the customer's channel did not take the message; it was not delivered"
+            )
+        return response.text("ok")
+
+    async def customer_upload(self, request: Request) -> HTTPResponse:
+        try:
+            relay = self.relay()
+            fields = await self._fields(
+                request, self.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+            )
+            sender = fields.text("sender")
+            if not sender:
+                raise HookpointInputError("sender", "required (the conversation id)")
+            upload: Optional[UploadedFile] = fields.files.get("file")
+            if upload is None or not upload.content:
+                raise HookpointInputError("file", "required (a multipart file field named 'file')")
+            self._check_upload(upload)
+            if not self.settings.accepts_upload_type(upload.content_type):
+                raise HookpointInputError(
+                    "file",
+                    f"type {upload.content_type[:80]} not allowed; allowed: "
+                    f"{', '.join(self.settings.allowed_upload_types)}",
+                    status=415,
+                )
+            await relay.customer_upload(sender, upload)
+        except Exception as error:
+            answer = answer_for(error, UPLOAD_ANSWERS)
+            if answer is None:
+                raise
+            return error_response(*answer)
+        return response.json({"status": "ok"})
+
+    async def customer_event(self, request: Request) -> HTTPResponse:
+        try:
+            fields = await self._fields(request, SMALL_BODY_BYTES)
+        except HookpointInputError as error:
+            return error_response(error.status, str(error))
+        sender = fields.text("sender")
+        if not sender:
+            return error_response(400, "sender: required (the conversation id)")
+        status, body = await self.relay_customer_event(sender, fields.text("event"))
+        return response.json(body, status=status)
+
+    async def relay_customer_event(self, sender: str, event: Any) -> Tuple[int, Dict[str, str]]:
+        """Relay a customer's typing or widget event; the status and body to answer with."""
+        try:
+            rules.check_event(event)
+        except rules.FieldRuleError as error:
+            return 400, error_body(f"event: {error.rule}")
+        try:
+            await self.relay().customer_event(sender, str(event))
+        except Exception as error:
+            answer = answer_for(error, EVENT_ANSWERS)
+            if answer is None:
+                raise
+            status, message = answer
+            return status, error_body(message)
+        return 200, {"status": "ok"}
+
+    async def serve_file(self, _: Request, token: str, filename: str) -> HTTPResponse:
+        relay = self._relay()
+        if relay is None:
+            return error_response(404, "not found")
+        stored = await relay.delivery.files.lookup(token, filename)
+        if stored is None:
+            return error_response(404, "not found")
+        headers = {
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=3600",
+            "Content-Security-Policy": "default-src 'none'",
+        }
+        if not stored.content_type.startswith("image/"):
+            headers["Content-Disposition"] = f'attachment; filename="{stored.filename}"'
+        return await response.file(stored.path, mime_type=stored.content_type, headers=headers)
+
+    # -- socket.io ---------------------------------------------------------------------
+
+    def on_socketio(self, sio: Any, namespace: Optional[str], session_persistence: bool) -> None:
+        """Serve the ``customer_event`` socket.io event on the wrapped socket.io server."""
+
+        async def customer_event(sid: str, data: Any) -> Dict[str, str]:
+            if not isinstance(data, Mapping):
+                return error_body("data: must be an object with 'event'")
+            sender = data.get("session_id") if session_persistence else sid
+            if not isinstance(sender, str) or not sender:
+                return error_body("session_id: required (session_persistence is on)")
+            _status, body = await self.relay_customer_event(sender, data.get("event"))
+            return body
+
+        sio.on(CUSTOMER_EVENT, namespace=namespace)(customer_event)
+
+
+async def _delivered_in_time(delivery: "asyncio.Future[bool]") -> bool:
+    """False only when delivery failed within the hookpoint's answer budget.
+
+    Omnidesk wants a hookpoint answer within about a second. A delivery still
+    under way by then is answered ``ok`` and goes on in the background (a
+    failure is then logged); one that has already failed is answered 502, so
+    the agent's side hears of it instead of a false ``ok``.
+    """
+    done, _ = await asyncio.wait({delivery}, timeout=HOOKPOINT_ANSWER_BUDGET)
+    return not done or delivery.result()

@@ -1,0 +1,71 @@
+"""The two sides the relay talks to, as protocols: the customer's line and the bot.
+
+The relay, the delivery of agent events, the tracker record and the sweeper
+know neither Sanic nor Rasa; they see the customer through ``CustomerLine``
+(customer.py implements it per wrapped channel) and Rasa through ``BotSide``
+(rasa_bot.py implements it on a running Rasa server).
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence
+
+from connectors.omnidesk.channel.hookpoints import AgentIdentity
+from connectors.omnidesk.channel.switchboard import Handoff
+from connectors.omnidesk.handoff import HandoffOutcome
+
+
+@dataclass(frozen=True)
+class FileLink:
+    """A file the customer is sent as a link: where it is, its name, and how to show it."""
+
+    url: str
+    filename: str
+    is_image: bool
+
+
+class CustomerLine(Protocol):
+    """How to reach a customer on one wrapped channel, outside a request."""
+
+    async def send_text(
+        self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
+    ) -> None: ...
+
+    async def send_file(
+        self, recipient_id: str, file: FileLink, agent: Optional[AgentIdentity] = None
+    ) -> None: ...
+
+    async def send_typing(self, recipient_id: str, typing: bool) -> bool:
+        """Show or hide the agent's typing; False when the channel cannot show it."""
+        ...
+
+
+@dataclass(frozen=True)
+class RecordEntry:
+    """One relayed turn for the tracker: who said it, in which chat."""
+
+    role: str  # "customer" | "agent"
+    text: str
+    chat_session_id: str
+    timestamp: float
+    agent_name: Optional[str] = None
+    attachment_url: Optional[str] = None
+
+
+class BotSide(Protocol):
+    """Rasa, as the relay sees it."""
+
+    def response_text(self, name: str) -> Optional[str]:
+        """The first text variation of a response in the bot's domain, if any."""
+        ...
+
+    async def record(self, conversation_id: str, entries: Sequence[RecordEntry]) -> None:
+        """Append relayed turns to the conversation's tracker."""
+        ...
+
+    async def hand_back(self, handoff: Handoff, outcome: HandoffOutcome) -> bool:
+        """Give the conversation back to the bot, which tells the customer.
+
+        False when the bot cannot (its domain lacks the end-of-chat intent):
+        the relay then tells the customer itself.
+        """
+        ...
