@@ -8,7 +8,7 @@ install, except under CI=true, where a missing part fails the run.
 import os
 import shutil
 import socket
-from typing import Optional
+from typing import Any, AsyncIterator, Optional
 
 import pytest
 
@@ -34,3 +34,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Real headless Chromium (Debian's), driven by Playwright; closed after the test."""
+    chromium = require_program("chromium", "chromium", "/usr/bin/chromium")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()

@@ -17,8 +17,6 @@ import pytest_asyncio
 import socketio
 from aiohttp import web
 
-from tests.conftest import require_program
-
 pytestmark = pytest.mark.browser
 
 WEB = pathlib.Path(__file__).resolve().parents[2] / "web"
@@ -107,20 +105,9 @@ async def page_url() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-@pytest_asyncio.fixture
-async def browser_page() -> AsyncIterator[Any]:
-    chromium = require_program("chromium", "chromium", "/usr/bin/chromium")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield await browser.new_page()
-        finally:
-            await browser.close()
+@pytest.fixture
+async def browser_page(browser: Any) -> Any:
+    return await browser.new_page()
 
 
 async def wait_for(condition: Any, timeout: float = 5.0) -> None:

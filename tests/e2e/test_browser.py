@@ -12,7 +12,6 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.conftest import require_program
 from tests.e2e.people import Desk, RasaApi
 from tests.e2e.stack import Stack
 from tests.e2e.test_journey import ASK_EMAIL, CLOSED_BY_AGENT, CONNECTED, GREETING
@@ -38,22 +37,11 @@ async def page_server() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-@pytest_asyncio.fixture
-async def two_pages() -> AsyncIterator[Tuple[Any, Any]]:
-    chromium = require_program("chromium", "chromium", "/usr/bin/chromium")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            customer = await browser.new_page(viewport={"width": 480, "height": 760})
-            agent = await browser.new_page(viewport={"width": 1280, "height": 800})
-            yield customer, agent
-        finally:
-            await browser.close()
+@pytest.fixture
+async def two_pages(browser: Any) -> Tuple[Any, Any]:
+    customer = await browser.new_page(viewport={"width": 480, "height": 760})
+    agent = await browser.new_page(viewport={"width": 1280, "height": 800})
+    return customer, agent
 
 
 async def customer_says(page: Any, text: str) -> None:
