@@ -15,15 +15,12 @@ uses it too.
 """
 
 import asyncio
-import dataclasses
 import email.utils
 import json
 import logging
 import math
 import random
-import re
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import timezone
 from typing import (
@@ -45,7 +42,7 @@ from typing import (
 import aiohttp
 
 from connectors.omnidesk import rules
-from connectors.omnidesk.settings import MIME_TYPE, OmnideskSettings
+from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +88,24 @@ class OmnideskError(Exception):
         self.omnidesk_message = omnidesk_message
         self.retryable = retryable
         self.reason = reason
-        super().__init__(f"Omnidesk {call} failed: {reason}")
+        # Not super(): OmnideskValidationError is a FieldRuleError too, whose
+        # constructor takes other arguments.
+        Exception.__init__(self, f"Omnidesk {call} failed: {reason}")
 
 
-class OmnideskValidationError(OmnideskError, ValueError):
-    """A value breaks one of Omnidesk's field rules; nothing was sent."""
+class OmnideskValidationError(OmnideskError, rules.FieldRuleError):
+    """A value breaks a field rule (``rules.FieldRuleError``); nothing was sent.
 
-    def __init__(self, call: str, field: str, rule: str) -> None:
-        self.field = field
-        self.rule = rule
-        super().__init__(call, f"not sent: {field} {rule}")
+    ``field``, ``rule`` and ``status`` are the rule's: ``status`` is the one
+    that fits the refusal (400, 413 for a file too large, 415 for a file type),
+    not an answer from Omnidesk, which was never asked.
+    """
+
+    status: int
+
+    def __init__(self, call: str, field: str, rule: str, status: int = 400) -> None:
+        rules.FieldRuleError.__init__(self, field, rule, status)
+        OmnideskError.__init__(self, call, f"not sent: {field}: {rule}", status=status)
 
 
 class OmnideskHTTPError(OmnideskError):
@@ -200,57 +205,17 @@ class RandomSource(Protocol):
 Sleep = Callable[[float], Awaitable[Any]]
 
 
-# --- field rules the client adds to Omnidesk's ----------------------------------
-
-_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]+$")
-URL = rules.TextRule(
-    "url", min_length=1, max_length=2048, pattern=re.compile(r"^\S+$"), described="no spaces"
-)
-SUBJECT = rules.TextRule("subject", min_length=1, pattern=_ONE_LINE, described="text on one line")
-BRAND_ID = rules.TextRule("brandID", min_length=1, pattern=_ONE_LINE, described="text on one line")
-
-_NOT_FILENAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_filename(name: str) -> str:
-    """A file name of letters, digits, '.', '_' and '-' only, at most 200 characters.
-
-    aiohttp percent-quotes any other character of a multipart filename
-    ("a b.png" would arrive as "a%20b.png"), so we send only characters that
-    need no quoting: accents folded, the rest replaced by '_', directories dropped.
-    """
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    folded = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
-    cleaned = _NOT_FILENAME_CHARACTERS.sub("_", folded).strip("._")
-    if not cleaned:
-        return "file"
-    if len(cleaned) > 200:
-        _stem, dot, extension = cleaned.rpartition(".")
-        keep = extension if dot and len(extension) <= 16 else ""
-        cleaned = cleaned[: 200 - len(keep) - 1] + "." + keep if keep else cleaned[:200]
-    return cleaned
-
+# --- field rules -----------------------------------------------------------------
 
 _T = TypeVar("_T")
 
 
 def _check(call: str, check: Callable[[Any], _T], value: Any) -> _T:
+    """Apply one of ``rules``' checks; a broken rule is this call's validation error."""
     try:
         return check(value)
     except rules.FieldRuleError as error:
-        raise OmnideskValidationError(call, error.field, error.rule) from None
-
-
-def _check_from_address(value: str) -> str:
-    for rule in (rules.EMAIL_ADDRESS, rules.PHONE_NUMBER):
-        try:
-            return rule.check(value)
-        except rules.FieldRuleError:
-            continue
-    raise rules.FieldRuleError(
-        "from",
-        "must be an email address such as jane@example.com or a phone number such as +31201234567",
-    )
+        raise OmnideskValidationError(call, error.field, error.rule, error.status) from None
 
 
 # --- the client ----------------------------------------------------------------
@@ -358,7 +323,7 @@ class OmnideskClient:
             number = _check(call, rules.check_message_number, message_number)
             parts.append(_Part("messageNumber", str(number)))
         if url is not None:
-            parts.append(_Part("url", _check(call, URL.check, url)))
+            parts.append(_Part("url", _check(call, rules.URL.check, url)))
         parts.append(_Part("message", _check(call, rules.MESSAGE.check, message)))
         parts.append(_Part("channelID", str(rules.CHANNEL_ID_LIVE_CHAT)))
         parts.append(self._token_part())
@@ -383,27 +348,25 @@ class OmnideskClient:
     async def add_attachment(
         self, *, chat_session_id: str, filename: str, content: bytes, content_type: str
     ) -> ChatResult:
-        """A file from the customer to the agent. The file name is sent as ``safe_filename`` makes it."""
+        """A file from the customer to the agent.
+
+        The file is checked by ``rules.check_upload`` (at most
+        ``max_upload_bytes``, a concrete MIME type, parameters ignored) and sent
+        with its bare MIME type, under the name ``rules.safe_filename`` makes.
+        """
         call = ADD_ATTACHMENT
-        session_id = _check(call, _SESSION_ID.check, chat_session_id)
+        session_id = _check(call, rules.SESSION_ID.check, chat_session_id)
         if not isinstance(content, (bytes, bytearray)) or not content:
             raise OmnideskValidationError(call, "file", "must be a non-empty bytes object")
-        limit = self._settings.max_upload_bytes
-        if len(content) > limit:
-            raise OmnideskValidationError(
-                call,
-                "file",
-                f"must be at most {limit} bytes (max_upload_bytes), got {len(content)}",
-            )
-        mime = content_type.strip().lower() if isinstance(content_type, str) else ""
-        if not MIME_TYPE.fullmatch(mime) or mime.endswith("/*"):
-            raise OmnideskValidationError(
-                call,
-                "file",
-                f"content type must be a MIME type such as image/png, got {content_type!r}",
-            )
+        mime = _check(
+            call,
+            lambda kind: rules.check_upload(len(content), kind, self._settings.max_upload_bytes),
+            content_type,
+        )
         parts = [
-            _Part("file", bytes(content), filename=safe_filename(filename), content_type=mime),
+            _Part(
+                "file", bytes(content), filename=rules.safe_filename(filename), content_type=mime
+            ),
             _Part("chatServer", self._chat_server),
             self._token_part(),
             _Part("sessionID", session_id),
@@ -448,12 +411,12 @@ class OmnideskClient:
         call = CHATBOT_LOG
         parts: List[_Part] = []
         if from_address is not None:
-            parts.append(_Part("from", _check(call, _check_from_address, from_address)))
-        parts.append(_Part("subject", _check(call, SUBJECT.check, subject)))
+            parts.append(_Part("from", _check(call, rules.check_from_address, from_address)))
+        parts.append(_Part("subject", _check(call, rules.SUBJECT.check, subject)))
         parts.append(_Part("message", _check(call, rules.MESSAGE.check, message)))
         brand = brand_id if brand_id is not None else self._settings.brand_id
         if brand is not None:
-            parts.append(_Part("brandID", _check(call, BRAND_ID.check, brand)))
+            parts.append(_Part("brandID", _check(call, rules.BRAND_ID.check, brand)))
         parts.append(self._token_part())
         answer = await self._post(call, "/api/v2/message/chatbot", parts, None)
         return ChatResult.from_answer(answer)
@@ -676,10 +639,6 @@ class OmnideskClient:
             if secret:
                 text = text.replace(secret, _MASK)
         return text
-
-
-# addAttachment names the session field sessionID; the rule is chatSessionID's.
-_SESSION_ID = dataclasses.replace(rules.CHAT_SESSION_ID, field="sessionID")
 
 
 def _form(parts: Sequence[_Part]) -> aiohttp.FormData:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from connectors.omnidesk.client import ChatConfig, ChatResult, safe_filename
+from connectors.omnidesk.client import ChatConfig, ChatResult
 from connectors.omnidesk.settings import SPEC_END_CHAT_PATH
 from tests.client.fake_omnidesk import (
     ACCOUNT_TOKEN,
@@ -130,20 +130,6 @@ async def test_an_attachment_name_is_sent_in_characters_that_need_no_quoting(omn
     )
 
     assert omnidesk.requests[0].part("file").filename == "Factuur_maart_e_.pdf"
-
-
-@pytest.mark.parametrize(
-    ("given", "sent"),
-    [
-        ("photo.jpg", "photo.jpg"),
-        ("../../etc/passwd", "passwd"),
-        ("...", "file"),
-        ("naïve café.txt", "naive_cafe.txt"),
-        ("a" * 300 + ".png", "a" * 196 + ".png"),
-    ],
-)
-def test_safe_filename(given, sent):
-    assert safe_filename(given) == sent
 
 
 async def test_a_typing_event_names_the_session_and_the_event(omnidesk, make_client):
