@@ -21,18 +21,13 @@ MESSAGE_MAX_CHARS = 20_000
 NAME_MAX_CHARS = 200
 URL_MAX_CHARS = 2_000
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
+class HookpointInputError(rules.FieldRuleError):
+    """A hookpoint call is missing a field or carries a malformed one.
 
-class HookpointInputError(ValueError):
-    """A hookpoint call is missing a field or carries a malformed one."""
-
-    def __init__(self, field: str, problem: str, status: int = 400) -> None:
-        self.field = field
-        self.problem = problem
-        self.status = status
-        super().__init__(f"{field}: {problem}")
+    ``rules.FieldRuleError`` in the channel's own name: ``field``, ``rule`` and
+    the ``status`` the route answers.
+    """
 
 
 @dataclass(frozen=True)
@@ -153,9 +148,9 @@ def _session_id(fields: HookpointFields) -> str:
     if value is None or value == "":
         raise HookpointInputError("sessionID", "required")
     try:
-        return rules.CHAT_SESSION_ID.check(value)
+        return rules.SESSION_ID.check(value)
     except rules.FieldRuleError as error:
-        raise HookpointInputError("sessionID", error.rule) from error
+        raise HookpointInputError(error.field, error.rule, error.status) from error
 
 
 def _agent(fields: HookpointFields) -> AgentIdentity:
@@ -201,13 +196,12 @@ def parse_typing(fields: HookpointFields) -> AgentTyping:
     raw = fields.text("Typing")
     if raw is None or raw == "":
         raise HookpointInputError("Typing", "required (true or false)")
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        typing = True
-    elif lowered in _FALSE:
-        typing = False
-    else:
-        raise HookpointInputError("Typing", f"must be true, false, 1 or 0, got {raw[:20]!r}")
+    try:
+        typing = rules.parse_bool("Typing", raw)
+    except rules.FieldRuleError as error:
+        raise HookpointInputError(
+            error.field, f"{error.rule}, got {raw[:20]!r}", error.status
+        ) from error
     return AgentTyping(session_id=session_id, typing=typing)
 
 
