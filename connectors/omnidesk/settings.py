@@ -266,10 +266,16 @@ class OmnideskSettings:
         return _mask_url_password(self.switchboard_url)
 
     def accepts_upload_type(self, content_type: str) -> bool:
-        """Whether a file of ``content_type`` (parameters ignored) may be uploaded."""
-        mime = content_type.split(";", 1)[0].strip().lower()
-        major = mime.split("/", 1)[0]
-        return mime in self.allowed_upload_types or f"{major}/*" in self.allowed_upload_types
+        """Whether a file of ``content_type`` (parameters ignored) may be uploaded.
+
+        The answer of ``rules.check_upload_type`` with ``allowed_upload_types``:
+        what passes here, the client sends on.
+        """
+        try:
+            rules.check_upload_type(content_type, self.allowed_upload_types)
+        except rules.FieldRuleError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         shown = []
@@ -417,9 +423,6 @@ def _non_empty(raw: Any) -> str:
     return _text(raw, "must be non-empty text")
 
 
-MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)$")
-
-
 def _mime_types(raw: Any) -> Tuple[str, ...]:
     rule = "must be a comma-separated list of MIME types such as image/png or image/*"
     if isinstance(raw, str):
@@ -435,7 +438,7 @@ def _mime_types(raw: Any) -> Tuple[str, ...]:
         mime = item.strip().lower()
         if not mime:
             continue
-        if not MIME_TYPE.fullmatch(mime):
+        if not rules.MIME_TYPE.fullmatch(mime):
             raise _Invalid(f"{rule} ({item.strip()!r} is not one)")
         if mime not in types:
             types.append(mime)
@@ -467,23 +470,11 @@ def _switchboard_url(raw: Any) -> str:
     return value
 
 
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
-
-
 def _boolean(raw: Any) -> bool:
-    rule = "must be true or false (also 1/0, yes/no)"
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, int) and raw in (0, 1):
-        return bool(raw)
-    if isinstance(raw, str):
-        word = raw.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-    raise _Invalid(rule)
+    try:
+        return rules.parse_bool("", raw)
+    except rules.FieldRuleError as error:
+        raise _Invalid(error.rule) from None
 
 
 def _mask_url_password(url: str) -> str:
