@@ -1,8 +1,8 @@
 """The async Omnidesk API client: the six outbound calls of omnidesk-api.txt.
 
-One ``OmnideskClient`` per process holds one ``aiohttp.ClientSession``, made
-lazily inside the running loop and closed explicitly (``await client.close()``,
-or ``async with``). Every call is checked against Omnidesk's field rules before
+One ``OmnideskClient`` per process holds one transport (``transport.py``; by
+default one ``aiohttp.ClientSession``, made lazily inside the running loop) and
+is closed explicitly (``await client.close()``, or ``async with``). Every call is checked against Omnidesk's field rules before
 anything is sent, goes out as ``multipart/form-data`` with ``chatAccountToken``
 (and ``?apiKey=`` when one is configured), has a timeout per attempt, and is
 retried with capped exponential backoff and full jitter on network errors,
@@ -37,12 +37,24 @@ from typing import (
     Tuple,
     TypeVar,
     Union,
+    cast,
 )
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
+from yarl import URL
 
 from connectors.omnidesk import rules
 from connectors.omnidesk.settings import OmnideskSettings
+from connectors.omnidesk.transport import (
+    MAX_ANSWER_BYTES,
+    AiohttpTransport,
+    Request,
+    Timeout,
+    Transport,
+    TransportError,
+    TransportTimeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +68,6 @@ REQUEST_CHAT_CONFIG = "requestChatConfig"
 
 NO_AGENTS_INSTRUCTION = "hide_reason_no_agents_available"
 
-# An answer larger than this is not one of Omnidesk's: read no further.
-MAX_ANSWER_BYTES = 1024 * 1024
 USER_AGENT = "rasa-omnidesk/0.1"
 
 _TEXT_PART = "text/plain; charset=utf-8"
@@ -242,8 +252,10 @@ class _Failure(NamedTuple):
 class OmnideskClient:
     """The six Omnidesk calls. Use one per process and close it on shutdown.
 
-    ``rng`` and ``sleep`` are seams for tests: they pin the backoff schedule
-    without patching anything.
+    ``transport`` carries the requests (default: ``AiohttpTransport``); the
+    client owns it and closes it. It, ``rng`` and ``sleep`` are the seams for
+    tests: a ``MockTransport`` answers as Omnidesk would, ``rng`` and ``sleep``
+    pin the backoff schedule, and nothing is patched.
     """
 
     def __init__(
@@ -252,6 +264,7 @@ class OmnideskClient:
         *,
         rng: Optional[RandomSource] = None,
         sleep: Optional[Sleep] = None,
+        transport: Optional[Transport] = None,
     ) -> None:
         # Settings built by from_env/from_credentials are valid already; a
         # hand-built one is checked here, once, rather than on every call.
@@ -278,8 +291,7 @@ class OmnideskClient:
             )
             if secret is not None
         )
-        self._http: Optional[aiohttp.ClientSession] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._transport: Transport = transport if transport is not None else AiohttpTransport()
         self._closed = False
 
     @property
@@ -292,12 +304,14 @@ class OmnideskClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
-        """Close the HTTP session. The client cannot be used afterwards."""
+        """Close the transport (the HTTP session). The client cannot be used afterwards."""
         self._closed = True
-        if self._http is not None:
-            http, self._http = self._http, None
-            await http.close()
+        await self._transport.close()
 
     # --- the calls ---
 
@@ -451,22 +465,6 @@ class OmnideskClient:
             chat_session_id=chat_session_id,
         )
 
-    def _session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise RuntimeError("OmnideskClient is closed; make a new one")
-        loop = asyncio.get_running_loop()
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
-                headers={"User-Agent": USER_AGENT},
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError(
-                "OmnideskClient was first used in another event loop; make one client per loop"
-            )
-        return self._http
-
     async def _request(
         self,
         call: str,
@@ -478,11 +476,18 @@ class OmnideskClient:
         chat_session_id: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Send one call: timeouts, retries, status mapping and logging live here only."""
-        http = self._session()
+        if self._closed:
+            raise RuntimeError("OmnideskClient is closed; make a new one")
         settings = self._settings
         query = dict(params or {})
         if settings.api_key is not None:
             query["apiKey"] = settings.api_key.reveal()
+        if query:
+            url = str(URL(url).with_query(query))
+        headers = {"User-Agent": USER_AGENT}
+        body = b""
+        if parts:
+            body, headers["Content-Type"] = await _multipart(parts)
         started = time.monotonic()
         deadline = started + settings.retry_budget
         attempt = 0
@@ -495,26 +500,26 @@ class OmnideskClient:
                     raise self._give_up(call, "retry budget spent", failure, attempt)
                 attempt += 1
                 status = None
-                timeout = aiohttp.ClientTimeout(
+                timeout = Timeout(
                     total=min(settings.request_timeout, remaining),
                     connect=min(settings.connect_timeout, remaining),
                 )
+                request = Request(method, url, headers, body, timeout)
                 try:
-                    status, body, retry_after = await self._attempt(
-                        http, method, url, parts, query, timeout
-                    )
-                except asyncio.TimeoutError:
+                    answer = await self._transport.handle_request(request)
+                except TransportTimeout:
                     failure = _Failure(f"no answer within {timeout.total:.3g} s")
-                except aiohttp.ClientError as error:
-                    failure = _Failure(self._redact(_describe(error)))
+                except TransportError as error:
+                    failure = _Failure(self._redact(str(error)))
                 else:
+                    status = answer.status
                     if status != 429 and status < 500:
-                        return self._read_answer(call, status, body)
+                        return self._read_answer(call, status, answer.body)
                     failure = _Failure(
                         f"HTTP {status}",
                         status,
-                        self._omnidesk_message(_json_object(body)),
-                        retry_after,
+                        self._omnidesk_message(_json_object(answer.body)),
+                        _retry_after(answer.header("Retry-After")),
                     )
                 delay = self._delay_before_retry(call, attempt, failure, deadline)
                 logger.warning(
@@ -538,31 +543,6 @@ class OmnideskClient:
                 time.monotonic() - started,
                 chat_session_id,
             )
-
-    async def _attempt(
-        self,
-        http: aiohttp.ClientSession,
-        method: str,
-        url: str,
-        parts: Sequence[_Part],
-        query: Mapping[str, str],
-        timeout: aiohttp.ClientTimeout,
-    ) -> Tuple[int, bytes, Optional[float]]:
-        """One HTTP exchange: the status, the body (bounded) and Retry-After in seconds."""
-        async with http.request(
-            method,
-            url,
-            params=query,
-            data=_form(parts) if parts else None,
-            timeout=timeout,
-            allow_redirects=False,
-        ) as response:
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                body.extend(chunk)
-                if len(body) > MAX_ANSWER_BYTES:
-                    break
-            return response.status, bytes(body), _retry_after(response.headers.get("Retry-After"))
 
     def _give_up(
         self, call: str, why: str, failure: _Failure, attempts: int
@@ -641,11 +621,22 @@ class OmnideskClient:
         return text
 
 
-def _form(parts: Sequence[_Part]) -> aiohttp.FormData:
-    """A fresh multipart body (a FormData can be sent only once, so each attempt builds one).
+class _Collect:
+    """Where aiohttp's multipart writer writes the body, to be sent as bytes."""
 
-    A content type on every part is what makes aiohttp send multipart/form-data
-    even when no part is a file: Omnidesk documents multipart for every call.
+    def __init__(self) -> None:
+        self.chunks: List[bytes] = []
+
+    async def write(self, chunk: bytes) -> None:
+        self.chunks.append(bytes(chunk))
+
+
+async def _multipart(parts: Sequence[_Part]) -> Tuple[bytes, str]:
+    """The multipart/form-data body of ``parts`` and its Content-Type (with the boundary).
+
+    aiohttp's own writer makes the bytes, so they are what aiohttp would send.
+    A content type on every part is what makes it multipart/form-data even
+    when no part is a file: Omnidesk documents multipart for every call.
     """
     form = aiohttp.FormData()
     for part in parts:
@@ -655,7 +646,12 @@ def _form(parts: Sequence[_Part]) -> aiohttp.FormData:
             filename=part.filename,
             content_type=part.content_type or _TEXT_PART,
         )
-    return form
+    payload = form()
+    sink = _Collect()
+    # The multipart writer only calls write(); the rest of a stream writer
+    # (headers, chunking, compression) belongs to the transport.
+    await payload.write(cast(AbstractStreamWriter, sink))
+    return b"".join(sink.chunks), payload.content_type
 
 
 def _json_object(body: bytes) -> Optional[Dict[str, Any]]:
@@ -692,8 +688,3 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
-
-
-def _describe(error: aiohttp.ClientError) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
