@@ -137,6 +137,14 @@ SUBJECT = TextRule("subject", min_length=1, pattern=_ONE_LINE, described="text o
 BRAND_ID = TextRule("brandID", min_length=1, pattern=_ONE_LINE, described="text on one line")
 
 
+# What Omnidesk posts to the hookpoints has no documented bounds; these are ours.
+# A longer agent message is refused (413); a longer name is cut; a longer
+# picture URL is dropped (the picture is decoration, the message still goes).
+AGENT_MESSAGE_MAX_CHARS = 20_000
+AGENT_NAME_MAX_CHARS = 200
+AGENT_PICTURE_MAX_CHARS = 2_000
+
+
 def check_from_address(value: object) -> str:
     """The chatbot log's ``from``: an email address or a phone number."""
     for rule in (EMAIL_ADDRESS, PHONE_NUMBER):

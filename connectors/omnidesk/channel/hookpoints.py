@@ -17,10 +17,6 @@ from connectors.omnidesk import rules
 
 logger = logging.getLogger(__name__)
 
-MESSAGE_MAX_CHARS = 20_000
-NAME_MAX_CHARS = 200
-URL_MAX_CHARS = 2_000
-
 
 class HookpointInputError(rules.FieldRuleError):
     """A hookpoint call is missing a field or carries a malformed one.
@@ -154,14 +150,14 @@ def _session_id(fields: HookpointFields) -> str:
 
 
 def _agent(fields: HookpointFields) -> AgentIdentity:
-    name = (fields.text("name") or "").strip()[:NAME_MAX_CHARS] or None
+    name = (fields.text("name") or "").strip()[: rules.AGENT_NAME_MAX_CHARS] or None
     picture = (fields.text("picture") or "").strip() or None
     if picture is not None:
         parts = urlsplit(picture)
         if (
             parts.scheme not in {"http", "https"}
             or not parts.netloc
-            or len(picture) > URL_MAX_CHARS
+            or len(picture) > rules.AGENT_PICTURE_MAX_CHARS
         ):
             # The picture is decoration: a bad one is dropped, the message still goes.
             logger.debug("Dropped an agent picture that is not an http(s) URL.")
@@ -174,9 +170,9 @@ def parse_message(fields: HookpointFields) -> AgentMessage:
     message = fields.text("message")
     if message is None or not message.strip():
         raise HookpointInputError("message", "required")
-    if len(message) > MESSAGE_MAX_CHARS:
+    if len(message) > rules.AGENT_MESSAGE_MAX_CHARS:
         raise HookpointInputError(
-            "message", f"must be at most {MESSAGE_MAX_CHARS} characters", status=413
+            "message", f"must be at most {rules.AGENT_MESSAGE_MAX_CHARS} characters", status=413
         )
     return AgentMessage(session_id=session_id, message=message, agent=_agent(fields))
 
