@@ -282,7 +282,7 @@ class OmnideskClient:
         self._rng: RandomSource = rng if rng is not None else random.Random()  # noqa: S311 -- jitter, not crypto
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._secrets = tuple(
-            secret.reveal()
+            spelling
             for secret in (
                 settings.chat_account_token,
                 settings.chat_server_token,
@@ -290,6 +290,7 @@ class OmnideskClient:
                 settings.api_key,
             )
             if secret is not None
+            for spelling in _spellings(secret.reveal())
         )
         self._transport: Transport = transport if transport is not None else AiohttpTransport()
         self._closed = False
@@ -652,6 +653,16 @@ async def _multipart(parts: Sequence[_Part]) -> Tuple[bytes, str]:
     # (headers, chunking, compression) belongs to the transport.
     await payload.write(cast(AbstractStreamWriter, sink))
     return b"".join(sink.chunks), payload.content_type
+
+
+def _spellings(secret: str) -> Tuple[str, ...]:
+    """A secret as it may show in a text: as it is, and as a query string encodes it.
+
+    A network error's text may hold the request's URL, apiKey and all; an API
+    key with '+', '/' or '=' shows there percent-encoded.
+    """
+    encoded = URL.build(query={"k": secret}).raw_query_string[len("k=") :]
+    return (secret,) if encoded == secret else (secret, encoded)
 
 
 def _json_object(body: bytes) -> Optional[Dict[str, Any]]:

@@ -17,6 +17,7 @@ from connectors.omnidesk.client import (
     OmnideskValidationError,
 )
 from connectors.omnidesk.settings import Secret
+from connectors.omnidesk.transport import MockTransport, Request, TransportError
 from tests.client.fake_omnidesk import (
     ACCOUNT_TOKEN,
     API_KEY,
@@ -24,6 +25,7 @@ from tests.client.fake_omnidesk import (
     SERVER_TOKEN,
     SESSION_ID,
     Reply,
+    settings_for,
 )
 
 NEW_MESSAGE = "/api/v2/chat/notifyUserNewChatMessage"
@@ -344,3 +346,19 @@ async def test_an_attachment_refusal_carries_the_status_that_fits(
     assert caught.value.status == status
     assert str(caught.value).startswith("Omnidesk addAttachment failed: not sent: file: ")
     assert scripted.requests == []
+
+
+async def test_an_api_key_is_masked_in_an_error_that_quotes_the_url(scripted):
+    api_key = "Ap+i/Key=x&y%z"
+
+    def unreachable(request: Request):
+        raise TransportError(f"ClientOSError: Can not write request body for {request.url}")
+
+    settings = settings_for(scripted, api_key=api_key, max_attempts=1)
+    async with OmnideskClient(settings, transport=MockTransport(unreachable)) as client:
+        with pytest.raises(OmnideskUnavailable) as caught:
+            await client.notify_user_end_chat(chat_session_id=SESSION_ID)
+
+    assert "apiKey=***" in str(caught.value)
+    assert "Ap%2Bi" not in str(caught.value)
+    assert api_key not in str(caught.value)
