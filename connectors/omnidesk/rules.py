@@ -125,38 +125,6 @@ HOOKPOINT_SECRET = TextRule(
 # addAttachment and the hookpoints name the session field sessionID; the rule is chatSessionID's.
 SESSION_ID = dataclasses.replace(CHAT_SESSION_ID, field="sessionID")
 
-# --- rules we add to Omnidesk's ------------------------------------------------
-# Omnidesk's specification leaves these fields open; we refuse what would
-# garble a form field or a log line.
-
-_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]+$")
-URL = TextRule(
-    "url", min_length=1, max_length=2048, pattern=re.compile(r"^\S+$"), described="no spaces"
-)
-SUBJECT = TextRule("subject", min_length=1, pattern=_ONE_LINE, described="text on one line")
-BRAND_ID = TextRule("brandID", min_length=1, pattern=_ONE_LINE, described="text on one line")
-
-
-# What Omnidesk posts to the hookpoints has no documented bounds; these are ours.
-# A longer agent message is refused (413); a longer name is cut; a longer
-# picture URL is dropped (the picture is decoration, the message still goes).
-AGENT_MESSAGE_MAX_CHARS = 20_000
-AGENT_NAME_MAX_CHARS = 200
-AGENT_PICTURE_MAX_CHARS = 2_000
-
-
-def check_from_address(value: object) -> str:
-    """The chatbot log's ``from``: an email address or a phone number."""
-    for rule in (EMAIL_ADDRESS, PHONE_NUMBER):
-        try:
-            return rule.check(value)
-        except FieldRuleError:
-            continue
-    raise FieldRuleError(
-        "from",
-        "must be an email address such as jane@example.com or a phone number such as +31201234567",
-    )
-
 
 def check_message_number(value: object) -> int:
     """messageNumber: an integer from 1 to 50 (Omnidesk's documented cap)."""
@@ -193,6 +161,39 @@ def clean_customer_name(value: Optional[str]) -> Optional[str]:
     folded = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
     cleaned = " ".join(_NOT_NAME_CHARACTERS.sub(" ", folded).split())
     return cleaned or None
+
+
+# --- rules we add to Omnidesk's ------------------------------------------------
+# Omnidesk's specification leaves these fields open; we refuse what would
+# garble a form field or a log line.
+
+_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+URL = TextRule(
+    "url", min_length=1, max_length=2048, pattern=re.compile(r"^\S+$"), described="no spaces"
+)
+SUBJECT = TextRule("subject", min_length=1, pattern=_ONE_LINE, described="text on one line")
+BRAND_ID = TextRule("brandID", min_length=1, pattern=_ONE_LINE, described="text on one line")
+
+
+def check_from_address(value: object) -> str:
+    """The chatbot log's ``from``: an email address or a phone number."""
+    for rule in (EMAIL_ADDRESS, PHONE_NUMBER):
+        try:
+            return rule.check(value)
+        except FieldRuleError:
+            continue
+    raise FieldRuleError(
+        "from",
+        "must be an email address such as jane@example.com or a phone number such as +31201234567",
+    )
+
+
+# What Omnidesk posts to the hookpoints has no documented bounds; these are ours.
+# A longer agent message is refused (413); a longer name is cut; a longer
+# picture URL is dropped (the picture is decoration, the message still goes).
+AGENT_MESSAGE_MAX_CHARS = 20_000
+AGENT_NAME_MAX_CHARS = 200
+AGENT_PICTURE_MAX_CHARS = 2_000
 
 
 # --- true/false words -----------------------------------------------------------
