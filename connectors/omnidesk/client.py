@@ -1,8 +1,8 @@
 """The async Omnidesk API client: the six outbound calls of omnidesk-api.txt.
 
-One ``OmnideskClient`` per process holds one ``aiohttp.ClientSession``, made
-lazily inside the running loop and closed explicitly (``await client.close()``,
-or ``async with``). Every call is checked against Omnidesk's field rules before
+One ``OmnideskClient`` per process holds one transport (``transport.py``; by
+default one ``aiohttp.ClientSession``, made lazily inside the running loop) and
+is closed explicitly (``await client.close()``, or ``async with``). Every call is checked against Omnidesk's field rules before
 anything is sent, goes out as ``multipart/form-data`` with ``chatAccountToken``
 (and ``?apiKey=`` when one is configured), has a timeout per attempt, and is
 retried with capped exponential backoff and full jitter on network errors,
@@ -15,15 +15,12 @@ uses it too.
 """
 
 import asyncio
-import dataclasses
 import email.utils
 import json
 import logging
 import math
 import random
-import re
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import timezone
 from typing import (
@@ -40,12 +37,24 @@ from typing import (
     Tuple,
     TypeVar,
     Union,
+    cast,
 )
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
+from yarl import URL
 
 from connectors.omnidesk import rules
-from connectors.omnidesk.settings import MIME_TYPE, OmnideskSettings
+from connectors.omnidesk.settings import OmnideskSettings
+from connectors.omnidesk.transport import (
+    MAX_ANSWER_BYTES,
+    AiohttpTransport,
+    Request,
+    Timeout,
+    Transport,
+    TransportError,
+    TransportTimeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +68,6 @@ REQUEST_CHAT_CONFIG = "requestChatConfig"
 
 NO_AGENTS_INSTRUCTION = "hide_reason_no_agents_available"
 
-# An answer larger than this is not one of Omnidesk's: read no further.
-MAX_ANSWER_BYTES = 1024 * 1024
 USER_AGENT = "rasa-omnidesk/0.1"
 
 _TEXT_PART = "text/plain; charset=utf-8"
@@ -91,16 +98,24 @@ class OmnideskError(Exception):
         self.omnidesk_message = omnidesk_message
         self.retryable = retryable
         self.reason = reason
-        super().__init__(f"Omnidesk {call} failed: {reason}")
+        # Not super(): OmnideskValidationError is a FieldRuleError too, whose
+        # constructor takes other arguments.
+        Exception.__init__(self, f"Omnidesk {call} failed: {reason}")
 
 
-class OmnideskValidationError(OmnideskError, ValueError):
-    """A value breaks one of Omnidesk's field rules; nothing was sent."""
+class OmnideskValidationError(OmnideskError, rules.FieldRuleError):
+    """A value breaks a field rule (``rules.FieldRuleError``); nothing was sent.
 
-    def __init__(self, call: str, field: str, rule: str) -> None:
-        self.field = field
-        self.rule = rule
-        super().__init__(call, f"not sent: {field} {rule}")
+    ``field``, ``rule`` and ``status`` are the rule's: ``status`` is the one
+    that fits the refusal (400, 413 for a file too large, 415 for a file type),
+    not an answer from Omnidesk, which was never asked.
+    """
+
+    status: int
+
+    def __init__(self, call: str, field: str, rule: str, status: int = 400) -> None:
+        rules.FieldRuleError.__init__(self, field, rule, status)
+        OmnideskError.__init__(self, call, f"not sent: {field}: {rule}", status=status)
 
 
 class OmnideskHTTPError(OmnideskError):
@@ -200,57 +215,17 @@ class RandomSource(Protocol):
 Sleep = Callable[[float], Awaitable[Any]]
 
 
-# --- field rules the client adds to Omnidesk's ----------------------------------
-
-_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]+$")
-URL = rules.TextRule(
-    "url", min_length=1, max_length=2048, pattern=re.compile(r"^\S+$"), described="no spaces"
-)
-SUBJECT = rules.TextRule("subject", min_length=1, pattern=_ONE_LINE, described="text on one line")
-BRAND_ID = rules.TextRule("brandID", min_length=1, pattern=_ONE_LINE, described="text on one line")
-
-_NOT_FILENAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_filename(name: str) -> str:
-    """A file name of letters, digits, '.', '_' and '-' only, at most 200 characters.
-
-    aiohttp percent-quotes any other character of a multipart filename
-    ("a b.png" would arrive as "a%20b.png"), so we send only characters that
-    need no quoting: accents folded, the rest replaced by '_', directories dropped.
-    """
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    folded = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
-    cleaned = _NOT_FILENAME_CHARACTERS.sub("_", folded).strip("._")
-    if not cleaned:
-        return "file"
-    if len(cleaned) > 200:
-        _stem, dot, extension = cleaned.rpartition(".")
-        keep = extension if dot and len(extension) <= 16 else ""
-        cleaned = cleaned[: 200 - len(keep) - 1] + "." + keep if keep else cleaned[:200]
-    return cleaned
-
+# --- field rules -----------------------------------------------------------------
 
 _T = TypeVar("_T")
 
 
 def _check(call: str, check: Callable[[Any], _T], value: Any) -> _T:
+    """Apply one of ``rules``' checks; a broken rule is this call's validation error."""
     try:
         return check(value)
     except rules.FieldRuleError as error:
-        raise OmnideskValidationError(call, error.field, error.rule) from None
-
-
-def _check_from_address(value: str) -> str:
-    for rule in (rules.EMAIL_ADDRESS, rules.PHONE_NUMBER):
-        try:
-            return rule.check(value)
-        except rules.FieldRuleError:
-            continue
-    raise rules.FieldRuleError(
-        "from",
-        "must be an email address such as jane@example.com or a phone number such as +31201234567",
-    )
+        raise OmnideskValidationError(call, error.field, error.rule, error.status) from None
 
 
 # --- the client ----------------------------------------------------------------
@@ -277,8 +252,10 @@ class _Failure(NamedTuple):
 class OmnideskClient:
     """The six Omnidesk calls. Use one per process and close it on shutdown.
 
-    ``rng`` and ``sleep`` are seams for tests: they pin the backoff schedule
-    without patching anything.
+    ``transport`` carries the requests (default: ``AiohttpTransport``); the
+    client owns it and closes it. It, ``rng`` and ``sleep`` are the seams for
+    tests: a ``MockTransport`` answers as Omnidesk would, ``rng`` and ``sleep``
+    pin the backoff schedule, and nothing is patched.
     """
 
     def __init__(
@@ -287,6 +264,7 @@ class OmnideskClient:
         *,
         rng: Optional[RandomSource] = None,
         sleep: Optional[Sleep] = None,
+        transport: Optional[Transport] = None,
     ) -> None:
         # Settings built by from_env/from_credentials are valid already; a
         # hand-built one is checked here, once, rather than on every call.
@@ -304,7 +282,7 @@ class OmnideskClient:
         self._rng: RandomSource = rng if rng is not None else random.Random()  # noqa: S311 -- jitter, not crypto
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._secrets = tuple(
-            secret.reveal()
+            spelling
             for secret in (
                 settings.chat_account_token,
                 settings.chat_server_token,
@@ -312,9 +290,9 @@ class OmnideskClient:
                 settings.api_key,
             )
             if secret is not None
+            for spelling in _spellings(secret.reveal())
         )
-        self._http: Optional[aiohttp.ClientSession] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._transport: Transport = transport if transport is not None else AiohttpTransport()
         self._closed = False
 
     @property
@@ -327,12 +305,14 @@ class OmnideskClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
-        """Close the HTTP session. The client cannot be used afterwards."""
+        """Close the transport (the HTTP session). The client cannot be used afterwards."""
         self._closed = True
-        if self._http is not None:
-            http, self._http = self._http, None
-            await http.close()
+        await self._transport.close()
 
     # --- the calls ---
 
@@ -358,7 +338,7 @@ class OmnideskClient:
             number = _check(call, rules.check_message_number, message_number)
             parts.append(_Part("messageNumber", str(number)))
         if url is not None:
-            parts.append(_Part("url", _check(call, URL.check, url)))
+            parts.append(_Part("url", _check(call, rules.URL.check, url)))
         parts.append(_Part("message", _check(call, rules.MESSAGE.check, message)))
         parts.append(_Part("channelID", str(rules.CHANNEL_ID_LIVE_CHAT)))
         parts.append(self._token_part())
@@ -383,27 +363,25 @@ class OmnideskClient:
     async def add_attachment(
         self, *, chat_session_id: str, filename: str, content: bytes, content_type: str
     ) -> ChatResult:
-        """A file from the customer to the agent. The file name is sent as ``safe_filename`` makes it."""
+        """A file from the customer to the agent.
+
+        The file is checked by ``rules.check_upload`` (at most
+        ``max_upload_bytes``, a concrete MIME type, parameters ignored) and sent
+        with its bare MIME type, under the name ``rules.safe_filename`` makes.
+        """
         call = ADD_ATTACHMENT
-        session_id = _check(call, _SESSION_ID.check, chat_session_id)
+        session_id = _check(call, rules.SESSION_ID.check, chat_session_id)
         if not isinstance(content, (bytes, bytearray)) or not content:
             raise OmnideskValidationError(call, "file", "must be a non-empty bytes object")
-        limit = self._settings.max_upload_bytes
-        if len(content) > limit:
-            raise OmnideskValidationError(
-                call,
-                "file",
-                f"must be at most {limit} bytes (max_upload_bytes), got {len(content)}",
-            )
-        mime = content_type.strip().lower() if isinstance(content_type, str) else ""
-        if not MIME_TYPE.fullmatch(mime) or mime.endswith("/*"):
-            raise OmnideskValidationError(
-                call,
-                "file",
-                f"content type must be a MIME type such as image/png, got {content_type!r}",
-            )
+        mime = _check(
+            call,
+            lambda kind: rules.check_upload(len(content), kind, self._settings.max_upload_bytes),
+            content_type,
+        )
         parts = [
-            _Part("file", bytes(content), filename=safe_filename(filename), content_type=mime),
+            _Part(
+                "file", bytes(content), filename=rules.safe_filename(filename), content_type=mime
+            ),
             _Part("chatServer", self._chat_server),
             self._token_part(),
             _Part("sessionID", session_id),
@@ -448,12 +426,12 @@ class OmnideskClient:
         call = CHATBOT_LOG
         parts: List[_Part] = []
         if from_address is not None:
-            parts.append(_Part("from", _check(call, _check_from_address, from_address)))
-        parts.append(_Part("subject", _check(call, SUBJECT.check, subject)))
+            parts.append(_Part("from", _check(call, rules.check_from_address, from_address)))
+        parts.append(_Part("subject", _check(call, rules.SUBJECT.check, subject)))
         parts.append(_Part("message", _check(call, rules.MESSAGE.check, message)))
         brand = brand_id if brand_id is not None else self._settings.brand_id
         if brand is not None:
-            parts.append(_Part("brandID", _check(call, BRAND_ID.check, brand)))
+            parts.append(_Part("brandID", _check(call, rules.BRAND_ID.check, brand)))
         parts.append(self._token_part())
         answer = await self._post(call, "/api/v2/message/chatbot", parts, None)
         return ChatResult.from_answer(answer)
@@ -488,22 +466,6 @@ class OmnideskClient:
             chat_session_id=chat_session_id,
         )
 
-    def _session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise RuntimeError("OmnideskClient is closed; make a new one")
-        loop = asyncio.get_running_loop()
-        if self._http is None:
-            self._http = aiohttp.ClientSession(
-                headers={"User-Agent": USER_AGENT},
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError(
-                "OmnideskClient was first used in another event loop; make one client per loop"
-            )
-        return self._http
-
     async def _request(
         self,
         call: str,
@@ -515,11 +477,18 @@ class OmnideskClient:
         chat_session_id: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Send one call: timeouts, retries, status mapping and logging live here only."""
-        http = self._session()
+        if self._closed:
+            raise RuntimeError("OmnideskClient is closed; make a new one")
         settings = self._settings
         query = dict(params or {})
         if settings.api_key is not None:
             query["apiKey"] = settings.api_key.reveal()
+        if query:
+            url = str(URL(url).with_query(query))
+        headers = {"User-Agent": USER_AGENT}
+        body = b""
+        if parts:
+            body, headers["Content-Type"] = await _multipart(parts)
         started = time.monotonic()
         deadline = started + settings.retry_budget
         attempt = 0
@@ -532,26 +501,26 @@ class OmnideskClient:
                     raise self._give_up(call, "retry budget spent", failure, attempt)
                 attempt += 1
                 status = None
-                timeout = aiohttp.ClientTimeout(
+                timeout = Timeout(
                     total=min(settings.request_timeout, remaining),
                     connect=min(settings.connect_timeout, remaining),
                 )
+                request = Request(method, url, headers, body, timeout)
                 try:
-                    status, body, retry_after = await self._attempt(
-                        http, method, url, parts, query, timeout
-                    )
-                except asyncio.TimeoutError:
+                    answer = await self._transport.handle_request(request)
+                except TransportTimeout:
                     failure = _Failure(f"no answer within {timeout.total:.3g} s")
-                except aiohttp.ClientError as error:
-                    failure = _Failure(self._redact(_describe(error)))
+                except TransportError as error:
+                    failure = _Failure(self._redact(str(error)))
                 else:
+                    status = answer.status
                     if status != 429 and status < 500:
-                        return self._read_answer(call, status, body)
+                        return self._read_answer(call, status, answer.body)
                     failure = _Failure(
                         f"HTTP {status}",
                         status,
-                        self._omnidesk_message(_json_object(body)),
-                        retry_after,
+                        self._omnidesk_message(_json_object(answer.body)),
+                        _retry_after(answer.header("Retry-After")),
                     )
                 delay = self._delay_before_retry(call, attempt, failure, deadline)
                 logger.warning(
@@ -575,31 +544,6 @@ class OmnideskClient:
                 time.monotonic() - started,
                 chat_session_id,
             )
-
-    async def _attempt(
-        self,
-        http: aiohttp.ClientSession,
-        method: str,
-        url: str,
-        parts: Sequence[_Part],
-        query: Mapping[str, str],
-        timeout: aiohttp.ClientTimeout,
-    ) -> Tuple[int, bytes, Optional[float]]:
-        """One HTTP exchange: the status, the body (bounded) and Retry-After in seconds."""
-        async with http.request(
-            method,
-            url,
-            params=query,
-            data=_form(parts) if parts else None,
-            timeout=timeout,
-            allow_redirects=False,
-        ) as response:
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                body.extend(chunk)
-                if len(body) > MAX_ANSWER_BYTES:
-                    break
-            return response.status, bytes(body), _retry_after(response.headers.get("Retry-After"))
 
     def _give_up(
         self, call: str, why: str, failure: _Failure, attempts: int
@@ -678,15 +622,22 @@ class OmnideskClient:
         return text
 
 
-# addAttachment names the session field sessionID; the rule is chatSessionID's.
-_SESSION_ID = dataclasses.replace(rules.CHAT_SESSION_ID, field="sessionID")
+class _Collect:
+    """Where aiohttp's multipart writer writes the body, to be sent as bytes."""
+
+    def __init__(self) -> None:
+        self.chunks: List[bytes] = []
+
+    async def write(self, chunk: bytes) -> None:
+        self.chunks.append(bytes(chunk))
 
 
-def _form(parts: Sequence[_Part]) -> aiohttp.FormData:
-    """A fresh multipart body (a FormData can be sent only once, so each attempt builds one).
+async def _multipart(parts: Sequence[_Part]) -> Tuple[bytes, str]:
+    """The multipart/form-data body of ``parts`` and its Content-Type (with the boundary).
 
-    A content type on every part is what makes aiohttp send multipart/form-data
-    even when no part is a file: Omnidesk documents multipart for every call.
+    aiohttp's own writer makes the bytes, so they are what aiohttp would send.
+    A content type on every part is what makes it multipart/form-data even
+    when no part is a file: Omnidesk documents multipart for every call.
     """
     form = aiohttp.FormData()
     for part in parts:
@@ -696,7 +647,22 @@ def _form(parts: Sequence[_Part]) -> aiohttp.FormData:
             filename=part.filename,
             content_type=part.content_type or _TEXT_PART,
         )
-    return form
+    payload = form()
+    sink = _Collect()
+    # The multipart writer only calls write(); the rest of a stream writer
+    # (headers, chunking, compression) belongs to the transport.
+    await payload.write(cast(AbstractStreamWriter, sink))
+    return b"".join(sink.chunks), payload.content_type
+
+
+def _spellings(secret: str) -> Tuple[str, ...]:
+    """A secret as it may show in a text: as it is, and as a query string encodes it.
+
+    A network error's text may hold the request's URL, apiKey and all; an API
+    key with '+', '/' or '=' shows there percent-encoded.
+    """
+    encoded = URL.build(query={"k": secret}).raw_query_string[len("k=") :]
+    return (secret,) if encoded == secret else (secret, encoded)
 
 
 def _json_object(body: bytes) -> Optional[Dict[str, Any]]:
@@ -733,8 +699,3 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
-
-
-def _describe(error: aiohttp.ClientError) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

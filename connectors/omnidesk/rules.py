@@ -1,9 +1,14 @@
-"""Omnidesk's field rules, as its API specification states them.
+"""Omnidesk's field rules, as its API specification states them, and ours beside them.
 
 One table serves both sides of the wire: the client checks what it is about to
 send, the sandbox rejects what the real Omnidesk would reject. The patterns are
 copied from Omnidesk's published specification (see docs/omnidesk-api.md); the
 tests pin each of them with literal good and bad values.
+
+The rules we add to Omnidesk's live here too, each once: the client's url,
+subject and brandID, MIME types, the true/false words, file names and the
+upload check. Every rule breaks with one error, ``FieldRuleError``: the field,
+the rule, and the HTTP status that fits the refusal.
 
 Nothing here imports rasa, rasa_sdk, sanic or aiohttp.
 """
@@ -12,7 +17,7 @@ import dataclasses
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import FrozenSet, Optional, Pattern
+from typing import Collection, FrozenSet, Optional, Pattern
 
 CHANNEL_ID_LIVE_CHAT = 8
 MESSAGE_NUMBER_MAX = 50
@@ -23,11 +28,18 @@ CHAT_EVENTS: FrozenSet[str] = frozenset(
 
 
 class FieldRuleError(ValueError):
-    """A value breaks one of Omnidesk's field rules. Says which field and which rule."""
+    """A value breaks a field rule. Says which field, which rule, and the status that fits.
 
-    def __init__(self, field: str, rule: str) -> None:
+    ``status`` is what an edge answers for it: 400 by default, 413 for too
+    large, 415 for a type not accepted. The channel's ``HookpointInputError``
+    and the client's ``OmnideskValidationError`` are this error too, each
+    placed in its own module's hierarchy.
+    """
+
+    def __init__(self, field: str, rule: str, status: int = 400) -> None:
         self.field = field
         self.rule = rule
+        self.status = status
         super().__init__(f"{field}: {rule}")
 
 
@@ -110,6 +122,9 @@ HOOKPOINT_SECRET = TextRule(
     described="letters, digits and '-'",
 )
 
+# addAttachment and the hookpoints name the session field sessionID; the rule is chatSessionID's.
+SESSION_ID = dataclasses.replace(CHAT_SESSION_ID, field="sessionID")
+
 
 def check_message_number(value: object) -> int:
     """messageNumber: an integer from 1 to 50 (Omnidesk's documented cap)."""
@@ -146,3 +161,155 @@ def clean_customer_name(value: Optional[str]) -> Optional[str]:
     folded = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
     cleaned = " ".join(_NOT_NAME_CHARACTERS.sub(" ", folded).split())
     return cleaned or None
+
+
+# --- rules we add to Omnidesk's ------------------------------------------------
+# Omnidesk's specification leaves these fields open; we refuse what would
+# garble a form field or a log line.
+
+_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+URL = TextRule(
+    "url", min_length=1, max_length=2048, pattern=re.compile(r"^\S+$"), described="no spaces"
+)
+SUBJECT = TextRule("subject", min_length=1, pattern=_ONE_LINE, described="text on one line")
+BRAND_ID = TextRule("brandID", min_length=1, pattern=_ONE_LINE, described="text on one line")
+
+
+def check_from_address(value: object) -> str:
+    """The chatbot log's ``from``: an email address or a phone number."""
+    for rule in (EMAIL_ADDRESS, PHONE_NUMBER):
+        try:
+            return rule.check(value)
+        except FieldRuleError:
+            continue
+    raise FieldRuleError(
+        "from",
+        "must be an email address such as jane@example.com or a phone number such as +31201234567",
+    )
+
+
+# What Omnidesk posts to the hookpoints has no documented bounds; these are ours.
+# A longer agent message is refused (413); a longer name is cut; a longer
+# picture URL is dropped (the picture is decoration, the message still goes).
+AGENT_MESSAGE_MAX_CHARS = 20_000
+AGENT_NAME_MAX_CHARS = 200
+AGENT_PICTURE_MAX_CHARS = 2_000
+
+
+# --- true/false words -----------------------------------------------------------
+
+# YAML 1.1 reads true/false, yes/no and on/off as booleans, so credentials.yml
+# already accepts all of them; the same words are accepted wherever a boolean
+# arrives as text (an environment variable, a hookpoint's Typing), in any case.
+TRUE_WORDS: FrozenSet[str] = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS: FrozenSet[str] = frozenset({"false", "0", "no", "off"})
+BOOLEAN_RULE = "must be true or false (also 1/0, yes/no, on/off)"
+
+
+def parse_bool(field: str, value: object) -> bool:
+    """A boolean from a bool, the integers 0 and 1, or one of the true/false words.
+
+    The rule does not show the value: a caller that may show it adds it.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise FieldRuleError(field, BOOLEAN_RULE)
+
+
+# --- files ------------------------------------------------------------------------
+
+# A MIME type as allowed_upload_types lists it: type/subtype, or type/* there.
+MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)$")
+
+FILENAME_MAX_CHARS = 200
+_NOT_FILENAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(name: str) -> str:
+    """A file name of letters, digits, '.', '_' and '-' only, at most 200 characters.
+
+    One rule for both directions. Sent to Omnidesk as a multipart filename,
+    any other character would be percent-quoted by aiohttp ("a b.png" arrives
+    as "a%20b.png"); in an agent file's URL and its Content-Disposition these
+    characters need no quoting either. Accents are folded ("café" becomes
+    "cafe") rather than lost, directories are dropped, and a name cut to length
+    keeps its extension, so the file still opens with the right program. 200
+    characters stays well inside the 255 bytes file systems allow a name.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    folded = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
+    cleaned = _NOT_FILENAME_CHARACTERS.sub("_", folded).strip("._")
+    if not cleaned:
+        return "file"
+    if len(cleaned) > FILENAME_MAX_CHARS:
+        _stem, dot, extension = cleaned.rpartition(".")
+        keep = extension if dot and len(extension) <= 16 else ""
+        cut = FILENAME_MAX_CHARS - len(keep) - 1
+        cleaned = cleaned[:cut] + "." + keep if keep else cleaned[:FILENAME_MAX_CHARS]
+    return cleaned
+
+
+def mime_type_of(content_type: str) -> str:
+    """The bare MIME type of a Content-Type, parameters dropped, lower case.
+
+    ``text/plain; charset=utf-8`` is ``text/plain``: the rules match the type,
+    never its parameters.
+    """
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def check_upload_size(content_length: int, max_bytes: int) -> None:
+    """A file of ``content_length`` bytes fits ``max_bytes``, or 413."""
+    if content_length > max_bytes:
+        raise FieldRuleError(
+            "file", f"must be at most {max_bytes} bytes, got {content_length}", status=413
+        )
+
+
+def check_upload_type(content_type: str, allowed_types: Optional[Collection[str]] = None) -> str:
+    """The bare MIME type of a file, if it is one we take, or 415.
+
+    A concrete type (``image/png``, not ``image/*``) is required; parameters
+    are ignored. With ``allowed_types`` (MIME types, ``type/*`` allowed, as
+    ``allowed_upload_types`` holds them) the type must also be one of them.
+    """
+    mime = mime_type_of(content_type) if isinstance(content_type, str) else ""
+    if not MIME_TYPE.fullmatch(mime) or mime.endswith("/*"):
+        shown = content_type[:80] if isinstance(content_type, str) else content_type
+        raise FieldRuleError(
+            "file",
+            f"content type must be a MIME type such as image/png, got {shown!r}",
+            status=415,
+        )
+    if allowed_types is not None:
+        major = mime.split("/", 1)[0]
+        if mime not in allowed_types and f"{major}/*" not in allowed_types:
+            raise FieldRuleError(
+                "file",
+                f"type {mime} not allowed; allowed: {', '.join(allowed_types)}",
+                status=415,
+            )
+    return mime
+
+
+def check_upload(
+    content_length: int,
+    content_type: str,
+    max_bytes: int,
+    allowed_types: Optional[Collection[str]] = None,
+) -> str:
+    """The one upload check: size (413), then type (415). Returns the bare MIME type.
+
+    Every place a file enters or leaves checks it here, so a file the channel
+    takes from a customer is one the client sends on.
+    """
+    check_upload_size(content_length, max_bytes)
+    return check_upload_type(content_type, allowed_types)

@@ -266,10 +266,16 @@ class OmnideskSettings:
         return _mask_url_password(self.switchboard_url)
 
     def accepts_upload_type(self, content_type: str) -> bool:
-        """Whether a file of ``content_type`` (parameters ignored) may be uploaded."""
-        mime = content_type.split(";", 1)[0].strip().lower()
-        major = mime.split("/", 1)[0]
-        return mime in self.allowed_upload_types or f"{major}/*" in self.allowed_upload_types
+        """Whether a file of ``content_type`` (parameters ignored) may be uploaded.
+
+        The answer of ``rules.check_upload_type`` with ``allowed_upload_types``:
+        what passes here, the client sends on.
+        """
+        try:
+            rules.check_upload_type(content_type, self.allowed_upload_types)
+        except rules.FieldRuleError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         shown = []
@@ -417,9 +423,6 @@ def _non_empty(raw: Any) -> str:
     return _text(raw, "must be non-empty text")
 
 
-MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|[a-z0-9][a-z0-9!#$&^_.+-]*)$")
-
-
 def _mime_types(raw: Any) -> Tuple[str, ...]:
     rule = "must be a comma-separated list of MIME types such as image/png or image/*"
     if isinstance(raw, str):
@@ -435,7 +438,7 @@ def _mime_types(raw: Any) -> Tuple[str, ...]:
         mime = item.strip().lower()
         if not mime:
             continue
-        if not MIME_TYPE.fullmatch(mime):
+        if not rules.MIME_TYPE.fullmatch(mime):
             raise _Invalid(f"{rule} ({item.strip()!r} is not one)")
         if mime not in types:
             types.append(mime)
@@ -467,23 +470,11 @@ def _switchboard_url(raw: Any) -> str:
     return value
 
 
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
-
-
 def _boolean(raw: Any) -> bool:
-    rule = "must be true or false (also 1/0, yes/no)"
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, int) and raw in (0, 1):
-        return bool(raw)
-    if isinstance(raw, str):
-        word = raw.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-    raise _Invalid(rule)
+    try:
+        return rules.parse_bool("", raw)
+    except rules.FieldRuleError as error:
+        raise _Invalid(error.rule) from None
 
 
 def _mask_url_password(url: str) -> str:
@@ -503,11 +494,37 @@ def _show(raw: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# Each default is written once, on OmnideskSettings' field; the table below
+# reads it from there, and an example shows it through "{default}".
+_DEFAULTS: Dict[str, Any] = {
+    spec_field.name: spec_field.default
+    for spec_field in dataclasses.fields(OmnideskSettings)
+    if spec_field.default is not dataclasses.MISSING
+}
+
+
+def _default_text(key: str) -> str:
+    """A setting's default as one would write it in an environment variable."""
+    value = _DEFAULTS[key]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
 @dataclass(frozen=True)
 class _Spec:
+    """How one setting is read: its parser, a valid value to show, and what it means.
+
+    ``example`` may hold ``{default}``, which stands for the setting's default.
+    """
+
     key: str
     parse: Callable[[Any], Any]
-    example: str
+    example: str = "{default}"
     meaning: str = ""
     secret: bool = False
     required: bool = False
@@ -517,15 +534,21 @@ class _Spec:
     def env_var(self) -> str:
         return env_var_for(self.key)
 
+    @property
+    def valid_value(self) -> str:
+        if "{default}" not in self.example:
+            return self.example
+        return self.example.replace("{default}", _default_text(self.key))
+
     def problem(self, problem: str, example: Optional[str] = None) -> SettingProblem:
-        return SettingProblem(self.key, self.env_var, problem, example or self.example)
+        return SettingProblem(self.key, self.env_var, problem, example or self.valid_value)
 
 
 _PUBLIC_URL_EXAMPLE = "https://bot.example.com"
 
 _SPEC_LIST: Tuple[_Spec, ...] = (
-    _Spec("api_url", _url, "https://account.omnidesk.com"),
-    _Spec("chat_config_url", _url, "https://chat.omnidesk.io"),
+    _Spec("api_url", _url),
+    _Spec("chat_config_url", _url),
     _Spec(
         "chat_account_token",
         _token(rules.CHAT_ACCOUNT_TOKEN),
@@ -548,7 +571,7 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
     _Spec(
         "end_chat_path",
         _path,
-        f"{DEFAULT_END_CHAT_PATH} (or {SPEC_END_CHAT_PATH}, the path of Omnidesk's specification)",
+        f"{{default}} (or {SPEC_END_CHAT_PATH}, the path of Omnidesk's specification)",
     ),
     _Spec(
         "public_url",
@@ -566,39 +589,30 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
         secret=True,
         required=True,
     ),
-    _Spec("connect_timeout", _positive, "3"),
-    _Spec("request_timeout", _positive, "10"),
-    _Spec("max_attempts", _integer(1, 10, "must be a whole number from 1 to 10"), "4"),
-    _Spec("retry_budget", _positive, "30"),
-    _Spec("backoff_base", _positive, "0.5"),
-    _Spec("backoff_max", _positive, "8"),
-    _Spec("inactivity_timeout", _positive, "900"),
-    _Spec("agent_wait_notice", _non_negative, "300 (or 0 to turn the notice off)"),
-    _Spec("record_interval", _positive, "30"),
-    _Spec("leave_command", _non_empty, "/leave_human_chat"),
-    _Spec(
-        "max_upload_bytes",
-        _integer(1, None, "must be a positive whole number of bytes"),
-        "10485760",
-    ),
+    _Spec("connect_timeout", _positive),
+    _Spec("request_timeout", _positive),
+    _Spec("max_attempts", _integer(1, 10, "must be a whole number from 1 to 10")),
+    _Spec("retry_budget", _positive),
+    _Spec("backoff_base", _positive),
+    _Spec("backoff_max", _positive),
+    _Spec("inactivity_timeout", _positive),
+    _Spec("agent_wait_notice", _non_negative, "{default} (or 0 to turn the notice off)"),
+    _Spec("record_interval", _positive),
+    _Spec("leave_command", _non_empty),
+    _Spec("max_upload_bytes", _integer(1, None, "must be a positive whole number of bytes")),
     _Spec("allowed_upload_types", _mime_types, "image/png,image/jpeg,application/pdf,image/*"),
     _Spec("files_dir", _files_dir, "/var/lib/rasa-omnidesk/files"),
     _Spec(
         "switchboard_url",
         _switchboard_url,
-        "memory:// or redis://localhost:6379/0",
+        "{default} or redis://localhost:6379/0",
         show=lambda raw: _show(_mask_url_password(raw) if isinstance(raw, str) else raw),
     ),
-    _Spec("agent_name_prefix", _boolean, "true"),
+    _Spec("agent_name_prefix", _boolean),
 )
 
 _SPECS: Dict[str, _Spec] = {spec.key: spec for spec in _SPEC_LIST}
 _ORDER: Dict[str, int] = {spec.key: index for index, spec in enumerate(_SPEC_LIST)}
-_DEFAULTS: Dict[str, Any] = {
-    spec_field.name: spec_field.default
-    for spec_field in dataclasses.fields(OmnideskSettings)
-    if spec_field.default is not dataclasses.MISSING
-}
 SETTING_KEYS: FrozenSet[str] = frozenset(_SPECS)
 
 

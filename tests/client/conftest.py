@@ -1,4 +1,10 @@
-"""Fixtures of the client tests: the fake Omnidesk on loopback, clients against it."""
+"""Fixtures of the client tests.
+
+Logic (retries, waits, budgets, error mapping, validation) runs against
+``scripted``: Omnidesk scripted behind a MockTransport, no socket. What goes on
+the wire runs against ``omnidesk``: the fake Omnidesk on loopback, reading the
+real multipart body.
+"""
 
 from typing import Any, List
 
@@ -7,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from connectors.omnidesk.client import OmnideskClient
 from tests.client.fake_omnidesk import FakeOmnidesk, Schedule, settings_for
+from tests.client.scripted_omnidesk import ScriptedOmnidesk
 
 
 @pytest.fixture
@@ -21,18 +28,43 @@ async def omnidesk() -> Any:
 
 
 @pytest.fixture
+def scripted() -> ScriptedOmnidesk:
+    return ScriptedOmnidesk()
+
+
+@pytest.fixture
 def schedule() -> Schedule:
     return Schedule()
 
 
 @pytest.fixture
 async def make_client(omnidesk: FakeOmnidesk, schedule: Schedule) -> Any:
-    """Build clients against the fake (settings overridable by keyword); all closed afterwards."""
+    """Build clients against the fake on loopback (settings overridable by keyword)."""
     clients: List[OmnideskClient] = []
 
     def make(**overrides: Any) -> OmnideskClient:
         client = OmnideskClient(
             settings_for(omnidesk, **overrides), rng=schedule, sleep=schedule.sleep
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def make_scripted_client(scripted: ScriptedOmnidesk, schedule: Schedule) -> Any:
+    """Build clients whose transport is the scripted Omnidesk (settings overridable by keyword)."""
+    clients: List[OmnideskClient] = []
+
+    def make(**overrides: Any) -> OmnideskClient:
+        client = OmnideskClient(
+            settings_for(scripted, **overrides),
+            rng=schedule,
+            sleep=schedule.sleep,
+            transport=scripted.transport(),
         )
         clients.append(client)
         return client

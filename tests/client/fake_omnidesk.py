@@ -173,7 +173,8 @@ class Schedule:
         await asyncio.sleep(delay * self.time_scale)
 
 
-def settings_for(omnidesk: FakeOmnidesk, **overrides: Any) -> OmnideskSettings:
+def settings_for(omnidesk: Any, **overrides: Any) -> OmnideskSettings:
+    """Settings for a client of ``omnidesk`` (anything with a ``url``: the fake or the scripted one)."""
     credentials: Dict[str, Any] = {
         "api_url": omnidesk.url,
         "chat_config_url": omnidesk.url + "/chat",

@@ -398,3 +398,17 @@ def test_upload_types_accept_a_wildcard_and_ignore_parameters():
 
 def test_every_setting_has_a_variable_and_the_table_is_complete():
     assert len(SETTING_KEYS) == 24
+
+
+def test_a_default_shown_as_a_valid_value_is_the_field_s_own_default():
+    # Each default is written once, on the dataclass field; errors show it from there.
+    settings = OmnideskSettings.from_env(REQUIRED_ENV)
+    for key in ("connect_timeout", "max_attempts", "max_upload_bytes", "agent_name_prefix"):
+        env_var = "OMNIDESK_" + key.upper()
+        (problem,) = error_for(env_with(**{env_var: "nonsense"})).problems
+        value = getattr(settings, key)
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        else:
+            shown = str(value) if isinstance(value, int) else f"{value:g}"
+        assert problem.example == shown, key

@@ -20,19 +20,18 @@ from functools import partial
 from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import quote
 
+from connectors.omnidesk import rules
 from connectors.omnidesk.channel.hookpoints import UploadedFile
 
 logger = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{32,64}$")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
-NAME_MAX_CHARS = 100
 
 T = TypeVar("T")
 
 
-class FileTooLarge(ValueError):
-    pass
+class FileTooLarge(rules.FieldRuleError):
+    """An agent file over ``max_bytes``: ``rules.FieldRuleError`` with status 413."""
 
 
 @dataclass(frozen=True)
@@ -42,13 +41,6 @@ class StoredFile:
     content_type: str
     size: int
     path: str
-
-
-def safe_filename(name: str) -> str:
-    """A name safe in a URL path and on disk: letters, digits, '.', '_' and '-'."""
-    base = os.path.basename(name.replace("\\", "/"))
-    cleaned = _UNSAFE.sub("_", base).lstrip(".")[:NAME_MAX_CHARS].strip("_")
-    return cleaned or "file"
 
 
 class AgentFileStore:
@@ -64,12 +56,14 @@ class AgentFileStore:
         return await loop.run_in_executor(None, partial(function, *args))
 
     async def store(self, upload: UploadedFile) -> StoredFile:
-        if len(upload.content) > self.max_bytes:
-            raise FileTooLarge(f"file: larger than {self.max_bytes} bytes")
+        try:
+            rules.check_upload_size(len(upload.content), self.max_bytes)
+        except rules.FieldRuleError as error:
+            raise FileTooLarge(error.field, error.rule, error.status) from None
         token = secrets.token_urlsafe(32)
         stored = StoredFile(
             token=token,
-            filename=safe_filename(upload.filename),
+            filename=rules.safe_filename(upload.filename),
             content_type=upload.content_type or "application/octet-stream",
             size=len(upload.content),
             path=os.path.join(self.directory, token),

@@ -17,22 +17,13 @@ from connectors.omnidesk import rules
 
 logger = logging.getLogger(__name__)
 
-MESSAGE_MAX_CHARS = 20_000
-NAME_MAX_CHARS = 200
-URL_MAX_CHARS = 2_000
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+class HookpointInputError(rules.FieldRuleError):
+    """A hookpoint call is missing a field or carries a malformed one.
 
-
-class HookpointInputError(ValueError):
-    """A hookpoint call is missing a field or carries a malformed one."""
-
-    def __init__(self, field: str, problem: str, status: int = 400) -> None:
-        self.field = field
-        self.problem = problem
-        self.status = status
-        super().__init__(f"{field}: {problem}")
+    ``rules.FieldRuleError`` in the channel's own name: ``field``, ``rule`` and
+    the ``status`` the route answers.
+    """
 
 
 @dataclass(frozen=True)
@@ -153,20 +144,20 @@ def _session_id(fields: HookpointFields) -> str:
     if value is None or value == "":
         raise HookpointInputError("sessionID", "required")
     try:
-        return rules.CHAT_SESSION_ID.check(value)
+        return rules.SESSION_ID.check(value)
     except rules.FieldRuleError as error:
-        raise HookpointInputError("sessionID", error.rule) from error
+        raise HookpointInputError(error.field, error.rule, error.status) from error
 
 
 def _agent(fields: HookpointFields) -> AgentIdentity:
-    name = (fields.text("name") or "").strip()[:NAME_MAX_CHARS] or None
+    name = (fields.text("name") or "").strip()[: rules.AGENT_NAME_MAX_CHARS] or None
     picture = (fields.text("picture") or "").strip() or None
     if picture is not None:
         parts = urlsplit(picture)
         if (
             parts.scheme not in {"http", "https"}
             or not parts.netloc
-            or len(picture) > URL_MAX_CHARS
+            or len(picture) > rules.AGENT_PICTURE_MAX_CHARS
         ):
             # The picture is decoration: a bad one is dropped, the message still goes.
             logger.debug("Dropped an agent picture that is not an http(s) URL.")
@@ -179,9 +170,9 @@ def parse_message(fields: HookpointFields) -> AgentMessage:
     message = fields.text("message")
     if message is None or not message.strip():
         raise HookpointInputError("message", "required")
-    if len(message) > MESSAGE_MAX_CHARS:
+    if len(message) > rules.AGENT_MESSAGE_MAX_CHARS:
         raise HookpointInputError(
-            "message", f"must be at most {MESSAGE_MAX_CHARS} characters", status=413
+            "message", f"must be at most {rules.AGENT_MESSAGE_MAX_CHARS} characters", status=413
         )
     return AgentMessage(session_id=session_id, message=message, agent=_agent(fields))
 
@@ -201,13 +192,12 @@ def parse_typing(fields: HookpointFields) -> AgentTyping:
     raw = fields.text("Typing")
     if raw is None or raw == "":
         raise HookpointInputError("Typing", "required (true or false)")
-    lowered = raw.strip().lower()
-    if lowered in _TRUE:
-        typing = True
-    elif lowered in _FALSE:
-        typing = False
-    else:
-        raise HookpointInputError("Typing", f"must be true, false, 1 or 0, got {raw[:20]!r}")
+    try:
+        typing = rules.parse_bool("Typing", raw)
+    except rules.FieldRuleError as error:
+        raise HookpointInputError(
+            error.field, f"{error.rule}, got {raw[:20]!r}", error.status
+        ) from error
     return AgentTyping(session_id=session_id, typing=typing)
 
 
