@@ -35,11 +35,7 @@ from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
 
-# How long a hookpoint call for a chat the switchboard does not know yet waits
-# for the action's control payload to register it.
-NEW_CHAT_GRACE = 0.3
-
-__all__ = ["NEW_CHAT_GRACE", "NotInRelay", "Relay"]
+__all__ = ["NotInRelay", "Relay"]
 
 
 class Relay:
@@ -53,7 +49,6 @@ class Relay:
         lines: Mapping[str, CustomerLine],
         bot: BotSide,
         files: AgentFileStore,
-        new_chat_grace: float = NEW_CHAT_GRACE,
     ) -> None:
         self.settings = settings
         self.switchboard = switchboard
@@ -62,7 +57,9 @@ class Relay:
         self.bot = bot
         self.notices = Notices(bot, settings.leave_command)
         self.record = TurnRecord(bot, settings.record_interval)
-        self.delivery = AgentDelivery(switchboard, self.lines, files, self.record, new_chat_grace)
+        self.delivery = AgentDelivery(
+            switchboard, self.lines, files, self.record, settings.new_chat_grace
+        )
         self._chat_locks: Dict[str, asyncio.Lock] = {}
         self._ending: Set[asyncio.Future[None]] = set()
 
@@ -211,7 +208,7 @@ class Relay:
 
     async def agent_end(self, end: EndSession) -> None:
         """The agent ended the chat: hand back in the background (NotInRelay if not open)."""
-        handoff = await self.switchboard.wait_for_chat(end.session_id, self.delivery.new_chat_grace)
+        handoff = await self.switchboard.wait_for_chat(end.session_id, self.settings.new_chat_grace)
         task = asyncio.ensure_future(self._end_logged(handoff, HandoffOutcome.ENDED_BY_AGENT))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)

@@ -183,12 +183,6 @@ class Routes:
             files=files,
         )
 
-    def _check_upload(self, upload: UploadedFile) -> None:
-        if len(upload.content) > self.settings.max_upload_bytes:
-            raise HookpointInputError(
-                "file", f"larger than {self.settings.max_upload_bytes} bytes", status=413
-            )
-
     # -- the routes --------------------------------------------------------------------
 
     async def health(self, _: Request) -> HTTPResponse:
@@ -215,7 +209,11 @@ class Routes:
                 delivery = await relay.delivery.message(parse_message(fields))
             elif hookpoint == "uploadForCustomer":
                 upload = parse_upload(fields)
-                self._check_upload(upload.file)
+                _at_the_edge(
+                    rules.check_upload_size,
+                    len(upload.file.content),
+                    self.settings.max_upload_bytes,
+                )
                 delivery = await relay.delivery.upload(upload)
             elif hookpoint == "typingIndicatorForCustomer":
                 await relay.delivery.typing(parse_typing(fields))
@@ -253,14 +251,13 @@ class Routes:
             upload: Optional[UploadedFile] = fields.files.get("file")
             if upload is None or not upload.content:
                 raise HookpointInputError("file", "required (a multipart file field named 'file')")
-            self._check_upload(upload)
-            if not self.settings.accepts_upload_type(upload.content_type):
-                raise HookpointInputError(
-                    "file",
-                    f"type {upload.content_type[:80]} not allowed; allowed: "
-                    f"{', '.join(self.settings.allowed_upload_types)}",
-                    status=415,
-                )
+            _at_the_edge(
+                rules.check_upload,
+                len(upload.content),
+                upload.content_type,
+                self.settings.max_upload_bytes,
+                self.settings.allowed_upload_types,
+            )
             await relay.customer_upload(sender, upload)
         except Exception as error:
             answer = answer_for(error, UPLOAD_ANSWERS)
@@ -327,6 +324,18 @@ class Routes:
             return body
 
         sio.on(CUSTOMER_EVENT, namespace=namespace)(customer_event)
+
+
+def _at_the_edge(check: Callable[..., object], *args: Any) -> None:
+    """Run a rule of rules.py on a request's input; its refusal becomes the route's 4xx.
+
+    Only the rule's own error is converted: an ``OmnideskValidationError`` from a
+    later client call is Omnidesk's refusal (502), not the customer's.
+    """
+    try:
+        check(*args)
+    except rules.FieldRuleError as error:
+        raise HookpointInputError(error.field, error.rule, error.status) from None
 
 
 async def _delivered_in_time(delivery: "asyncio.Future[bool]") -> bool:
