@@ -466,6 +466,21 @@ http {{
                 found.extend(part.strip() for part in match.group(2).split(","))
         return found
 
+    def wait_upstreams(
+        self, path_prefix: str, since: int, count: int, timeout: float = 5.0
+    ) -> List[str]:
+        """``upstreams_used(path_prefix)[since:]`` once it has ``count`` entries.
+
+        nginx writes a request's log line just after its answer: a test that
+        just got an answer waits here for the line (bounded).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.upstreams_used(path_prefix)[since:]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
     def stop(self) -> None:
         self.process.stop()
 

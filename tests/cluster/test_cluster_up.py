@@ -22,7 +22,7 @@ def test_both_replicas_answer_the_hookpoint_base_through_nginx(cluster: Cluster)
     already = len(cluster.proxy.upstreams_used("/webhooks/omnidesk/"))
     for _ in range(4):
         assert get(f"{cluster.proxy_url}/webhooks/omnidesk/") == 200
-    used = cluster.proxy.upstreams_used("/webhooks/omnidesk/")[already:]
+    used = cluster.proxy.wait_upstreams("/webhooks/omnidesk/", since=already, count=4)
     assert sorted(set(used)) == sorted(r.upstream for r in cluster.replicas), used
 
 
@@ -47,7 +47,7 @@ async def test_a_callback_customer_talks_to_the_bot_through_nginx_and_the_tracke
         callback_customer.id,
         lambda messages: len([m for m in messages if GREETING in m.get("text", "")]) >= 2,
     )
-    used = cluster.proxy.upstreams_used("/webhooks/callback/")[already:]
+    used = cluster.proxy.wait_upstreams("/webhooks/callback/", since=already, count=2)
     assert len(set(used)) == 2, used
 
     def stored():
