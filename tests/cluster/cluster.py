@@ -523,6 +523,8 @@ class Cluster:
     env: Dict[str, str] = field(repr=False)
     processes: List[Process] = field(repr=False)
     _hookpoint_secret: str = field(repr=False)
+    # From the call of start() to everything answering, the model already trained.
+    startup_seconds: float = 0.0
 
     @property
     def proxy_url(self) -> str:
@@ -557,10 +559,11 @@ class Cluster:
         credentials.yml mapping instead of the generated one (socketio with
         session persistence, and callback posting to ``callback_url``).
         """
-        deadline = time.monotonic() + timeout
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         model_path = model or ensure_model()
+        began = time.monotonic()
+        deadline = began + timeout
         processes: List[Process] = []
         stoppers: List[Any] = []
         try:
@@ -650,6 +653,7 @@ class Cluster:
             env=cluster_env,
             processes=processes,
             _hookpoint_secret=secret,
+            startup_seconds=time.monotonic() - began,
         )
         atexit.register(cluster.stop)
         return cluster

@@ -75,6 +75,7 @@ def cluster(
         env=FAST_FAILURE_ENV,
         timeout=240,
     )
+    (started.log_dir / "startup.txt").write_text(f"{started.startup_seconds:.1f} s\n")
     try:
         yield started
     finally:
