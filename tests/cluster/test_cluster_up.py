@@ -1,12 +1,16 @@
 """The cluster comes up: both replicas behind nginx, a bot turn through it, trackers in PostgreSQL."""
 
+import base64
+import os
+import socket
 import time
 import urllib.request
 
+import aiohttp
 import pytest
 
 from tests.cluster.cluster import Cluster
-from tests.e2e.people import CallbackCustomer, poll
+from tests.e2e.people import CallbackCustomer, SocketCustomer, poll
 from tests.e2e.receiver import CallbackReceiver
 from tests.e2e.test_journey import GREETING
 
@@ -64,3 +68,37 @@ async def test_a_callback_customer_talks_to_the_bot_through_nginx_and_the_tracke
     assert events[0]["event"] in {"action", "session_started"}
     # Nothing of this conversation is kept in a replica's memory only.
     assert time.time() - events[-1]["timestamp"] < 60
+
+
+async def test_a_socketio_customer_talks_to_the_bot_through_nginx(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    # Long polling: every request of the session must reach the replica that
+    # opened it, which nginx's ip_hash does for /socket.io/.
+    customer = SocketCustomer(cluster.proxy_url, http)
+    await customer.connect()
+    try:
+        await customer.say("hi")
+        await customer.wait_for_text(GREETING)
+    finally:
+        await customer.close()
+
+
+def test_the_websocket_upgrade_passes_through_nginx(cluster: Cluster) -> None:
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{cluster.proxy.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", cluster.proxy.port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101"), answer[:300]
+    assert b"upgrade: websocket" in answer.lower()
