@@ -17,7 +17,9 @@ Everything listens on 127.0.0.1 only. Every wait is bounded; a part that dies
 or does not answer raises ``StackError`` naming it, with the tail of its log,
 and everything started so far is stopped. ``stop()`` (or leaving ``with
 cluster:``) stops it all, nginx first, and removes PostgreSQL's data; it is also
-registered with atexit.
+registered with atexit. A watchdog process stops everything if the test process
+dies without doing so (killed, or a ``timeout`` that sends SIGTERM), or when the
+cluster has run ``max_seconds`` (an hour by default).
 
 Rasa 3.6.21 has one Redis lock store, ``type: redis`` (RedisLockStore);
 ``concurrent_redis`` is a later Rasa's.
@@ -26,12 +28,14 @@ Rasa 3.6.21 has one Redis lock store, ``type: redis`` (RedisLockStore);
 import atexit
 import contextlib
 import glob
+import json
 import os
 import re
 import secrets
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -110,6 +114,79 @@ def wait_tcp(process: Process, port: int, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise process.failure(f"did not listen on 127.0.0.1:{port} in time")
         time.sleep(0.05)
+
+
+# -- the watchdog ---------------------------------------------------------------------------
+
+# Run as its own process: waits while the test process lives (and at most
+# ``limit`` seconds), then stops every process group named in the state file and
+# removes its directories. Only a test process killed without its teardown
+# (SIGKILL, SIGTERM from a timeout) or a run past the limit lets it act.
+WATCHDOG_SCRIPT = """
+import json, os, shutil, signal, sys, time
+parent, state, limit = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+began = time.monotonic()
+while os.getppid() == parent and time.monotonic() - began < limit:
+    time.sleep(0.5)
+try:
+    with open(state) as file:
+        todo = json.load(file)
+except (OSError, ValueError):
+    todo = {"groups": [], "remove": []}
+def signal_all(signum):
+    alive = False
+    for group in todo["groups"]:
+        try:
+            os.killpg(group, signum)
+            alive = True
+        except OSError:
+            pass
+    return alive
+signal_all(signal.SIGTERM)
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline and signal_all(0):
+    time.sleep(0.2)
+signal_all(signal.SIGKILL)
+time.sleep(0.5)
+for path in todo["remove"]:
+    shutil.rmtree(path, ignore_errors=True)
+print("watchdog: stopped", todo["groups"], flush=True)
+"""
+DEFAULT_MAX_SECONDS = 3600.0
+
+
+@dataclass
+class Watchdog:
+    """Stops the cluster's processes if the test process dies without stopping them."""
+
+    process: Process
+    state: Path
+
+    @classmethod
+    def start(cls, log_dir: Path, limit: float) -> "Watchdog":
+        state = log_dir / "watchdog.json"
+        state.write_text(json.dumps({"groups": [], "remove": []}))
+        process = launch(
+            "the cluster's watchdog",
+            [sys.executable, "-c", WATCHDOG_SCRIPT, str(os.getpid()), str(state), str(limit)],
+            log_dir / "watchdog.log",
+            base_env(),
+        )
+        return cls(process=process, state=state)
+
+    def watch(self, processes: Sequence[Process], remove: Sequence[Path] = ()) -> None:
+        """From now on, these process groups (each process leads its own) and directories."""
+        todo = {
+            "groups": [p.popen.pid for p in processes if not p.stopped],
+            "remove": [str(path) for path in remove],
+        }
+        scratch = self.state.with_suffix(".tmp")
+        scratch.write_text(json.dumps(todo))
+        os.replace(scratch, self.state)
+
+    def stop(self) -> None:
+        """Before a normal stop: the watchdog goes first, touching nothing."""
+        self.process.stop()
 
 
 # -- Redis ---------------------------------------------------------------------------------
@@ -522,6 +599,7 @@ class Cluster:
     proxy: NginxProxy
     env: Dict[str, str] = field(repr=False)
     processes: List[Process] = field(repr=False)
+    watchdog: Watchdog = field(repr=False)
     _hookpoint_secret: str = field(repr=False)
     # From the call of start() to everything answering, the model already trained.
     startup_seconds: float = 0.0
@@ -551,6 +629,7 @@ class Cluster:
         model: Optional[Path] = None,
         sandbox_args: Sequence[str] = (),
         cors: Optional[List[str]] = None,
+        max_seconds: float = DEFAULT_MAX_SECONDS,
     ) -> "Cluster":
         """Start everything; raise StackError (everything stopped again) if a part fails.
 
@@ -558,6 +637,8 @@ class Cluster:
         faster OMNIDESK_* retries). ``credentials_override``: the whole
         credentials.yml mapping instead of the generated one (socketio with
         session persistence, and callback posting to ``callback_url``).
+        ``max_seconds``: the cluster's longest life; a watchdog process stops
+        it then, or as soon as this process dies without stopping it.
         """
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -566,20 +647,26 @@ class Cluster:
         deadline = began + timeout
         processes: List[Process] = []
         stoppers: List[Any] = []
+        watchdog = Watchdog.start(log_dir, max_seconds)
+        remove: List[Path] = []
+
+        def started(process: Process, stop: Any) -> None:
+            processes.append(process)
+            stoppers.append(stop)
+            watchdog.watch(processes, remove)
+
         try:
             sandbox, sandbox_url = start_sandbox(log_dir, deadline, sandbox_args)
-            processes.append(sandbox)
-            stoppers.append(sandbox.stop)
+            started(sandbox, sandbox.stop)
             redis = RedisServer.start(
                 log_dir / "redis.log", min(deadline, time.monotonic() + SERVICE_TIMEOUT)
             )
-            processes.append(redis.process)
-            stoppers.append(redis.stop)
+            started(redis.process, redis.stop)
             postgres = PostgresServer.start(
                 log_dir, min(deadline, time.monotonic() + SERVICE_TIMEOUT)
             )
-            processes.append(postgres.process)
-            stoppers.append(postgres.stop)
+            remove.append(postgres.data_root)
+            started(postgres.process, postgres.stop)
 
             proxy_port, actions_port = free_port(), free_port()
             replica_ports = [free_port(), free_port()]
@@ -615,22 +702,19 @@ class Cluster:
             )
 
             actions = start_action_server(log_dir / "actions.log", actions_port, cluster_env)
-            processes.append(actions)
-            stoppers.append(actions.stop)
+            started(actions, actions.stop)
             replicas = []
             for index, port in enumerate(replica_ports):
                 name = "rasa-" + "ab"[index]
                 command = rasa_run_command(model_path, port, credentials_file, endpoints_file, cors)
                 log = log_dir / f"{name}.log"
                 process = launch(f"Rasa replica {name} (rasa run)", command, log, cluster_env)
-                processes.append(process)
-                stoppers.append(process.stop)
+                started(process, process.stop)
                 replicas.append(
                     Replica(name=name, port=port, command=command, log=log, process=process)
                 )
             proxy = NginxProxy.start(log_dir, [r.upstream for r in replicas], proxy_port)
-            processes.append(proxy.process)
-            stoppers.append(proxy.stop)
+            started(proxy.process, proxy.stop)
 
             wait_http(actions, f"{actions_url}/health", deadline)
             for replica in replicas:
@@ -639,6 +723,7 @@ class Cluster:
             # Through nginx, as Omnidesk calls it: every replica is behind it by now.
             wait_http(proxy.process, f"{proxy_url}/webhooks/omnidesk/", deadline)
         except BaseException:
+            watchdog.stop()
             for stop in reversed(stoppers):
                 stop()
             raise
@@ -652,6 +737,7 @@ class Cluster:
             proxy=proxy,
             env=cluster_env,
             processes=processes,
+            watchdog=watchdog,
             _hookpoint_secret=secret,
             startup_seconds=time.monotonic() - began,
         )
@@ -674,6 +760,7 @@ class Cluster:
         with contextlib.suppress(Exception):
             replica.process.popen.wait(10)
         replica.process.stop()
+        self.watchdog.watch(self.processes, [self.postgres.data_root])
 
     def restart_replica(self, name: str, timeout: float = 120.0) -> None:
         """Start a stopped or killed replica again on its port, with the same command."""
@@ -685,6 +772,7 @@ class Cluster:
         process = launch(f"Rasa replica {name} (rasa run)", replica.command, replica.log, self.env)
         self.processes[self.processes.index(replica.process)] = process
         replica.process = process
+        self.watchdog.watch(self.processes, [self.postgres.data_root])
         wait_http(process, f"{replica.url}/status", time.monotonic() + timeout)
 
     def check_alive(self) -> None:
@@ -695,6 +783,7 @@ class Cluster:
 
     def stop(self) -> None:
         """nginx, the replicas, the action server, PostgreSQL, Redis, the sandbox; bounded."""
+        self.watchdog.stop()
         for process in reversed(self.processes):
             process.stop()
         shutil.rmtree(self.postgres.data_root, ignore_errors=True)
