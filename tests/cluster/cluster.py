@@ -8,8 +8,9 @@ its own file under ``log_dir``:
 - PostgreSQL, a throwaway cluster made with initdb (Rasa's SQL tracker store),
 - one action server,
 - two ``rasa run`` replicas with the same model, credentials and endpoints.yml
-  (``tracker_store: sql``/postgresql, ``lock_store: redis``) and
-  ``OMNIDESK_SWITCHBOARD_URL`` pointing at the Redis above,
+  (``tracker_store: sql``/postgresql, ``lock_store: redis``),
+  ``OMNIDESK_SWITCHBOARD_URL`` pointing at the Redis above, one
+  ``OMNIDESK_FILES_DIR`` for both and ``SANIC_WORKERS=1``,
 - nginx, as a foreground process, with deploy/nginx/rasa-omnidesk.conf.template
   filled in (``render_nginx_template``): the file users deploy is the one tested.
 
@@ -618,6 +619,11 @@ class Cluster:
     def switchboard_url(self) -> str:
         return self.redis.url(SWITCHBOARD_DB)
 
+    @property
+    def files_dir(self) -> Path:
+        """OMNIDESK_FILES_DIR of both replicas (the caller's ``env`` may name another)."""
+        return Path(self.env["OMNIDESK_FILES_DIR"])
+
     @classmethod
     def start(
         cls,
@@ -668,6 +674,8 @@ class Cluster:
             remove.append(postgres.data_root)
             started(postgres.process, postgres.stop)
 
+            files_dir = log_dir / "files"
+            files_dir.mkdir(exist_ok=True)
             proxy_port, actions_port = free_port(), free_port()
             replica_ports = [free_port(), free_port()]
             proxy_url = f"http://127.0.0.1:{proxy_port}"
@@ -680,6 +688,8 @@ class Cluster:
                 {
                     **REPLICA_ENV,
                     "OMNIDESK_SWITCHBOARD_URL": redis.url(SWITCHBOARD_DB),
+                    # One directory for both replicas, as shared storage would be.
+                    "OMNIDESK_FILES_DIR": str(files_dir),
                     **dict(env or {}),
                 },
             )
