@@ -346,6 +346,8 @@ class PostgresServer:
                 log_dir / "postgres-initdb.log",
                 base_env(),
                 user=run_as,
+                # Its own directory: the repository may be closed to the postgres user.
+                cwd=data_root,
             )
             try:
                 initdb.popen.wait(max(1.0, deadline - time.monotonic()))
@@ -379,6 +381,7 @@ class PostgresServer:
                 log_dir / "postgres.log",
                 base_env(),
                 user=run_as,
+                cwd=data_root,
                 # Fast shutdown: clients are told to go, no waiting for them.
                 stop_signal=signal.SIGINT,
             )
@@ -490,28 +493,28 @@ class NginxProxy:
             raise StackError("nginx not found: apt-get install nginx")
         if len(upstreams) != 2:
             raise ValueError("the deploy template has two replicas, RASA_A and RASA_B")
-        workdir = log_dir / "nginx"
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
-        # nginx's workers drop root for nobody: they must reach their temp directories.
+        # In /tmp, not under the repository: nginx's workers drop root for nobody,
+        # and must reach their temp directories whatever the repository's modes.
+        workdir = Path(tempfile.mkdtemp(prefix="rasa-omnidesk-nginx-"))
         workdir.chmod(0o755)
-        site = workdir / "rasa-omnidesk.conf"
-        site.write_text(
-            render_nginx_template(
-                {
-                    "RASA_A": upstreams[0],
-                    "RASA_B": upstreams[1],
-                    "PROXY_LISTEN": f"127.0.0.1:{port}",
-                }
+        try:
+            site = workdir / "rasa-omnidesk.conf"
+            site.write_text(
+                render_nginx_template(
+                    {
+                        "RASA_A": upstreams[0],
+                        "RASA_B": upstreams[1],
+                        "PROXY_LISTEN": f"127.0.0.1:{port}",
+                    }
+                )
             )
-        )
-        main = workdir / "nginx.conf"
-        temp = "\n".join(
-            f"    {kind}_temp_path {workdir / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        main.write_text(
-            f"""daemon off;
+            main = workdir / "nginx.conf"
+            temp = "\n".join(
+                f"    {kind}_temp_path {workdir / kind};"
+                for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            )
+            main.write_text(
+                f"""daemon off;
 worker_processes 1;
 pid {workdir / "nginx.pid"};
 error_log stderr notice;
@@ -523,15 +526,21 @@ http {{
     include {site};
 }}
 """
-        )
-        process = launch(
-            "nginx",
-            [program, "-c", str(main), "-p", str(workdir), "-e", "stderr"],
-            log_dir / "nginx.log",
-            base_env(),
-            # SIGQUIT: graceful (lets requests in flight finish); SIGKILL follows anyway.
-            stop_signal=signal.SIGQUIT,
-        )
+            )
+            # The generated configuration, beside the logs, for a reader of a failed run.
+            shutil.copy(site, log_dir / "nginx-rasa-omnidesk.conf")
+            process = launch(
+                "nginx",
+                [program, "-c", str(main), "-p", str(workdir), "-e", "stderr"],
+                log_dir / "nginx.log",
+                base_env(),
+                # SIGQUIT: graceful (lets requests in flight finish); SIGKILL follows anyway.
+                stop_signal=signal.SIGQUIT,
+                cwd=workdir,
+            )
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         return cls(process=process, port=port, workdir=workdir)
 
     def upstreams_used(self, path_prefix: str) -> List[str]:
@@ -560,7 +569,10 @@ http {{
             time.sleep(0.02)
 
     def stop(self) -> None:
-        self.process.stop()
+        try:
+            self.process.stop()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # -- the cluster -----------------------------------------------------------------------------------
@@ -724,6 +736,7 @@ class Cluster:
                     Replica(name=name, port=port, command=command, log=log, process=process)
                 )
             proxy = NginxProxy.start(log_dir, [r.upstream for r in replicas], proxy_port)
+            remove.append(proxy.workdir)
             started(proxy.process, proxy.stop)
 
             wait_http(actions, f"{actions_url}/health", deadline)
@@ -770,7 +783,7 @@ class Cluster:
         with contextlib.suppress(Exception):
             replica.process.popen.wait(10)
         replica.process.stop()
-        self.watchdog.watch(self.processes, [self.postgres.data_root])
+        self.watchdog.watch(self.processes, [self.postgres.data_root, self.proxy.workdir])
 
     def restart_replica(self, name: str, timeout: float = 120.0) -> None:
         """Start a stopped or killed replica again on its port, with the same command."""
@@ -782,7 +795,7 @@ class Cluster:
         process = launch(f"Rasa replica {name} (rasa run)", replica.command, replica.log, self.env)
         self.processes[self.processes.index(replica.process)] = process
         replica.process = process
-        self.watchdog.watch(self.processes, [self.postgres.data_root])
+        self.watchdog.watch(self.processes, [self.postgres.data_root, self.proxy.workdir])
         wait_http(process, f"{replica.url}/status", time.monotonic() + timeout)
 
     def check_alive(self) -> None:
@@ -797,6 +810,7 @@ class Cluster:
         for process in reversed(self.processes):
             process.stop()
         shutil.rmtree(self.postgres.data_root, ignore_errors=True)
+        shutil.rmtree(self.proxy.workdir, ignore_errors=True)
 
     def __enter__(self) -> "Cluster":
         return self

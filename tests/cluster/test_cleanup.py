@@ -1,4 +1,4 @@
-"""A cluster that cannot start leaves nothing running and no PostgreSQL data behind."""
+"""A cluster that cannot start leaves nothing running and no scratch directory behind."""
 
 import glob
 import os
@@ -28,14 +28,15 @@ def children() -> Set[int]:
     return found
 
 
-def postgres_dirs() -> Set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "rasa-omnidesk-pg-*")))
+def scratch_dirs() -> Set[str]:
+    """PostgreSQL's data and nginx's temp directories of clusters."""
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "rasa-omnidesk-*")))
 
 
 def test_a_replica_that_exits_at_start_up_stops_everything_and_names_itself(
     cluster_programs: Dict[str, str], tmp_path: Path
 ) -> None:
-    before_children, before_dirs = children(), postgres_dirs()
+    before_children, before_dirs = children(), scratch_dirs()
     broken = {"connectors.omnidesk.OmnideskInput": {"customer_channels": {"no-such-channel": {}}}}
     with pytest.raises(StackError, match="Rasa replica rasa-"):
         Cluster.start(
@@ -45,7 +46,7 @@ def test_a_replica_that_exits_at_start_up_stops_everything_and_names_itself(
             timeout=120,
         )
     assert children() - before_children == set()
-    assert postgres_dirs() - before_dirs == set()
+    assert scratch_dirs() - before_dirs == set()
     # It got as far as the replicas: the stores and the proxy had started.
     assert (tmp_path / "postgres.log").exists()
     assert (tmp_path / "nginx.log").exists()

@@ -199,11 +199,13 @@ def launch(
     *,
     user: Optional[str] = None,
     stop_signal: int = signal.SIGTERM,
+    cwd: Optional[Path] = None,
 ) -> Process:
     """Start ``command`` in its own process group, stdout and stderr into ``log``.
 
     ``user``: run it as that user (and its group), for programs that refuse to
-    run as root (PostgreSQL); only root may ask for it.
+    run as root (PostgreSQL); only root may ask for it. ``cwd``: the working
+    directory, the repository's root unless said.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     as_user: Dict[str, Any] = {}
@@ -212,7 +214,7 @@ def launch(
     with open(log, "wb") as out:
         popen = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=out,
