@@ -544,13 +544,17 @@ http {{
         return cls(process=process, port=port, workdir=workdir)
 
     def upstreams_used(self, path_prefix: str) -> List[str]:
-        """The replicas (host:port) that answered requests under ``path_prefix``, in log order."""
+        """The replica (host:port) that answered each request under ``path_prefix``, in order.
+
+        When nginx tried several (a replica down), the one that answered is the
+        last it tried; ``-`` when nginx answered alone (a refused request).
+        """
         found = []
-        pattern = re.compile(r'"[A-Z]+ (\S+) HTTP/[\d.]+" \d+ \d+ \S+ upstream=(\S+)')
+        pattern = re.compile(r'"[A-Z]+ (\S+) HTTP/[\d.]+" \d+ \d+ \S+ upstream=(.+)$')
         for line in self.access_log.read_text(errors="replace").splitlines():
             match = pattern.search(line)
             if match and match.group(1).startswith(path_prefix):
-                found.extend(part.strip() for part in match.group(2).split(","))
+                found.append(match.group(2).split(",")[-1].strip())
         return found
 
     def wait_upstreams(

@@ -3,8 +3,16 @@
 ``cluster`` is tests/cluster/cluster.py's ``Cluster``: the sandbox, Redis,
 PostgreSQL, one action server, two ``rasa run`` replicas with the connector
 and nginx in front of them with deploy/'s template, all on loopback. It
-starts once per session (about 40-60 s on two cores, the model trained first
+starts once per session (10-25 s on two cores, the model trained first
 if it is stale) and its logs stay in artifacts/cluster/ for a failing run.
+
+The fixtures: ``cluster`` (session), ``cluster_env`` (session, the replicas'
+extra environment), ``callback_inbox`` (session, the callback customers' app
+backend), ``cluster_programs`` (session, skips or fails without the programs),
+``http`` (an aiohttp session), ``desk`` (the sandbox's agent desk, agents
+online and no faults) and ``callback_customer`` (a new callback customer
+talking through nginx). The cluster writes its start-up time to
+artifacts/cluster/run/startup.txt.
 
 These tests need redis-server, nginx and PostgreSQL (Debian packages
 redis-server, nginx, postgresql: ``scripts/bootstrap.sh --system-packages``
@@ -66,13 +74,22 @@ def callback_inbox() -> Iterator[CallbackReceiver]:
 
 
 @pytest.fixture(scope="session")
+def cluster_env() -> Dict[str, str]:
+    """Extra environment of the replicas and the action server (override it to change it)."""
+    return dict(FAST_FAILURE_ENV)
+
+
+@pytest.fixture(scope="session")
 def cluster(
-    cluster_programs: Dict[str, str], callback_inbox: CallbackReceiver, cluster_artifacts: Path
+    cluster_programs: Dict[str, str],
+    callback_inbox: CallbackReceiver,
+    cluster_artifacts: Path,
+    cluster_env: Dict[str, str],
 ) -> Iterator[Cluster]:
     started = Cluster.start(
         log_dir=cluster_artifacts / "run",
         callback_url=callback_inbox.url,
-        env=FAST_FAILURE_ENV,
+        env=cluster_env,
         timeout=240,
     )
     (started.log_dir / "startup.txt").write_text(f"{started.startup_seconds:.1f} s\n")

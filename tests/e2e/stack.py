@@ -211,7 +211,10 @@ def launch(
     as_user: Dict[str, Any] = {}
     if user is not None:
         as_user = {"user": user, "group": user, "extra_groups": []}
-    with open(log, "wb") as out:
+    log.write_bytes(b"")
+    # Append mode: a program that opens its own log again (nginx's access log
+    # on /dev/stdout) then writes at the end too, instead of over the rest.
+    with open(log, "ab") as out:
         popen = subprocess.Popen(
             command,
             cwd=cwd or ROOT,
