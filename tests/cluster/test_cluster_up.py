@@ -13,6 +13,7 @@ from tests.cluster.cluster import Cluster
 from tests.e2e.people import CallbackCustomer, SocketCustomer, poll
 from tests.e2e.receiver import CallbackReceiver
 from tests.e2e.test_journey import GREETING
+from tests.e2e.test_loopback import LOOPBACK, listening_addresses
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -102,3 +103,18 @@ def test_the_websocket_upgrade_passes_through_nginx(cluster: Cluster) -> None:
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 101"), answer[:300]
     assert b"upgrade: websocket" in answer.lower()
+
+
+def test_every_part_listens_on_127_0_0_1_only(cluster: Cluster) -> None:
+    ports = {
+        "nginx": cluster.proxy.port,
+        "redis-server": cluster.redis.port,
+        "PostgreSQL": cluster.postgres.port,
+        "action server": int(cluster.actions_url.rsplit(":", 1)[1]),
+        "sandbox": int(cluster.sandbox_url.rsplit(":", 1)[1]),
+        **{replica.name: replica.port for replica in cluster.replicas},
+    }
+    for name, port in ports.items():
+        addresses = listening_addresses(port)
+        assert addresses, f"{name}: nothing listens on {port}"
+        assert all(address == LOOPBACK for address, _ in addresses), (name, addresses)
