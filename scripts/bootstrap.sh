@@ -2,8 +2,9 @@
 # Creates or refreshes .venv with Python 3.10 and everything the project needs.
 # Idempotent: when pyproject.toml and the interpreter are unchanged, it costs about a second.
 # Usage: scripts/bootstrap.sh [--system-packages]
-#   --system-packages  also install the Debian packages the tests use
-#                      (redis-server, chromium, chromium-driver) where apt-get is available as root.
+#   --system-packages  also install the Debian packages the tests use (redis-server,
+#                      chromium, chromium-driver, and nginx and postgresql for the
+#                      cluster tests) where apt-get is available as root.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +43,10 @@ install_system_packages() {
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+    # Debian keeps initdb and postgres off PATH, under /usr/lib/postgresql/<version>/bin.
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 ||
+        missing+=(postgresql)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         say "installing Debian packages: ${missing[*]}"

@@ -36,7 +36,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -160,6 +160,8 @@ class Process:
     popen: "subprocess.Popen[bytes]"
     log: Path
     stopped: bool = False
+    # What asks the process to stop; SIGKILL follows after the timeout either way.
+    stop_signal: int = signal.SIGTERM
 
     @property
     def alive(self) -> bool:
@@ -175,12 +177,12 @@ class Process:
             os.killpg(self.popen.pid, signum)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM to the whole group, then SIGKILL after ``timeout``; always reaps."""
+        """``stop_signal`` to the whole group, then SIGKILL after ``timeout``; always reaps."""
         if self.stopped:
             return  # the group id may belong to someone else by now
         self.stopped = True
         if self.alive:
-            self.signal_group(signal.SIGTERM)
+            self.signal_group(self.stop_signal)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout)
         # Children may outlive the leader: the group goes either way.
@@ -189,19 +191,41 @@ class Process:
             self.popen.wait(timeout)
 
 
-def launch(name: str, command: List[str], log: Path, env: Mapping[str, str]) -> Process:
+def launch(
+    name: str,
+    command: List[str],
+    log: Path,
+    env: Mapping[str, str],
+    *,
+    user: Optional[str] = None,
+    stop_signal: int = signal.SIGTERM,
+    cwd: Optional[Path] = None,
+) -> Process:
+    """Start ``command`` in its own process group, stdout and stderr into ``log``.
+
+    ``user``: run it as that user (and its group), for programs that refuse to
+    run as root (PostgreSQL); only root may ask for it. ``cwd``: the working
+    directory, the repository's root unless said.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
+    as_user: Dict[str, Any] = {}
+    if user is not None:
+        as_user = {"user": user, "group": user, "extra_groups": []}
+    log.write_bytes(b"")
+    # Append mode: a program that opens its own log again (nginx's access log
+    # on /dev/stdout) then writes at the end too, instead of over the rest.
+    with open(log, "ab") as out:
         popen = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            **as_user,
         )
-    return Process(name=name, popen=popen, log=log)
+    return Process(name=name, popen=popen, log=log, stop_signal=stop_signal)
 
 
 def http_status(url: str, timeout: float = 2.0) -> Optional[int]:
@@ -252,6 +276,115 @@ def base_env(extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
 def new_hookpoint_secret() -> str:
     alphabet = string.ascii_letters + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(40))
+
+
+# -- the parts every stack has (tests/cluster starts them too) --------------------------
+
+
+def start_sandbox(
+    log_dir: Path, deadline: float, sandbox_args: Sequence[str] = ()
+) -> Tuple[Process, str]:
+    """The Omnidesk sandbox on a port of its choosing; returns it and its URL."""
+    sandbox = launch(
+        "the Omnidesk sandbox",
+        [
+            sys.executable,
+            "-m",
+            "omnidesk_sandbox",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *sandbox_args,
+        ],
+        log_dir / "sandbox.log",
+        base_env(),
+    )
+    try:
+        ready = wait_ready_line(sandbox, SANDBOX_READY, min(deadline, time.monotonic() + 30))
+    except BaseException:
+        sandbox.stop()
+        raise
+    return sandbox, str(ready["url"])
+
+
+def omnidesk_env(
+    sandbox_url: str,
+    public_url: str,
+    secret: str,
+    extra: Optional[Mapping[str, str]] = None,
+) -> Dict[str, str]:
+    """The environment of Rasa and the action server: the sandbox as Omnidesk.
+
+    ``public_url`` is where the sandbox calls the hookpoints back (Rasa, or the
+    proxy in front of it).
+    """
+    return base_env(
+        {
+            "OMNIDESK_API_URL": sandbox_url,
+            "OMNIDESK_CHAT_CONFIG_URL": sandbox_url,
+            "OMNIDESK_CHAT_ACCOUNT_TOKEN": SANDBOX_ACCOUNT_TOKEN,
+            "OMNIDESK_CHAT_SERVER_TOKEN": SANDBOX_SERVER_TOKEN,
+            "OMNIDESK_PUBLIC_URL": public_url,
+            "OMNIDESK_HOOKPOINT_SECRET": secret,
+            **dict(extra or {}),
+        }
+    )
+
+
+def write_credentials(
+    log_dir: Path,
+    callback_url: str,
+    credentials_override: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """log_dir/credentials.yml: the generated one, or ``credentials_override``."""
+    credentials = (
+        dict(credentials_override)
+        if credentials_override is not None
+        else generated_credentials(callback_url)
+    )
+    credentials_file = log_dir / "credentials.yml"
+    credentials_file.write_text(yaml.safe_dump(credentials, sort_keys=False))
+    return credentials_file
+
+
+def start_action_server(log: Path, port: int, env: Mapping[str, str]) -> Process:
+    """``rasa run actions`` with the example bot's actions on 127.0.0.1:``port``."""
+    return launch(
+        "the action server (rasa run actions)",
+        [str(RASA), "run", "actions", "--port", str(port), "--actions", "actions"],
+        log,
+        # rasa_sdk binds 0.0.0.0 unless SANIC_HOST says otherwise.
+        {**env, "SANIC_HOST": "127.0.0.1"},
+    )
+
+
+def rasa_run_command(
+    model_path: Path,
+    port: int,
+    credentials_file: Path,
+    endpoints_file: Path,
+    cors: Optional[List[str]] = None,
+) -> List[str]:
+    """``rasa run`` on 127.0.0.1:``port`` with the API on (trackers are read through it)."""
+    command = [
+        str(RASA),
+        "run",
+        "--model",
+        str(model_path),
+        "--interface",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enable-api",
+        "--credentials",
+        str(credentials_file),
+        "--endpoints",
+        str(endpoints_file),
+    ]
+    if cors:
+        command += ["--cors", *cors]
+    return command
 
 
 # -- the stack --------------------------------------------------------------------------
@@ -311,77 +444,25 @@ class Stack:
         model_path = model or ensure_model()
         processes: List[Process] = []
         try:
-            sandbox = launch(
-                "the Omnidesk sandbox",
-                [
-                    sys.executable,
-                    "-m",
-                    "omnidesk_sandbox",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    *sandbox_args,
-                ],
-                log_dir / "sandbox.log",
-                base_env(),
-            )
+            sandbox, sandbox_url = start_sandbox(log_dir, deadline, sandbox_args)
             processes.append(sandbox)
-            ready = wait_ready_line(sandbox, SANDBOX_READY, min(deadline, time.monotonic() + 30))
-            sandbox_url = str(ready["url"])
 
             rasa_port, actions_port = free_port(), free_port()
             rasa_url = f"http://127.0.0.1:{rasa_port}"
             actions_url = f"http://127.0.0.1:{actions_port}"
             secret = new_hookpoint_secret()
-            stack_env = base_env(
-                {
-                    "OMNIDESK_API_URL": sandbox_url,
-                    "OMNIDESK_CHAT_CONFIG_URL": sandbox_url,
-                    "OMNIDESK_CHAT_ACCOUNT_TOKEN": SANDBOX_ACCOUNT_TOKEN,
-                    "OMNIDESK_CHAT_SERVER_TOKEN": SANDBOX_SERVER_TOKEN,
-                    "OMNIDESK_PUBLIC_URL": rasa_url,
-                    "OMNIDESK_HOOKPOINT_SECRET": secret,
-                    **dict(env or {}),
-                }
-            )
-            credentials = (
-                dict(credentials_override)
-                if credentials_override is not None
-                else generated_credentials(callback_url)
-            )
-            credentials_file = log_dir / "credentials.yml"
-            credentials_file.write_text(yaml.safe_dump(credentials, sort_keys=False))
+            stack_env = omnidesk_env(sandbox_url, rasa_url, secret, env)
+            credentials_file = write_credentials(log_dir, callback_url, credentials_override)
             endpoints_file = log_dir / "endpoints.yml"
             endpoints_file.write_text(
                 yaml.safe_dump({"action_endpoint": {"url": f"{actions_url}/webhook"}})
             )
 
-            actions = launch(
-                "the action server (rasa run actions)",
-                [str(RASA), "run", "actions", "--port", str(actions_port), "--actions", "actions"],
-                log_dir / "actions.log",
-                # rasa_sdk binds 0.0.0.0 unless SANIC_HOST says otherwise.
-                {**stack_env, "SANIC_HOST": "127.0.0.1"},
-            )
+            actions = start_action_server(log_dir / "actions.log", actions_port, stack_env)
             processes.append(actions)
-            rasa_command = [
-                str(RASA),
-                "run",
-                "--model",
-                str(model_path),
-                "--interface",
-                "127.0.0.1",
-                "--port",
-                str(rasa_port),
-                "--enable-api",
-                "--credentials",
-                str(credentials_file),
-                "--endpoints",
-                str(endpoints_file),
-            ]
-            if cors:
-                rasa_command += ["--cors", *cors]
+            rasa_command = rasa_run_command(
+                model_path, rasa_port, credentials_file, endpoints_file, cors
+            )
             rasa = launch("Rasa (rasa run)", rasa_command, log_dir / "rasa.log", stack_env)
             processes.append(rasa)
 
