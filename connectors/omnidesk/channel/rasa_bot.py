@@ -76,6 +76,10 @@ class RasaBot:
                 }
                 if entry.agent_name:
                     metadata["omnidesk"]["agent_name"] = entry.agent_name
+                if entry.message_number is not None:
+                    metadata["omnidesk"]["message_number"] = entry.message_number
+                if not entry.delivered:
+                    metadata["omnidesk"]["undelivered"] = True
                 if entry.role == "customer":
                     tracker.update(
                         UserUttered(

@@ -49,6 +49,8 @@ class RecordEntry:
     timestamp: float
     agent_name: Optional[str] = None
     attachment_url: Optional[str] = None
+    message_number: Optional[int] = None  # the customer turn's messageNumber, when it took one
+    delivered: bool = True  # False: Omnidesk never confirmed it (kept, marked undelivered)
 
 
 class BotSide(Protocol):

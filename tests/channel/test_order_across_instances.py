@@ -1,0 +1,54 @@
+"""Two channel servers, one Redis: a customer's turns reach the agent in order.
+
+A callback backend spread over replicas posts one customer's turns to either
+instance at the same moment; the chat's turn lease in Redis keeps one sender
+at a time, so the agent sees every turn once, numbered in order.
+"""
+
+import asyncio
+from typing import List
+
+import aiohttp
+import pytest
+
+from omnidesk_sandbox.testing import Sandbox
+from tests.channel.conftest import CallbackSetup, callback_receiver, channel_server
+
+pytestmark = pytest.mark.redis
+
+
+async def say(session: aiohttp.ClientSession, url: str, sender: str, text: str) -> int:
+    async with session.post(
+        f"{url}/webhooks/callback/webhook", json={"sender": sender, "message": text}
+    ) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_turns_sent_to_two_instances_at_once_reach_the_agent_once_in_order(
+    redis_url: str, sandbox: Sandbox
+) -> None:
+    async with callback_receiver() as customer, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, switchboard_url=redis_url
+    ) as first, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, switchboard_url=redis_url
+    ) as second:
+        chat = await CallbackSetup(server=first, customer=customer).hand_over("cust-1")
+        await second.wait_with_agent("cust-1")
+        sandbox.inject_fault("notifyUserNewChatMessage", latency_ms=5)
+        texts = [f"line {i}" for i in range(40)]
+        async with aiohttp.ClientSession() as session:
+            statuses = await asyncio.gather(
+                *(
+                    say(session, (first, second)[i % 2].url, "cust-1", text)
+                    for i, text in enumerate(texts)
+                )
+            )
+        assert set(statuses) == {200}
+        relayed = sandbox.chat(chat).messages[1:]
+        numbers: List[int] = [m.number for m in relayed]  # type: ignore[misc]
+        assert numbers == list(range(2, 42))
+        assert sorted(m.text for m in relayed) == sorted(texts)
+        assert sandbox.chat(chat).numbering_problems == []
+        assert first.bot.seen[-1].text == "escalate cust-1"
+        assert second.bot.seen == []
