@@ -6,6 +6,7 @@ at a time, so the agent sees every turn once, numbered in order.
 """
 
 import asyncio
+from pathlib import Path
 from typing import List
 
 import aiohttp
@@ -52,3 +53,26 @@ async def test_turns_sent_to_two_instances_at_once_reach_the_agent_once_in_order
         assert sandbox.chat(chat).numbering_problems == []
         assert first.bot.seen[-1].text == "escalate cust-1"
         assert second.bot.seen == []
+
+
+async def test_a_file_on_one_instance_shows_the_agent_named_on_the_other(
+    redis_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    shared = {"switchboard_url": redis_url, "files_dir": str(tmp_path)}
+    async with callback_receiver() as customer, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
+    ) as first, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
+    ) as second:
+        chat = await CallbackSetup(server=first, customer=customer).hand_over("cust-2")
+        await sandbox.agent_reply(chat, "Hello", name="Anna", picture="https://example.com/a.png")
+        await customer.wait_for(lambda r: [m for m in r if m.get("text") == "Hello"])
+        # Omnidesk's next call lands on the other instance.
+        sandbox.chat(chat).chat_server = sandbox.chat(chat).chat_server.replace(
+            first.url, second.url
+        )
+        result = await sandbox.agent_upload(chat, "photo.png", b"\x89PNG\r\n\x1a\n0", "image/png")
+        assert result.status == 200
+        posted = await customer.wait_for(lambda r: [m for m in r if "image" in m])
+        assert posted[0]["image"].startswith(second.url)
+        assert posted[0]["agent"] == {"name": "Anna", "picture": "https://example.com/a.png"}

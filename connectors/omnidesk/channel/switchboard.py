@@ -57,6 +57,10 @@ class Handoff:
     last_activity: float
     last_agent_activity: Optional[float] = None
     wait_notice_sent: bool = False
+    # The agent of the chat's latest message that named one: uploadForCustomer
+    # carries no name or picture (omnidesk-api.txt), so a file is shown as theirs.
+    agent_name: Optional[str] = None
+    agent_picture: Optional[str] = None
 
     @property
     def agent_replied(self) -> bool:
@@ -82,6 +86,8 @@ class Handoff:
                     else float(data["last_agent_activity"])
                 ),
                 wait_notice_sent=bool(data.get("wait_notice_sent", False)),
+                agent_name=_optional_text(data.get("agent_name")),
+                agent_picture=_optional_text(data.get("agent_picture")),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise UnreadableHandoff(
@@ -105,6 +111,10 @@ class TurnTicket:
     @property
     def granted(self) -> bool:
         return self.message_number is not None
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
 
 
 def new_handoff(
@@ -164,9 +174,19 @@ class Switchboard(abc.ABC):
 
     @abc.abstractmethod
     async def touch(
-        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+        self,
+        conversation_id: str,
+        *,
+        agent: bool = False,
+        now: Optional[float] = None,
+        agent_name: Optional[str] = None,
+        agent_picture: Optional[str] = None,
     ) -> None:
-        """Record activity (of the agent when ``agent``); a no-op when not in relay."""
+        """Record activity (of the agent when ``agent``); a no-op when not in relay.
+
+        With ``agent_name`` or ``agent_picture`` the handoff keeps them as the
+        chat's agent, for the files that come without either.
+        """
 
     @abc.abstractmethod
     async def claim_wait_notice(self, conversation_id: str) -> bool:
@@ -293,7 +313,13 @@ class InMemorySwitchboard(Switchboard):
             event.set()
 
     async def touch(
-        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+        self,
+        conversation_id: str,
+        *,
+        agent: bool = False,
+        now: Optional[float] = None,
+        agent_name: Optional[str] = None,
+        agent_picture: Optional[str] = None,
     ) -> None:
         handoff = self._by_conversation.get(conversation_id)
         if handoff is None:
@@ -303,6 +329,8 @@ class InMemorySwitchboard(Switchboard):
             handoff = replace(handoff, last_activity=at, last_agent_activity=at)
         else:
             handoff = replace(handoff, last_activity=at)
+        if agent_name is not None or agent_picture is not None:
+            handoff = replace(handoff, agent_name=agent_name, agent_picture=agent_picture)
         self._by_conversation[conversation_id] = handoff
 
     async def claim_wait_notice(self, conversation_id: str) -> bool:
@@ -378,21 +406,21 @@ return redis.call('HINCRBY', KEYS[1], 'n', 1) - 1
 # The turn lease lives in the handoff's hash ('lf' the holder's fence, 'lx' its
 # expiry in ms on Redis's clock), so it goes with the handoff when that ends or
 # is replaced. KEYS[1] the handoff; ARGV: lease in ms, the time of the turn.
-# Returns false (not in relay), or {json, n, w, a, l, number, fence} where
+# Returns false (not in relay), or {json, n, w, a, l, number, fence, an} where
 # number and fence are false when another sender holds the lease.
 _BEGIN_TURN_SCRIPT = """
 if redis.replicate_commands then redis.replicate_commands() end
-local v = redis.call('HMGET', KEYS[1], 'h', 'n', 'w', 'a', 'l', 'lx')
+local v = redis.call('HMGET', KEYS[1], 'h', 'n', 'w', 'a', 'l', 'lx', 'an')
 if not v[1] then return false end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if v[6] and tonumber(v[6]) > now then
-  return {v[1], v[2], v[3], v[4], v[5], false, false}
+  return {v[1], v[2], v[3], v[4], v[5], false, false, v[7]}
 end
 local fence = redis.call('HINCRBY', KEYS[1], 'f', 1)
 local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
 redis.call('HSET', KEYS[1], 'lf', fence, 'lx', now + tonumber(ARGV[1]), 'l', ARGV[2])
-return {v[1], tostring(n), v[3], v[4], ARGV[2], tostring(n - 1), tostring(fence)}
+return {v[1], tostring(n), v[3], v[4], ARGV[2], tostring(n - 1), tostring(fence), v[7]}
 """
 
 # 1: released (or the handoff is gone, lease and all); 0: the lease is someone else's.
@@ -454,7 +482,7 @@ class RedisSwitchboard(Switchboard):
             ) from error
 
     async def _read(self, key: str) -> Optional[Handoff]:
-        values = await self._call("read", self._redis.hmget(key, "h", "n", "w", "a", "l"))
+        values = await self._call("read", self._redis.hmget(key, "h", "n", "w", "a", "l", "an"))
         return _from_fields(*values)
 
     async def begin_turn(
@@ -469,8 +497,8 @@ class RedisSwitchboard(Switchboard):
         )
         if not answer:
             return None
-        raw, number, wait, agent_at, last_at, taken, fence = answer
-        handoff = _from_fields(raw, number, wait, agent_at, last_at)
+        raw, number, wait, agent_at, last_at, taken, fence, agent = answer
+        handoff = _from_fields(raw, number, wait, agent_at, last_at, agent)
         assert handoff is not None
         if taken is None:
             return TurnTicket(handoff)
@@ -521,13 +549,21 @@ class RedisSwitchboard(Switchboard):
         return None if number is None else int(number)
 
     async def touch(
-        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+        self,
+        conversation_id: str,
+        *,
+        agent: bool = False,
+        now: Optional[float] = None,
+        agent_name: Optional[str] = None,
+        agent_picture: Optional[str] = None,
     ) -> None:
         at = time.time() if now is None else now
         key = self._key(conversation_id)
         mapping: Dict[str, Any] = {"l": at}
         if agent:
             mapping["a"] = at
+        if agent_name is not None or agent_picture is not None:
+            mapping["an"] = json.dumps([agent_name, agent_picture])
         # Only touch a handoff that exists: HSET on a missing key would revive it.
         script = (
             "if redis.call('EXISTS', KEYS[1]) == 1 then "
@@ -592,12 +628,20 @@ def create_switchboard(url: str) -> Switchboard:
 
 
 def _from_fields(
-    raw: Any, number: Any, wait: Any, agent_at: Any, last_at: Any
+    raw: Any, number: Any, wait: Any, agent_at: Any, last_at: Any, agent: Any = None
 ) -> Optional[Handoff]:
     """A handoff from its hash fields: the JSON, then the counters kept beside it."""
     if raw is None:
         return None
     handoff = Handoff.from_json(raw)
+    if agent is not None:
+        try:
+            name, picture = json.loads(agent)
+        except (ValueError, TypeError) as error:
+            raise UnreadableHandoff(f"a stored agent could not be read ({error})") from error
+        handoff = replace(
+            handoff, agent_name=_optional_text(name), agent_picture=_optional_text(picture)
+        )
     return replace(
         handoff,
         next_message_number=int(number) if number is not None else 1,
