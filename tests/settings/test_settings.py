@@ -397,4 +397,14 @@ def test_upload_types_accept_a_wildcard_and_ignore_parameters():
 
 
 def test_every_setting_has_a_variable_and_the_table_is_complete():
-    assert len(SETTING_KEYS) == 24
+    assert len(SETTING_KEYS) == 26
+
+
+def test_files_retention_and_sweep_concurrency_are_read_and_checked():
+    settings = OmnideskSettings.from_env(
+        env_with(OMNIDESK_FILES_RETENTION="0", OMNIDESK_SWEEP_CONCURRENCY="3")
+    )
+    assert (settings.files_retention, settings.sweep_concurrency) == (0, 3)
+    with pytest.raises(SettingsError) as refused:
+        OmnideskSettings.from_env(env_with(OMNIDESK_SWEEP_CONCURRENCY="0"))
+    assert "OMNIDESK_SWEEP_CONCURRENCY" in str(refused.value)

@@ -207,6 +207,13 @@ class Switchboard(abc.ABC):
     async def all(self) -> List[Handoff]:
         """Every open handoff, for the background sweeper (not the hot path)."""
 
+    async def claim_sweeper(self, holder: str, lease_seconds: float) -> bool:
+        """True when ``holder`` may sweep now: the sweeper lease is free or already its own.
+
+        One process holds every in-memory handoff, so it always may.
+        """
+        return True
+
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections; the in-memory switchboard has none."""
 
@@ -435,6 +442,14 @@ redis.call('HDEL', KEYS[1], 'lf', 'lx')
 return 1
 """
 
+# The sweeper lease: taken when free, renewed by its holder. ARGV: holder, ms.
+_SWEEPER_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _CLAIM_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HSETNX', KEYS[1], 'w', '1')
@@ -460,6 +475,7 @@ class RedisSwitchboard(Switchboard):
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
         self._begin_turn = self._redis.register_script(_BEGIN_TURN_SCRIPT)
         self._finish_turn = self._redis.register_script(_FINISH_TURN_SCRIPT)
+        self._sweeper = self._redis.register_script(_SWEEPER_SCRIPT)
 
     def _key(self, conversation_id: str) -> str:
         return f"{self._prefix}handoff:{conversation_id}"
@@ -611,6 +627,15 @@ class RedisSwitchboard(Switchboard):
             if handoff is not None:
                 handoffs.append(handoff)
         return handoffs
+
+    async def claim_sweeper(self, holder: str, lease_seconds: float) -> bool:
+        claimed = await self._call(
+            "claim_sweeper",
+            self._sweeper(
+                keys=[f"{self._prefix}sweeper"], args=[holder, int(lease_seconds * 1000)]
+            ),
+        )
+        return bool(int(claimed))
 
     async def close(self) -> None:
         await self._redis.close()
