@@ -12,6 +12,7 @@ the tracker marked undelivered, its number the only gap.
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import pytest
@@ -105,9 +106,11 @@ def switchboard_url(request: pytest.FixtureRequest) -> str:
 
 
 async def test_faults_lose_nothing_and_a_duplicate_carries_its_number(
-    switchboard_url: str,
+    switchboard_url: str, tmp_path: Path
 ) -> None:
-    async with callback_setup(switchboard_url=switchboard_url, **FAST) as setup:
+    async with callback_setup(
+        switchboard_url=switchboard_url, files_dir=str(tmp_path), **FAST
+    ) as setup:
         sandbox = setup.server.sandbox
         chat = await setup.hand_over("cust-f")
         script = scripted_faults(sandbox) * 2

@@ -27,12 +27,13 @@ async def say(session: aiohttp.ClientSession, url: str, sender: str, text: str) 
 
 
 async def test_turns_sent_to_two_instances_at_once_reach_the_agent_once_in_order(
-    redis_url: str, sandbox: Sandbox
+    redis_url: str, sandbox: Sandbox, tmp_path: Path
 ) -> None:
+    shared = {"switchboard_url": redis_url, "files_dir": str(tmp_path)}
     async with callback_receiver() as customer, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, switchboard_url=redis_url
+        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
     ) as first, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, switchboard_url=redis_url
+        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
     ) as second:
         chat = await CallbackSetup(server=first, customer=customer).hand_over("cust-1")
         await second.wait_with_agent("cust-1")
