@@ -82,7 +82,7 @@ class AgentDelivery:
             agent_name=message.agent.name if named else None,
             agent_picture=message.agent.picture if named else None,
         )
-        self.record.add(
+        await self.record.add(
             handoff.conversation_id,
             RecordEntry(
                 "agent",
@@ -107,7 +107,7 @@ class AgentDelivery:
             is_image=stored.content_type.startswith("image/"),
         )
         await self.switchboard.touch(handoff.conversation_id, agent=True)
-        self.record.add(
+        await self.record.add(
             handoff.conversation_id,
             RecordEntry(
                 "agent",

@@ -23,7 +23,7 @@ from connectors.omnidesk.channel.delivery import AgentDelivery
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.hookpoints import EndSession, UploadedFile
 from connectors.omnidesk.channel.notices import Notices
-from connectors.omnidesk.channel.record import TurnRecord
+from connectors.omnidesk.channel.record import TurnRecord, buffer_for
 from connectors.omnidesk.channel.sides import BotSide, CustomerLine, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
     Handoff,
@@ -70,7 +70,7 @@ class Relay:
         self.lines = dict(lines)
         self.bot = bot
         self.notices = Notices(bot, settings.leave_command)
-        self.record = TurnRecord(bot, settings.record_interval)
+        self.record = TurnRecord(bot, settings.record_interval, buffer_for(switchboard))
         self.delivery = AgentDelivery(switchboard, self.lines, files, self.record, new_chat_grace)
         self._ending: Set[asyncio.Future[None]] = set()
 
@@ -130,7 +130,7 @@ class Relay:
                 handoff.chat_session_id,
                 self.turn_lease,
             )
-        self.record.add(
+        await self.record.add(
             conversation_id,
             RecordEntry(
                 "customer",
@@ -265,7 +265,7 @@ class Relay:
                 await self.notices.tell(line, conversation_id, "utter_omnidesk_delivery_failed")
             raise
         await self.switchboard.touch(conversation_id)
-        self.record.add(
+        await self.record.add(
             conversation_id,
             RecordEntry(
                 "customer", f"[file: {upload.filename}]", handoff.chat_session_id, time.time()

@@ -486,6 +486,19 @@ class RedisSwitchboard(Switchboard):
     def _open_set(self) -> str:
         return f"{self._prefix}open"
 
+    @property
+    def redis(self) -> Any:
+        """The connection, for state kept beside the handoffs (record.py)."""
+        return self._redis
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    async def call(self, what: str, coroutine: Any) -> Any:
+        """Await a Redis call; a failure becomes a SwitchboardError that says what failed."""
+        return await self._call(what, coroutine)
+
     async def _call(self, what: str, coroutine: Any) -> Any:
         from redis.exceptions import RedisError
 
