@@ -135,7 +135,7 @@ def _warn_lock_store(app: Any, settings: OmnideskSettings) -> None:
             "The switchboard is Redis (several Rasa instances) but Rasa's lock store is in "
             "memory: two instances may run one conversation's turns at once. Set lock_store "
             "in endpoints.yml to type: redis (Rasa Pro: concurrent_redis); see "
-            "docs/deployment.md."
+            "docs/configuration.md, Several Rasa instances."
         )
 
 
