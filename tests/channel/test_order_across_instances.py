@@ -7,7 +7,7 @@ at a time, so the agent sees every turn once, numbered in order.
 
 import asyncio
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import aiohttp
 import pytest
@@ -77,3 +77,32 @@ async def test_a_file_on_one_instance_shows_the_agent_named_on_the_other(
         posted = await customer.wait_for(lambda r: [m for m in r if "image" in m])
         assert posted[0]["image"].startswith(second.url)
         assert posted[0]["agent"] == {"name": "Anna", "picture": "https://example.com/a.png"}
+
+
+async def test_a_relayed_turn_makes_one_redis_round_trip_before_the_omnidesk_call(
+    redis_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    async with callback_receiver() as customer, channel_server(
+        {"callback": {"url": customer.url}},
+        sandbox=sandbox,
+        switchboard_url=redis_url,
+        files_dir=str(tmp_path),
+    ) as server:
+        await CallbackSetup(server=server, customer=customer).hand_over("cust-3")
+        board = server.relay.switchboard
+        client = server.relay.client
+        steps: List[str] = []
+        redis_call, notify = board._call, client.notify_user_new_chat_message
+
+        async def counted_call(what: str, coroutine: Any) -> Any:
+            steps.append(f"redis {what}")
+            return await redis_call(what, coroutine)
+
+        async def counted_notify(**fields: Any) -> Any:
+            steps.append("omnidesk")
+            return await notify(**fields)
+
+        board._call = counted_call
+        client.notify_user_new_chat_message = counted_notify
+        await CallbackSetup(server=server, customer=customer).say("cust-3", "hello")
+        assert steps[: steps.index("omnidesk")] == ["redis begin_turn"]
