@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from omnidesk_sandbox.testing import Sandbox
-from tests.channel.conftest import CallbackSetup, callback_receiver, channel_server
+from tests.channel.conftest import CallbackSetup, callback_receiver, channel_server, rasa_agent
+from tests.channel.test_delivery_faults import FAST, count, end_and_read_tracker
 
 pytestmark = pytest.mark.redis
 
@@ -106,3 +107,44 @@ async def test_a_relayed_turn_makes_one_redis_round_trip_before_the_omnidesk_cal
         client.notify_user_new_chat_message = counted_notify
         await CallbackSetup(server=server, customer=customer).say("cust-3", "hello")
         assert steps[: steps.index("omnidesk")] == ["redis begin_turn"]
+
+
+async def test_turns_on_two_instances_under_faults_keep_the_guarantee(
+    redis_url: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    agent = rasa_agent()
+    shared = {
+        "switchboard_url": redis_url,
+        "files_dir": str(tmp_path),
+        "agent": agent,
+        **FAST,
+    }
+    async with callback_receiver() as customer, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
+    ) as first, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
+    ) as second:
+        setup = CallbackSetup(server=first, customer=customer)
+        chat = await setup.hand_over("cust-4")
+        await second.wait_with_agent("cust-4")
+        sandbox.seed_faults(10)
+        sandbox.inject_fault("notifyUserNewChatMessage", error_rate=0.3)
+        sandbox.inject_fault("notifyUserNewChatMessage", drop=True, process_first=True, count=3)
+        texts = [f"line {i}" for i in range(30)]
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(
+                *(
+                    say(session, (first, second)[i % 2].url, "cust-4", text)
+                    for i, text in enumerate(texts)
+                )
+            )
+        sandbox.clear_faults()
+        arrivals = [(m.number, m.text) for m in sandbox.chat(chat).messages[1:]]
+        tracker = await end_and_read_tracker(setup, chat, "cust-4")
+        counts = count(arrivals, texts, tracker)
+        print(f"\n30 turns on two instances under faults: {counts}")
+        assert counts.lost == []
+        assert counts.out_of_order == 0
+        assert counts.renumbered == []
+        numbers = {n for n, _ in arrivals}
+        assert numbers | set(counts.undelivered) == set(range(2, 32))
