@@ -16,7 +16,7 @@ import uuid
 from typing import Dict, Optional
 
 from connectors.omnidesk.channel.relay import Relay
-from connectors.omnidesk.channel.switchboard import Handoff
+from connectors.omnidesk.channel.switchboard import Handoff, SwitchboardError
 from connectors.omnidesk.handoff import HandoffOutcome
 from connectors.omnidesk.settings import OmnideskSettings
 
@@ -153,6 +153,10 @@ class Sweeper:
                     logger.error("Sweep of open chats failed: %s: %s", type(error).__name__, error)
         finally:
             await self.wait_idle(5.0)
+            try:
+                await self.relay.switchboard.release_sweeper(self.holder)
+            except SwitchboardError as error:
+                logger.warning("Could not give the sweeper lease up: %s", error)
 
     async def wait_idle(self, timeout: float) -> None:
         """Wait (bounded) for the looks under way, then cancel what is left."""

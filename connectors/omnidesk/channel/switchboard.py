@@ -214,6 +214,9 @@ class Switchboard(abc.ABC):
         """
         return True
 
+    async def release_sweeper(self, holder: str) -> None:  # noqa: B027 - optional hook
+        """Give the sweeper lease up at shutdown, so another instance sweeps at once."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections; the in-memory switchboard has none."""
 
@@ -649,6 +652,12 @@ class RedisSwitchboard(Switchboard):
             ),
         )
         return bool(int(claimed))
+
+    async def release_sweeper(self, holder: str) -> None:
+        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+        await self._call(
+            "release_sweeper", self._redis.eval(script, 1, f"{self._prefix}sweeper", holder)
+        )
 
     async def close(self) -> None:
         await self._redis.close()
