@@ -21,6 +21,7 @@ from connectors.omnidesk.channel.delivery import AgentDelivery
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.hookpoints import EndSession, UploadedFile
 from connectors.omnidesk.channel.notices import Notices
+from connectors.omnidesk.channel.outbox import Outbox
 from connectors.omnidesk.channel.record import TurnRecord
 from connectors.omnidesk.channel.sides import BotSide, CustomerLine, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
@@ -53,6 +54,7 @@ class Relay:
         lines: Mapping[str, CustomerLine],
         bot: BotSide,
         files: AgentFileStore,
+        outbox: Outbox,
         new_chat_grace: float = NEW_CHAT_GRACE,
     ) -> None:
         self.settings = settings
@@ -62,7 +64,7 @@ class Relay:
         self.bot = bot
         self.notices = Notices(bot, settings.leave_command)
         self.record = TurnRecord(bot, settings.record_interval)
-        self.delivery = AgentDelivery(switchboard, self.lines, files, self.record, new_chat_grace)
+        self.delivery = AgentDelivery(switchboard, outbox, files, self.record, new_chat_grace)
         self._chat_locks: Dict[str, asyncio.Lock] = {}
         self._ending: Set[asyncio.Future[None]] = set()
 
