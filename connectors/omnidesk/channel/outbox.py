@@ -44,6 +44,7 @@ HEAD_BATCH = 20  # entries read per round trip
 PRESENCE_TTL = 6.0  # seconds a socket counts as connected without a refresh
 PRESENCE_REFRESH = 2.0  # seconds between refreshes by the instance holding the socket
 SHUTDOWN_GRACE = 5.0  # seconds drainers under way may finish at shutdown
+TYPING_STALE = 10.0  # seconds after which a waiting typing indicator means nothing
 ENDED_MEMORY = 300.0  # seconds the chat id of an ended handoff is kept for late notices
 
 
@@ -668,6 +669,10 @@ class Outbox:
                 age,
                 self.retention,
             )
+            return await self.store.remove(conversation_id, entry_id, token)
+        if entry.item.kind == "typing" and age > TYPING_STALE:
+            # The agent's typing of minutes ago, shown to a customer who came back, would lie.
+            logger.debug("Outbox of conversation %s: stale agent typing dropped.", conversation_id)
             return await self.store.remove(conversation_id, entry_id, token)
         line = self.lines.get(entry.channel)
         if line is None:
