@@ -539,6 +539,7 @@ class Outbox:
         self._not_before: Dict[str, float] = {}  # monotonic: retry after backoff, or away
         self._ended: Dict[str, Tuple[str, float]] = {}  # conversation -> (chat, when)
         self._polling: Optional[asyncio.Task[None]] = None
+        self._poll_failing = False
 
     # -- putting -----------------------------------------------------------------
 
@@ -749,8 +750,13 @@ class Outbox:
             try:
                 waiting = await self.store.waiting()
             except SwitchboardError as error:
-                logger.error("Outbox poll failed: %s", error)
+                if not self._poll_failing:
+                    logger.error("Outbox poll failed (logged once until it works again): %s", error)
+                self._poll_failing = True
                 continue
+            if self._poll_failing:
+                logger.info("Outbox poll works again.")
+                self._poll_failing = False
             now = time.monotonic()
             for conversation_id in waiting:
                 if self._not_before.get(conversation_id, 0.0) > now:
