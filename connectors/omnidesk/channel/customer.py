@@ -113,8 +113,10 @@ def _with_agent(payload: Dict[str, Any], agent: Optional[AgentIdentity]) -> Dict
 class SocketIOLine:
     """socket.io: the bot event carries {"text", "agent": {"name", "picture"}}.
 
-    An emit to a room no socket is in returns normally, so a send counts only
-    when ``presence`` says a socket of the session is connected on some instance.
+    An emit to a room no socket is in returns normally, so the outbox sends
+    only from the instance a socket of the session is connected to: an emit
+    there reaches a live socket, and an instance that died cannot have taken a
+    message for its sockets (the customer's next instance sends it).
     """
 
     def __init__(self, channel: SocketIOInput, presence: Presence) -> None:
@@ -122,7 +124,7 @@ class SocketIOLine:
         self._presence = presence
 
     async def reachable(self, recipient_id: str) -> bool:
-        return await self._presence.present(recipient_id)
+        return self._presence.here(recipient_id)
 
     async def _emit(self, event: str, data: Dict[str, Any], room: str) -> None:
         sio = socketio_server(self._channel)

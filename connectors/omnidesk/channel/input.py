@@ -277,7 +277,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             backoff_max=self.settings.backoff_max,
         )
         self.presence.start(outbox.store, outbox.kick)
-        outbox.start()
+        outbox.start(self.presence)
         self.relay = Relay(
             self.settings, switchboard, client, outbox.lines_for_relay(), bot, files, outbox
         )

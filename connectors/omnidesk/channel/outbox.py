@@ -3,9 +3,10 @@
 Agent text, agent files, the agent's typing, the connector's notices and the
 end-of-chat message are put in one outbox per conversation before a hookpoint
 answers ``ok``. A drainer takes them off one at a time, oldest first, and
-removes an entry only once the customer's channel took it: for socket.io, a
-socket of that session must be connected on some instance (``Presence``);
-for the callback channel and any other, the send must succeed. What the
+removes an entry only once the customer's channel took it: for socket.io, it
+is sent by the instance a socket of that session is connected to (``Presence``;
+a put nudges every instance through Redis); for the callback channel and any
+other, the send must succeed. What the
 channel refused stays and is tried again with backoff; what waits longer than
 ``outbox_retention`` is dropped and logged with its chat id.
 
@@ -194,6 +195,10 @@ class OutboxStore(abc.ABC):
     async def present(self, recipient_id: str) -> bool:
         """Whether a socket of ``recipient_id`` is connected on some instance."""
 
+    async def listen(self, on_nudge: Callable[[str], None]) -> None:
+        """Hear every instance's puts (``on_nudge(conversation_id)``) until cancelled."""
+        await asyncio.Event().wait()  # one process: puts are heard where they are made
+
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections."""
 
@@ -322,6 +327,14 @@ class RedisOutboxStore(OutboxStore):
         self._redis: Any = aioredis.from_url(
             url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
         )
+        # Nudges arrive whenever someone puts: a quiet minute is no timeout there.
+        self._listener: Any = aioredis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=None,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+        )
         self._prefix = prefix
         self._key_ttl = int(retention) + 3600
         self._remove = self._redis.register_script(_REMOVE_SCRIPT)
@@ -354,14 +367,46 @@ class RedisOutboxStore(OutboxStore):
                 "check that Redis at OMNIDESK_SWITCHBOARD_URL is reachable"
             ) from error
 
+    def _nudge_channel(self) -> str:
+        return f"{self._prefix}outbox:nudge"
+
     async def put(self, conversation_id: str, raw: str) -> str:
         stream = self._stream(conversation_id)
         pipe = self._redis.pipeline(transaction=True)
         pipe.xadd(stream, {"e": raw})
         pipe.sadd(self._waiting_key(), conversation_id)
         pipe.expire(stream, self._key_ttl)
+        # The instance holding the customer's socket may be another one: tell them all.
+        pipe.publish(self._nudge_channel(), conversation_id)
         results = await self._call("put", pipe.execute())
         return str(results[0])
+
+    async def listen(self, on_nudge: Callable[[str], None]) -> None:
+        failing = False
+        while True:
+            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._nudge_channel())
+                if failing:
+                    logger.info("Outbox nudges heard again.")
+                    failing = False
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        on_nudge(str(message.get("data")))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not failing:
+                    logger.error(
+                        "Outbox nudges not heard (the poll still finds waiting messages): %s: %s",
+                        type(error).__name__,
+                        error,
+                    )
+                failing = True
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.close()
 
     async def head(self, conversation_id: str, count: int) -> List[Tuple[str, str]]:
         stream = self._stream(conversation_id)
@@ -418,6 +463,7 @@ class RedisOutboxStore(OutboxStore):
 
     async def close(self) -> None:
         await self._redis.close()
+        await self._listener.close()
 
 
 def create_outbox_store(switchboard_url: str, retention: float) -> OutboxStore:
@@ -483,7 +529,12 @@ class Presence:
         for recipient in recipients:
             await _logged(store.mark_gone(recipient, socket_id), "presence", recipient)
 
+    def here(self, recipient_id: str) -> bool:
+        """Whether a socket of ``recipient_id`` is connected to this process."""
+        return any(recipient_id in recipients for recipients in self._sockets.values())
+
     async def present(self, recipient_id: str) -> bool:
+        """Whether a socket of ``recipient_id`` is connected to some instance."""
         if self.store is None:
             return False
         return await self.store.present(recipient_id)
@@ -540,6 +591,8 @@ class Outbox:
         self._ended: Dict[str, Tuple[str, float]] = {}  # conversation -> (chat, when)
         self._polling: Optional[asyncio.Task[None]] = None
         self._poll_failing = False
+        self._presence: Optional[Presence] = None
+        self._listening: Optional[asyncio.Task[None]] = None
 
     # -- putting -----------------------------------------------------------------
 
@@ -687,13 +740,21 @@ class Outbox:
             )
             return await self.store.remove(conversation_id, entry_id, token)
         if not await line.reachable(conversation_id):
-            logger.info(
-                "Outbox of conversation %s (chat %s): the customer is not connected; "
-                "%s waits for them.",
-                conversation_id,
-                entry.chat_session_id,
-                entry.item.describe(),
-            )
+            presence = self._presence
+            if presence is not None and await presence.present(conversation_id):
+                # The instance holding the socket drains it: it heard the put's nudge.
+                logger.debug(
+                    "Outbox of conversation %s: its socket is on another instance.",
+                    conversation_id,
+                )
+            else:
+                logger.info(
+                    "Outbox of conversation %s (chat %s): the customer is not connected; "
+                    "%s waits for them.",
+                    conversation_id,
+                    entry.chat_session_id,
+                    entry.item.describe(),
+                )
             self._not_before[conversation_id] = time.monotonic() + AWAY_RECHECK
             return False
         try:
@@ -741,8 +802,16 @@ class Outbox:
 
     # -- the poll: retries, other instances' leftovers, expiry -------------------------
 
-    def start(self) -> None:
+    def start(self, presence: Optional[Presence] = None) -> None:
+        """Poll for waiting messages, and hear other instances' puts for sockets held here."""
+        self._presence = presence
         self._polling = asyncio.ensure_future(self._poll())
+        self._listening = asyncio.ensure_future(self.store.listen(self._on_nudge))
+
+    def _on_nudge(self, conversation_id: str) -> None:
+        presence = self._presence
+        if presence is not None and presence.here(conversation_id):
+            self.kick(conversation_id)
 
     async def _poll(self) -> None:
         while True:
@@ -783,11 +852,12 @@ class Outbox:
 
     async def close(self) -> None:
         """Stop polling; let drainers under way finish (bounded), then cancel the rest."""
-        if self._polling is not None:
-            self._polling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._polling
-            self._polling = None
+        for task in (self._polling, self._listening):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._polling = self._listening = None
         if self._drainers:
             _, pending = await asyncio.wait(set(self._drainers.values()), timeout=SHUTDOWN_GRACE)
             for task in pending:
