@@ -295,3 +295,25 @@ def test_what_the_customer_is_sent_survives_the_round_trip_through_json() -> Non
     assert ToCustomer.from_json(item.to_json()) == item
     typing = ToCustomer("typing", typing=False)
     assert ToCustomer.from_json(typing.to_json()) == typing
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_socket_stops_counting_when_its_instance_stops_renewing_it(
+    store: str, request: Any
+) -> None:
+    url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
+    outbox_store = create_outbox_store(url, retention=60)
+    try:
+        await outbox_store.mark_present("session-1", "socket-a", 0.3)
+        await outbox_store.mark_present_many([("session-2", "socket-b")], 0.3)
+        assert await outbox_store.present("session-1")
+        assert await outbox_store.present("session-2")
+        await asyncio.sleep(0.2)
+        await outbox_store.mark_present_many([("session-2", "socket-b")], 0.3)  # renewed
+        await asyncio.sleep(0.2)
+        assert not await outbox_store.present("session-1")  # its instance died
+        assert await outbox_store.present("session-2")
+        await outbox_store.mark_gone("session-2", "socket-b")
+        assert not await outbox_store.present("session-2")
+    finally:
+        await outbox_store.close()

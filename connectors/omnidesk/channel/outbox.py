@@ -187,6 +187,11 @@ class OutboxStore(abc.ABC):
     async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
         """A socket of ``recipient_id`` is connected; counts for ``ttl`` seconds."""
 
+    async def mark_present_many(self, held: List[Tuple[str, str]], ttl: float) -> None:
+        """``mark_present`` for each (recipient, socket id); one round trip where it can."""
+        for recipient_id, socket_id in held:
+            await self.mark_present(recipient_id, socket_id, ttl)
+
     @abc.abstractmethod
     async def mark_gone(self, recipient_id: str, socket_id: str) -> None:
         """The socket disconnected."""
@@ -454,6 +459,16 @@ class RedisOutboxStore(OutboxStore):
             self._mark(keys=[self._presence_key(recipient_id)], args=[socket_id, int(ttl * 1000)]),
         )
 
+    async def mark_present_many(self, held: List[Tuple[str, str]], ttl: float) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for recipient_id, socket_id in held:
+            await self._mark(
+                keys=[self._presence_key(recipient_id)],
+                args=[socket_id, int(ttl * 1000)],
+                client=pipe,
+            )
+        await self._call("presence", pipe.execute())
+
     async def mark_gone(self, recipient_id: str, socket_id: str) -> None:
         await self._call("presence", self._redis.zrem(self._presence_key(recipient_id), socket_id))
 
@@ -489,6 +504,7 @@ class Presence:
         self.store: Optional[OutboxStore] = None
         self.on_back: Optional[Callable[[str], None]] = None
         self._sockets: Dict[str, Set[str]] = {}  # socket id -> recipients it stands for
+        self._recipients: Dict[str, Set[str]] = {}  # recipient -> its socket ids here
         self._refreshing: Optional[asyncio.Task[None]] = None
 
     def start(self, store: OutboxStore, on_back: Callable[[str], None]) -> None:
@@ -508,10 +524,12 @@ class Presence:
                 for recipient in recipients:
                     await _logged(store.mark_gone(recipient, socket_id), "presence", recipient)
         self._sockets.clear()
+        self._recipients.clear()
         self.store = None
 
     async def joined(self, recipient_id: str, socket_id: str) -> None:
         self._sockets.setdefault(socket_id, set()).add(recipient_id)
+        self._recipients.setdefault(recipient_id, set()).add(socket_id)
         store = self.store
         if store is None:
             return
@@ -523,6 +541,11 @@ class Presence:
 
     async def left(self, socket_id: str) -> None:
         recipients = self._sockets.pop(socket_id, set())
+        for recipient in recipients:
+            sockets = self._recipients.get(recipient, set())
+            sockets.discard(socket_id)
+            if not sockets:
+                self._recipients.pop(recipient, None)
         store = self.store
         if store is None:
             return
@@ -531,7 +554,7 @@ class Presence:
 
     def here(self, recipient_id: str) -> bool:
         """Whether a socket of ``recipient_id`` is connected to this process."""
-        return any(recipient_id in recipients for recipients in self._sockets.values())
+        return bool(self._recipients.get(recipient_id))
 
     async def present(self, recipient_id: str) -> bool:
         """Whether a socket of ``recipient_id`` is connected to some instance."""
@@ -545,13 +568,15 @@ class Presence:
             store = self.store
             if store is None:
                 continue
-            for socket_id, recipients in list(self._sockets.items()):
-                for recipient in recipients:
-                    await _logged(
-                        store.mark_present(recipient, socket_id, PRESENCE_TTL),
-                        "presence",
-                        recipient,
-                    )
+            held = [(r, sid) for sid, rs in list(self._sockets.items()) for r in rs]
+            if not held:
+                continue
+            try:
+                await store.mark_present_many(held, PRESENCE_TTL)
+            except SwitchboardError as error:
+                logger.error(
+                    "Could not renew the presence of %d socket.io sessions: %s", len(held), error
+                )
 
 
 async def _logged(step: Awaitable[None], what: str, conversation_id: str) -> None:
