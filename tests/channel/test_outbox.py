@@ -154,10 +154,13 @@ async def test_a_customer_on_one_instance_gets_replies_that_reach_the_other(
             await asyncio.sleep(0.3)
             assert agent_texts(widget) == AGENT_LINES
 
-            # The agent ends the chat on B: the bot's answer, made on B, reaches the
-            # socket on A through socket.io's Redis manager.
+            # The agent says goodbye and ends the chat on B at once: the bot's answer,
+            # made on B, reaches the socket on A through socket.io's Redis manager,
+            # after the goodbye.
+            await agent_says(b, chat, ["Goodbye!"])
             await sandbox.agent_end(chat)
             await widget.wait_for(lambda: "Back with the bot (ended_by_agent)." in widget.texts())
+            assert widget.texts()[-2:] == ["Goodbye!", "Back with the bot (ended_by_agent)."]
         finally:
             await widget.close()
 

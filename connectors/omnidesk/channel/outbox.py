@@ -858,14 +858,31 @@ class Outbox:
                 self._start_drainer(conversation_id)
 
     async def flush(self, conversation_id: str, timeout: float = SHUTDOWN_GRACE) -> None:
-        """Drain the conversation now and wait (bounded) for it, before the chat's end."""
+        """Send what waits for the conversation now, and wait (bounded) until it is sent.
+
+        The chat's end comes after the agent's last messages: this waits for the
+        drainer here and, when the customer's socket is on another instance, for
+        that instance to empty the outbox. It returns early when what is left
+        cannot be sent now (the customer is away, the backend refuses).
+        """
         self.kick(conversation_id)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             task = self._drainers.get(conversation_id)
-            if task is None or task.done():
+            if task is not None and not task.done():
+                await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            presence = self._presence
+            if presence is None or presence.here(conversation_id):
                 return
-            await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                if not await self.store.head(conversation_id, 1):
+                    return
+                if not await presence.present(conversation_id):
+                    return
+            except SwitchboardError:
+                return
+            await asyncio.sleep(0.05)
 
     async def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until the drainers under way are done (tests and shutdown use it)."""
