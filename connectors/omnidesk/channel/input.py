@@ -101,7 +101,10 @@ def _can_push(channel: InputChannel) -> bool:
         return False
     return not (
         type(output) is CollectingOutputChannel
-        or type(output)._persist_message is CollectingOutputChannel._persist_message
+        # Only CollectingOutputChannel and its subclasses have _persist_message;
+        # telegram's or slack's output channel has none and can push.
+        or getattr(type(output), "_persist_message", None)
+        is CollectingOutputChannel._persist_message
     )
 
 
