@@ -10,9 +10,12 @@ import asyncio
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any, AsyncIterator, Dict, List
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 import socketio
+from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
+from sanic import Blueprint, response
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox import Outbox, ToCustomer, create_outbox_store
@@ -320,3 +323,81 @@ async def test_a_socket_stops_counting_when_its_instance_stops_renewing_it(
         assert not await outbox_store.present("session-2")
     finally:
         await outbox_store.close()
+
+
+# -- any other channel: its own output channel, which may raise for a while ------------
+
+FLAKY: Dict[str, Any] = {"sent": [], "refusals_left": 0}
+
+
+class FlakyOutput(OutputChannel):  # type: ignore[misc]
+    """A channel's output that refuses while ``refusals_left`` lasts (a messenger's API down)."""
+
+    @classmethod
+    def name(cls) -> str:
+        return "flaky"
+
+    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
+        if FLAKY["refusals_left"] > 0:
+            FLAKY["refusals_left"] -= 1
+            raise ConnectionError("the messenger's API is down")
+        FLAKY["sent"].append(text)
+
+
+class FlakyInput(InputChannel):  # type: ignore[misc]
+    """A messenger channel with its own output channel (as telegram or slack have)."""
+
+    @classmethod
+    def name(cls) -> str:
+        return "flaky"
+
+    @classmethod
+    def from_credentials(cls, credentials: Any) -> "FlakyInput":
+        return cls()
+
+    def get_output_channel(self) -> OutputChannel:
+        return FlakyOutput()
+
+    def blueprint(self, on_new_message: Any) -> Blueprint:
+        bp = Blueprint("flaky_webhook", url_prefix="/webhooks/flaky")
+
+        async def webhook(request: Any) -> Any:
+            body = request.json
+            await on_new_message(
+                UserMessage(
+                    body["message"], FlakyOutput(), body["sender"], input_channel=self.name()
+                )
+            )
+            return response.json({"status": "ok"})
+
+        bp.add_route(webhook, "/webhook", methods=["POST"])
+        return bp
+
+
+async def test_a_messenger_that_raises_for_a_while_gets_every_reply_once_in_order(
+    sandbox: Sandbox,
+) -> None:
+    FLAKY.update(sent=[], refusals_left=0)
+    async with channel_server(
+        {f"{__name__}.FlakyInput": None}, sandbox=sandbox, agent_name_prefix=False
+    ) as server:
+        started = await server.open_chat()
+        server.escalate_on("human please", started)
+        async with aiohttp.ClientSession() as session, session.post(
+            f"{server.url}/webhooks/flaky/webhook",
+            json={"sender": "messenger-customer", "message": "human please"},
+        ) as answer:
+            assert answer.status == 200
+        await server.wait_with_agent("messenger-customer")
+        assert FLAKY["sent"] == ["Connecting you to a person."]
+
+        FLAKY["refusals_left"] = 3
+        await agent_says(server, started.chat_session_id, AGENT_LINES)
+        await wait_until(lambda: _async(len(FLAKY["sent"]) >= 4), timeout=10.0)
+        await asyncio.sleep(0.3)
+        assert FLAKY["sent"] == ["Connecting you to a person.", *AGENT_LINES]
+        assert FLAKY["refusals_left"] == 0
+
+
+async def _async(value: Any) -> Any:
+    return value
