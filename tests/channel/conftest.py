@@ -107,8 +107,10 @@ class ChannelServer:
         assert self.channel.relay is not None
         return self.channel.relay
 
-    def hook_url(self, name: str, secret: str = SECRET) -> str:
-        return f"{self.url}/webhooks/omnidesk/hook/{secret}/{name}"
+    def hook_url(self, name: str, chat: Optional[str] = None, secret: Optional[str] = None) -> str:
+        """The hookpoint URL Omnidesk calls for ``chat``; ``secret`` puts another segment in."""
+        segment = secret if secret is not None else SECRET
+        return f"{self.url}/webhooks/omnidesk/hook/{segment}/{name}"
 
     async def open_chat(self, first_message: str = "I need a person") -> HandoffStarted:
         """What action_escalate_to_human does: open the chat with message 1."""

@@ -228,6 +228,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
                 rasa_compat.await_session_room(channel)
 
         bp = rasa_compat.BesideBlueprint(self.url_prefix(), wrapped, self._set_route_prefix)
+        rasa_compat.guard_content_length(bp)
         self.routes.add_to(bp)
         listeners: Any = bp
 

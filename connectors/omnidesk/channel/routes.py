@@ -136,6 +136,7 @@ class Routes:
         async def files(request: Request, token: str, filename: str) -> HTTPResponse:
             return await self.serve_file(request, token, filename)
 
+        # strict_slashes: a path is served as written, ".../endSession/" is a 404.
         routes.add_route(health, "/", methods=["GET"], name="omnidesk_health")
         routes.add_route(
             hook,
@@ -143,11 +144,30 @@ class Routes:
             methods=["POST"],
             stream=True,
             name="omnidesk_hook",
+            strict_slashes=True,
         )
-        routes.add_route(upload, "/upload", methods=["POST"], stream=True, name="omnidesk_upload")
-        routes.add_route(event, "/event", methods=["POST"], stream=True, name="omnidesk_event")
         routes.add_route(
-            files, "/files/<token:str>/<filename:str>", methods=["GET"], name="omnidesk_files"
+            upload,
+            "/upload",
+            methods=["POST"],
+            stream=True,
+            name="omnidesk_upload",
+            strict_slashes=True,
+        )
+        routes.add_route(
+            event,
+            "/event",
+            methods=["POST"],
+            stream=True,
+            name="omnidesk_event",
+            strict_slashes=True,
+        )
+        routes.add_route(
+            files,
+            "/files/<token:str>/<filename:str>",
+            methods=["GET"],
+            name="omnidesk_files",
+            strict_slashes=True,
         )
 
     # -- reading a body ----------------------------------------------------------------
@@ -155,7 +175,9 @@ class Routes:
     @staticmethod
     async def _read_body(request: Request, limit: int) -> bytes:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and not (length.isascii() and length.strip().isdigit()):
+            raise HookpointInputError("Content-Length", "must be a whole number of bytes")
+        if length is not None and int(length) > limit:
             raise HookpointInputError("body", f"larger than {limit} bytes", status=413)
         stream: Any = request.stream
         if stream is not None:
