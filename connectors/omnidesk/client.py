@@ -690,10 +690,12 @@ def _form(parts: Sequence[_Part]) -> aiohttp.FormData:
     """
     form = aiohttp.FormData()
     for part in parts:
+        # A lone surrogate cannot be encoded as UTF-8; it goes as U+FFFD, not as a crash.
+        value = rules.valid_text(part.value) if isinstance(part.value, str) else part.value
         form.add_field(
             part.name,
-            part.value,
-            filename=part.filename,
+            value,
+            filename=rules.valid_text(part.filename) if part.filename else part.filename,
             content_type=part.content_type or _TEXT_PART,
         )
     return form

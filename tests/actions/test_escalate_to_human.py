@@ -199,3 +199,18 @@ def test_the_action_server_refuses_to_start_without_omnidesk_settings() -> None:
     assert started.returncode != 0
     assert "OMNIDESK_CHAT_ACCOUNT_TOKEN" in started.stderr
     assert "OMNIDESK_HOOKPOINT_SECRET" in started.stderr
+
+
+async def test_a_lone_surrogate_in_the_conversation_does_not_stop_the_escalation(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    events = asked_for_a_person() + [
+        BotUttered(
+            "agent said \ud800", metadata={"omnidesk": {"role": "agent", "agent_name": "A\udfff"}}
+        ),
+    ]
+    response = await executor.run(request(events, {"customer_name": "Jo\ud800"}))
+    assert response is not None
+    assert slots_set(response)["handoff_outcome"] == "started"
+    [ticket] = sandbox.tickets
+    assert "agent said \ufffd" in ticket.message

@@ -95,7 +95,7 @@ def build_escalation(
     metadata = _metadata(latest_message) or _latest_user_metadata(events)
     return Escalation(
         reason=reason,
-        subject=reason.subject(topic),
+        subject=rules.valid_text(reason.subject(topic)),
         customer=customer_from(slots, metadata),
         transcript=render_transcript(events, slots),
         chat_history=render_transcript(
@@ -162,7 +162,7 @@ def _first_valid(
         if not isinstance(value, str) or not value.strip():
             continue
         try:
-            return rule.check(normalise(value))
+            return rule.check(rules.valid_text(normalise(value)))
         except rules.FieldRuleError:
             continue
     return None
@@ -210,5 +210,5 @@ def _latest_channel(events: Sequence[Mapping[str, Any]]) -> Optional[str]:
 def _page_url(metadata: Optional[Mapping[str, Any]]) -> Optional[str]:
     value = metadata.get("url") if metadata else None
     if isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) < 2000:
-        return value
+        return rules.valid_text(value)
     return None

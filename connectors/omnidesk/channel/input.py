@@ -37,6 +37,7 @@ from connectors.omnidesk.channel.sweeper import Sweeper, interval_for
 from connectors.omnidesk.channel.switchboard import create_switchboard
 from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import HandoffStarted
+from connectors.omnidesk.rules import valid_text
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,32 @@ def _can_push(channel: InputChannel) -> bool:
         type(output) is CollectingOutputChannel
         or type(output)._persist_message is CollectingOutputChannel._persist_message
     )
+
+
+def _valid(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string in it made valid Unicode (lone surrogates become U+FFFD)."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if depth > 20:
+        return value
+    if isinstance(value, dict):
+        return {_valid(key, depth + 1): _valid(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_valid(item, depth + 1) for item in value]
+    return value
+
+
+def _repair_text(message: UserMessage) -> None:
+    """Repair the turn's text and metadata before the tracker or the agent sees them.
+
+    A customer's JSON may carry ``"\\ud800"``: valid JSON, but no UTF-8 string.
+    Kept as is, it breaks the tracker store, the transcript and the multipart
+    body of every later escalation; repaired here, it shows as U+FFFD.
+    """
+    if isinstance(message.text, str):
+        message.text = valid_text(message.text)
+    if isinstance(message.metadata, dict):
+        message.metadata = _valid(message.metadata)
 
 
 class OmnideskInput(InputChannel):  # type: ignore[misc]
@@ -201,6 +228,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         channel_name = str(channel.name())
 
         async def handle(message: UserMessage) -> Any:
+            _repair_text(message)
             message.output_channel = self.wrap_output(message.output_channel, channel_name)
             relay = self.relay
             if relay is not None and await relay.customer_turn(
