@@ -204,10 +204,9 @@ def test_the_action_server_refuses_to_start_without_omnidesk_settings() -> None:
 async def test_a_lone_surrogate_in_the_conversation_does_not_stop_the_escalation(
     executor: ActionExecutor, sandbox: Sandbox
 ) -> None:
-    events = asked_for_a_person() + [
-        BotUttered(
-            "agent said \ud800", metadata={"omnidesk": {"role": "agent", "agent_name": "A\udfff"}}
-        ),
+    events = [
+        *asked_for_a_person(),
+        BotUttered("agent said �", metadata={"omnidesk": {"role": "agent", "agent_name": "A�"}}),
     ]
     response = await executor.run(request(events, {"customer_name": "Jo\ud800"}))
     assert response is not None
