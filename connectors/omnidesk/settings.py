@@ -16,6 +16,7 @@ Nothing here imports rasa, rasa_sdk, sanic or aiohttp.
 
 import dataclasses
 import difflib
+import hashlib
 import hmac
 import math
 import os
@@ -63,6 +64,12 @@ DEFAULT_ALLOWED_UPLOAD_TYPES: Tuple[str, ...] = (
 )
 
 _MASK = "***"
+
+# Per-chat capabilities derived from the hookpoint secret (see docs/security.md).
+# Each use has its own context, so a hookpoint token is no customer token.
+HOOKPOINT_TOKEN_LENGTH = 40
+HOOKPOINT_TOKEN_CONTEXT = b"omnidesk-hookpoint:"
+CUSTOMER_TOKEN_CONTEXT = b"omnidesk-customer:"
 
 
 class Secret:
@@ -260,6 +267,34 @@ class OmnideskSettings:
         reverse proxy that publishes Rasa under a path strips that path.
         """
         return f"{HOOKPOINT_BASE_PATH}/{self.hookpoint_secret.reveal()}"
+
+    # -- per-chat hookpoints ------------------------------------------------------
+
+    def hookpoint_token(self, chat_session_id: str) -> str:
+        """The hookpoint capability of one chat: an HMAC of its id under the hookpoint secret.
+
+        40 hex digits, so it fits chatServer's alphabet. Only this chat's
+        hookpoint calls carry it; the secret itself never leaves the process.
+        """
+        digest = hmac.new(
+            self.hookpoint_secret.reveal().encode("utf-8"),
+            HOOKPOINT_TOKEN_CONTEXT + chat_session_id.encode("utf-8"),
+            hashlib.sha256,
+        )
+        return digest.hexdigest()[:HOOKPOINT_TOKEN_LENGTH]
+
+    def chat_server_for(self, chat_session_id: str) -> str:
+        """chatServer for one chat: ``{public_url}/webhooks/omnidesk/hook/{token}``. Never log it."""
+        return f"{self.public_url}{HOOKPOINT_BASE_PATH}/{self.hookpoint_token(chat_session_id)}"
+
+    def customer_token(self, chat_session_id: str) -> str:
+        """The customer's capability for the customer routes while ``chat_session_id`` is open."""
+        digest = hmac.new(
+            self.hookpoint_secret.reveal().encode("utf-8"),
+            CUSTOMER_TOKEN_CONTEXT + chat_session_id.encode("utf-8"),
+            hashlib.sha256,
+        )
+        return digest.hexdigest()[:HOOKPOINT_TOKEN_LENGTH]
 
     @property
     def switchboard_url_for_logs(self) -> str:

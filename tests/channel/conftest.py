@@ -109,7 +109,11 @@ class ChannelServer:
 
     def hook_url(self, name: str, chat: Optional[str] = None, secret: Optional[str] = None) -> str:
         """The hookpoint URL Omnidesk calls for ``chat``; ``secret`` puts another segment in."""
-        segment = secret if secret is not None else SECRET
+        if secret is not None:
+            segment = secret
+        else:
+            assert chat is not None, "a hookpoint URL is per chat"
+            segment = self.settings.hookpoint_token(chat)
         return f"{self.url}/webhooks/omnidesk/hook/{segment}/{name}"
 
     async def open_chat(self, first_message: str = "I need a person") -> HandoffStarted:

@@ -194,6 +194,11 @@ def _scalar_text(value: Any) -> str:
     return str(value)
 
 
+def session_id_of(fields: HookpointFields) -> str:
+    """The call's chat session id, checked; the route checks its token against it."""
+    return _session_id(fields)
+
+
 def _session_id(fields: HookpointFields) -> str:
     value = fields.text("sessionID")
     if value is None or value == "":

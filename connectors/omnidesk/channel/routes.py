@@ -1,6 +1,7 @@
 """The connector's HTTP routes under /webhooks/omnidesk, and the socket.io customer event.
 
-- ``POST /hook/<secret>/<hookpoint>``: Omnidesk's four hookpoints.
+- ``POST /hook/<token>/<hookpoint>``: Omnidesk's four hookpoints; the token is
+  the chat's own (``settings.hookpoint_token``), checked against the sessionID.
 - ``POST /upload``, ``POST /event`` and the socket.io ``customer_event``: the
   customer's file and typing/widget events while with an agent.
 - ``GET /files/<token>/<name>``: the agent's files, as linked to the customer.
@@ -14,6 +15,7 @@ never a 500. docs/channel.md and docs/security.md describe them.
 import asyncio
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -33,11 +35,12 @@ from connectors.omnidesk.channel.hookpoints import (
     parse_message,
     parse_typing,
     parse_upload,
+    session_id_of,
 )
 from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.switchboard import NotInRelay, SwitchboardError
 from connectors.omnidesk.client import OmnideskError
-from connectors.omnidesk.settings import OmnideskSettings
+from connectors.omnidesk.settings import HOOKPOINT_TOKEN_LENGTH, OmnideskSettings
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ HOOKPOINT_ANSWER_BUDGET = 0.5  # seconds a hookpoint waits to see its delivery t
 SMALL_BODY_BYTES = 64 * 1024
 MESSAGE_BODY_BYTES = 1024 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+_TOKEN_SHAPE = re.compile(f"[0-9a-f]{{{HOOKPOINT_TOKEN_LENGTH}}}")
 HOOKPOINT_NAMES = (
     "messageForCustomer",
     "uploadForCustomer",
@@ -124,8 +128,8 @@ class Routes:
         async def health(request: Request) -> HTTPResponse:
             return await self.health(request)
 
-        async def hook(request: Request, secret: str, hookpoint: str) -> HTTPResponse:
-            return await self.hookpoint(request, secret, hookpoint)
+        async def hook(request: Request, token: str, hookpoint: str) -> HTTPResponse:
+            return await self.hookpoint(request, token, hookpoint)
 
         async def upload(request: Request) -> HTTPResponse:
             return await self.customer_upload(request)
@@ -140,7 +144,7 @@ class Routes:
         routes.add_route(health, "/", methods=["GET"], name="omnidesk_health")
         routes.add_route(
             hook,
-            "/hook/<secret:str>/<hookpoint:str>",
+            "/hook/<token:str>/<hookpoint:str>",
             methods=["POST"],
             stream=True,
             name="omnidesk_hook",
@@ -216,13 +220,12 @@ class Routes:
     async def health(self, _: Request) -> HTTPResponse:
         return response.json({"status": "ok"})
 
-    async def hookpoint(self, request: Request, secret: str, hookpoint: str) -> HTTPResponse:
-        expected = self.settings.hookpoint_secret.reveal()
-        if not hmac.compare_digest(secret.encode("utf-8"), expected.encode("utf-8")):
-            logger.warning("Hookpoint call with a wrong secret refused (404).")
+    async def hookpoint(self, request: Request, token: str, hookpoint: str) -> HTTPResponse:
+        if not _TOKEN_SHAPE.fullmatch(token):
+            logger.warning("Hookpoint call with a malformed token refused (404).")
             return error_response(404, "not found")
         if hookpoint not in HOOKPOINT_NAMES:
-            return error_response(404, f"no hookpoint {hookpoint[:40]!r}")
+            return error_response(404, "not found")
         try:
             relay = self.relay()
             if hookpoint == "uploadForCustomer":
@@ -232,6 +235,13 @@ class Routes:
             else:
                 limit = SMALL_BODY_BYTES
             fields = await self._fields(request, limit)
+            # The token opens one chat: the one whose id it was derived from.
+            expected = self.settings.hookpoint_token(session_id_of(fields))
+            if not hmac.compare_digest(token.encode("ascii"), expected.encode("ascii")):
+                logger.warning(
+                    "Hookpoint %s call with a token not of its chat refused (404).", hookpoint
+                )
+                return error_response(404, "not found")
             delivery: Optional[asyncio.Future[bool]] = None
             if hookpoint == "messageForCustomer":
                 delivery = await relay.delivery.message(parse_message(fields))
