@@ -211,6 +211,36 @@ class PlainLine:
         return False
 
 
+# What the customer's own channel hears when a handoff starts (docs/channel.md).
+HANDOFF_EVENT = "omnidesk_handoff"
+
+
+async def send_handoff_details(
+    channel: InputChannel, recipient_id: str, details: Dict[str, Any]
+) -> bool:
+    """Hand the customer's channel its handoff details (the customer token, the routes).
+
+    socket.io: an ``omnidesk_handoff`` event to the customer's socket; callback: a
+    POST ``{"recipient_id", "omnidesk_handoff": {...}}`` to the app backend. Other
+    channels have no widget to call the customer routes, and would show the JSON
+    to the customer as text: they get nothing (False).
+    """
+    if isinstance(channel, SocketIOInput):
+        sio = channel.sio
+        if sio is None:
+            return False
+        await sio.emit(HANDOFF_EVENT, details, room=recipient_id, namespace=channel.namespace)
+        return True
+    if isinstance(channel, CallbackInput):
+        await channel.callback_endpoint.request(
+            "post",
+            content_type="application/json",
+            json={"recipient_id": recipient_id, HANDOFF_EVENT: details},
+        )
+        return True
+    return False
+
+
 def line_for(channel: InputChannel, name_prefix: bool) -> CustomerLine:
     """The best way to reach a customer of ``channel`` outside a request."""
     if isinstance(channel, SocketIOInput):

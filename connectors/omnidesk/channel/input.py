@@ -26,7 +26,7 @@ from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
 from connectors.omnidesk.channel import rasa_compat
-from connectors.omnidesk.channel.customer import WrappedOutput, line_for
+from connectors.omnidesk.channel.customer import WrappedOutput, line_for, send_handoff_details
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.rasa_bot import RasaBot
 from connectors.omnidesk.channel.rasa_compat import Handler
@@ -203,6 +203,31 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             )
             return
         await self.relay.start_handoff(conversation_id, channel, started)
+        await self._hand_customer_token(conversation_id, channel, started)
+
+    async def _hand_customer_token(
+        self, conversation_id: str, channel_name: str, started: HandoffStarted
+    ) -> None:
+        """Give the customer's channel the token its calls to /upload and /event carry."""
+        channel = self._channel_named(channel_name)
+        if channel is None:
+            return
+        base = f"{self.settings.public_url}{self.route_prefix}"
+        details = {
+            "customer_token": self.settings.customer_token(started.chat_session_id),
+            "upload_url": f"{base}/upload",
+            "event_url": f"{base}/event",
+        }
+        try:
+            await send_handoff_details(channel, conversation_id, details)
+        except Exception as error:
+            # The chat goes on; only the customer's files and typing cannot reach the agent.
+            logger.warning(
+                "Could not hand conversation %s its customer token: %s: %s",
+                conversation_id,
+                type(error).__name__,
+                error,
+            )
 
     def wrap_output(self, output: OutputChannel, channel: str) -> WrappedOutput:
         return WrappedOutput(output, channel, self._on_handoff_started)

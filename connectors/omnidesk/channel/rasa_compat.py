@@ -153,10 +153,33 @@ def await_session_room(channel: SocketIOInput) -> None:
             entered = sio.enter_room(sid, data["session_id"], namespace=channel.namespace)
             if inspect.isawaitable(entered):
                 await entered
+            await _remember_session(sio, sid, str(data["session_id"]), channel.namespace)
         await sio.emit("session_confirm", data["session_id"], room=sid, namespace=channel.namespace)
         logger.debug("socket.io client %s joined its session", sid)
 
     sio.on("session_request", namespace=channel.namespace)(session_request)
+
+
+SOCKET_SESSION_KEY = "omnidesk_session_id"
+
+
+async def _remember_session(sio: Any, sid: str, session_id: str, namespace: Optional[str]) -> None:
+    """Keep the session this socket confirmed, so customer_event need not trust a payload."""
+    try:
+        async with sio.session(sid, namespace=namespace) as session:
+            session[SOCKET_SESSION_KEY] = session_id
+    except KeyError:
+        logger.debug("socket.io client %s left before its session was stored", sid)
+
+
+async def socket_session(sio: Any, sid: str, namespace: Optional[str]) -> Optional[str]:
+    """The session id socket ``sid`` confirmed at session_request, or None."""
+    try:
+        session = await sio.get_session(sid, namespace=namespace)
+    except KeyError:
+        return None
+    value = session.get(SOCKET_SESSION_KEY) if isinstance(session, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 # -- Rasa's channel registry (rasa.server._get_output_channel) -------------------------

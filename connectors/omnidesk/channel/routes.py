@@ -25,6 +25,7 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from connectors.omnidesk import rules
+from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.files import FileTooLarge
 from connectors.omnidesk.channel.hookpoints import (
     HookpointFields,
@@ -37,6 +38,7 @@ from connectors.omnidesk.channel.hookpoints import (
     parse_upload,
     session_id_of,
 )
+from connectors.omnidesk.channel.limits import RateLimit, TypingDebounce
 from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.switchboard import NotInRelay, SwitchboardError
 from connectors.omnidesk.client import OmnideskError
@@ -113,6 +115,8 @@ class Routes:
     def __init__(self, settings: OmnideskSettings, relay: Callable[[], Optional[Relay]]) -> None:
         self.settings = settings
         self._relay = relay
+        self.rate_limit = RateLimit()
+        self.typing = TypingDebounce()
 
     def relay(self) -> Relay:
         relay = self._relay()
@@ -273,6 +277,36 @@ class Routes:
             )
         return response.text("ok")
 
+    async def _check_customer(self, relay: Relay, sender: str, token: Optional[str]) -> None:
+        """The caller holds this handoff's customer token; NotInRelay (404) otherwise.
+
+        A wrong token answers exactly as a conversation not with an agent, so the
+        routes tell a guesser nothing about who is chatting.
+        """
+        handoff = await relay.switchboard.get(sender)
+        if handoff is None:
+            raise NotInRelay(sender)
+        expected = self.settings.customer_token(handoff.chat_session_id)
+        if not token or not hmac.compare_digest(
+            token.encode("utf-8", "replace"), expected.encode("ascii")
+        ):
+            logger.warning(
+                "Customer route call for conversation %s without its customer token refused (404).",
+                sender,
+            )
+            raise NotInRelay(sender)
+
+    def _rate_limited(self, sender: str) -> Optional[HTTPResponse]:
+        if self.rate_limit.allow(sender):
+            return None
+        wait = max(1, int(self.rate_limit.retry_after(sender) + 0.999))
+        logger.info("Customer calls of conversation %s over the rate limit (429).", sender)
+        return response.json(
+            error_body("too many calls from this conversation; try again shortly"),
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
+
     async def customer_upload(self, request: Request) -> HTTPResponse:
         try:
             relay = self.relay()
@@ -282,6 +316,10 @@ class Routes:
             sender = fields.text("sender")
             if not sender:
                 raise HookpointInputError("sender", "required (the conversation id)")
+            limited = self._rate_limited(sender)
+            if limited is not None:
+                return limited
+            await self._check_customer(relay, sender, _customer_token(request, fields))
             upload: Optional[UploadedFile] = fields.files.get("file")
             if upload is None or not upload.content:
                 raise HookpointInputError("file", "required (a multipart file field named 'file')")
@@ -309,6 +347,16 @@ class Routes:
         sender = fields.text("sender")
         if not sender:
             return error_response(400, "sender: required (the conversation id)")
+        limited = self._rate_limited(sender)
+        if limited is not None:
+            return limited
+        try:
+            await self._check_customer(self.relay(), sender, _customer_token(request, fields))
+        except Exception as error:
+            answer = answer_for(error, EVENT_ANSWERS)
+            if answer is None:
+                raise
+            return error_response(*answer)
         status, body = await self.relay_customer_event(sender, fields.text("event"))
         return response.json(body, status=status)
 
@@ -318,9 +366,12 @@ class Routes:
             rules.check_event(event)
         except rules.FieldRuleError as error:
             return 400, error_body(f"event: {error.rule}")
+        if not self.typing.should_relay(sender, str(event)):
+            return 200, {"status": "ok"}  # the agent already sees this typing state
         try:
             await self.relay().customer_event(sender, str(event))
         except Exception as error:
+            self.typing.forget(sender)
             answer = answer_for(error, EVENT_ANSWERS)
             if answer is None:
                 raise
@@ -352,13 +403,34 @@ class Routes:
         async def customer_event(sid: str, data: Any) -> Dict[str, str]:
             if not isinstance(data, Mapping):
                 return error_body("data: must be an object with 'event'")
-            sender = data.get("session_id") if session_persistence else sid
-            if not isinstance(sender, str) or not sender:
-                return error_body("session_id: required (session_persistence is on)")
+            if session_persistence:
+                # The socket's own session, as confirmed at session_request; a
+                # session_id in the payload must be that one, never another's.
+                sender = await rasa_compat.socket_session(sio, sid, namespace)
+                if sender is None:
+                    return error_body("session_id: send session_request first")
+                claimed = data.get("session_id")
+                if claimed is not None and claimed != sender:
+                    logger.warning(
+                        "socket.io customer_event for another session refused (socket %s).", sid
+                    )
+                    return error_body("session_id: not this socket's session")
+            else:
+                sender = sid
+            if not self.rate_limit.allow(sender):
+                return error_body("too many calls from this conversation; try again shortly")
             _status, body = await self.relay_customer_event(sender, data.get("event"))
             return body
 
         sio.on(CUSTOMER_EVENT, namespace=namespace)(customer_event)
+
+
+CUSTOMER_TOKEN_HEADER = "X-Omnidesk-Customer-Token"  # noqa: S105 -- a header name
+
+
+def _customer_token(request: Request, fields: HookpointFields) -> Optional[str]:
+    """The customer token, from the ``token`` field or the X-Omnidesk-Customer-Token header."""
+    return fields.text("token") or request.headers.get(CUSTOMER_TOKEN_HEADER)
 
 
 async def _delivered_in_time(delivery: "asyncio.Future[bool]") -> bool:
