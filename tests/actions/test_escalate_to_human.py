@@ -215,3 +215,42 @@ async def test_a_lone_surrogate_in_the_conversation_does_not_stop_the_escalation
     assert slots_set(response)["handoff_outcome"] == "started"
     [ticket] = sandbox.tickets
     assert "agent said \ufffd" in ticket.message
+
+
+def with_channel_mark(events: List[Event], with_agent: bool) -> List[Event]:
+    """The same conversation, its latest turn marked by the channel as it hands it to the bot."""
+    marked = list(events)
+    for index in range(len(marked) - 1, -1, -1):
+        event = marked[index]
+        if isinstance(event, UserUttered):
+            metadata = {**(event.metadata or {}), "omnidesk": {"with_agent": with_agent}}
+            marked[index] = UserUttered(
+                event.text, intent=event.intent, input_channel="socketio", metadata=metadata
+            )
+            break
+    return marked
+
+
+async def test_a_stale_handoff_slot_does_not_lock_the_customer_out_of_agents(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    # The slot says "with an agent" (a failed end, a restart with memory://), the
+    # channel that handed this turn to the bot says not: the channel is right.
+    events = with_channel_mark(asked_for_a_person(), with_agent=False)
+    response = await executor.run(
+        request(events, {"handoff_active": True, "omnidesk_chat_session_id": "rasa-" + "c" * 32})
+    )
+    assert response is not None
+    assert slots_set(response)["handoff_outcome"] == "started"
+    assert slots_set(response)["handoff_active"] is True
+    assert len(sandbox.chats) == 1
+
+
+async def test_the_channels_word_that_the_customer_is_with_an_agent_is_kept(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    events = with_channel_mark(asked_for_a_person(), with_agent=True)
+    response = await executor.run(request(events))
+    assert response is not None
+    assert sandbox.calls == []
+    assert slots_set(response) == {"handoff_outcome": "already_with_agent"}

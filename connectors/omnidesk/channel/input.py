@@ -36,7 +36,7 @@ from connectors.omnidesk.channel.sides import CustomerLine
 from connectors.omnidesk.channel.sweeper import Sweeper, interval_for
 from connectors.omnidesk.channel.switchboard import create_switchboard
 from connectors.omnidesk.client import OmnideskClient
-from connectors.omnidesk.handoff import HandoffStarted
+from connectors.omnidesk.handoff import METADATA_KEY, METADATA_WITH_AGENT, HandoffStarted
 from connectors.omnidesk.rules import valid_text
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
 
@@ -129,6 +129,18 @@ def _repair_text(message: UserMessage) -> None:
         message.text = valid_text(message.text)
     if isinstance(message.metadata, dict):
         message.metadata = _valid(message.metadata)
+
+
+def _mark_with_bot(message: UserMessage) -> None:
+    """Put the channel's own view of the handoff into the turn: this one goes to the bot.
+
+    The action trusts it over the ``handoff_active`` slot, which can outlive a
+    handoff (a failed end, a restart with memory://, lost Redis keys). A client's
+    own ``omnidesk`` metadata is replaced, never trusted.
+    """
+    metadata = dict(message.metadata) if isinstance(message.metadata, dict) else {}
+    metadata[METADATA_KEY] = {METADATA_WITH_AGENT: False}
+    message.metadata = metadata
 
 
 class OmnideskInput(InputChannel):  # type: ignore[misc]
@@ -260,6 +272,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
                 message.sender_id, message.text, channel_name
             ):
                 return None
+            _mark_with_bot(message)
             return await on_new_message(message)
 
         return handle

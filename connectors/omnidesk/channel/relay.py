@@ -240,25 +240,49 @@ class Relay:
                 # The chat is over for the customer either way; the agent's desk
                 # may show it open until Omnidesk closes it.
                 self._log_failure("end of chat", ended, error)
-        # The end comes after the deliveries already under way.
-        await self.delivery.drain(ended.conversation_id)
+        # From here on the customer is handed back whatever fails on the way: a
+        # customer left "with an agent" in the bot's slots could never escalate again.
+        try:
+            # The end comes after the deliveries already under way.
+            await self.delivery.drain(ended.conversation_id)
+        except Exception as error:
+            self._log_step_failure("drain the deliveries of", ended, error)
         # A failed write is logged in flush and stays buffered for the sweeper: the
         # customer is handed back to the bot whatever the tracker store says.
         with contextlib.suppress(Exception):
             await self.record.flush(ended.conversation_id)
         self._chat_locks.pop(ended.chat_session_id, None)
-        self.delivery.forget(ended)
+        try:
+            self.delivery.forget(ended)
+        except Exception as error:
+            self._log_step_failure("forget the deliveries of", ended, error)
         logger.info(
             "Handoff ended (%s): conversation %s, chat %s.",
             outcome.value,
             ended.conversation_id,
             ended.chat_session_id,
         )
-        if not await self.bot.hand_back(ended, outcome):
+        try:
+            handed_back = await self.bot.hand_back(ended, outcome)
+        except Exception as error:
+            self._log_step_failure("hand back to the bot", ended, error)
+            handed_back = False
+        if not handed_back:
             line = self.lines.get(ended.channel)
             if line is not None:
                 await self.notices.tell(line, ended.conversation_id, "utter_omnidesk_chat_ended")
         return True
+
+    @staticmethod
+    def _log_step_failure(what: str, handoff: Handoff, error: Exception) -> None:
+        logger.error(
+            "Ending chat %s of conversation %s: could not %s it (%s: %s); the end goes on.",
+            handoff.chat_session_id,
+            handoff.conversation_id,
+            what,
+            type(error).__name__,
+            error,
+        )
 
     # -- lifecycle -------------------------------------------------------------
 
