@@ -76,9 +76,24 @@ class BotScript:
 
     replies: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     seen: List[UserMessage] = field(default_factory=list)
+    # Seconds the bot takes over a turn (a slow action), by the turn's text.
+    delays: Dict[str, float] = field(default_factory=dict)
+    # Rasa's lock store: the bot holds the conversation's lock for a turn, as
+    # Agent.handle_message does.
+    lock_store: Any = None
 
     async def handle(self, message: UserMessage) -> None:
+        if self.lock_store is None:
+            await self._answer(message)
+            return
+        async with self.lock_store.lock(message.sender_id, wait_time_in_seconds=0.02):
+            await self._answer(message)
+
+    async def _answer(self, message: UserMessage) -> None:
         self.seen.append(message)
+        delay = self.delays.get(message.text or "")
+        if delay:
+            await asyncio.sleep(delay)
         text = message.text or ""
         if text in self.replies:
             for reply in self.replies[text]:
@@ -183,6 +198,7 @@ async def channel_server(
             agent = rasa_agent()
         if agent is not None:
             app.ctx.agent = agent
+            bot.lock_store = getattr(agent, "lock_store", None)
         app.blueprint(channel.blueprint(bot.handle), url_prefix="/webhooks/omnidesk")
         app.ctx.input_channels = [channel]
         for wrapped in channel.customer_channels:

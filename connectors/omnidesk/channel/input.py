@@ -43,6 +43,8 @@ from connectors.omnidesk.settings import OmnideskSettings, SettingsError
 logger = logging.getLogger(__name__)
 
 CHANNEL_NAME = "omnidesk"
+# How often a turn waiting for Rasa's lock looks again (Rasa's own default is 1 s).
+LOCK_POLL_SECONDS = 0.05
 
 
 class ChannelConfigError(ValueError):
@@ -195,6 +197,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.routes = Routes(settings, lambda: self.relay)
         self._lines: Dict[str, CustomerLine] = {}
         self._sweeping: Optional[asyncio.Task[None]] = None
+        self._app: Any = None
 
     # -- outputs -----------------------------------------------------------------
 
@@ -268,14 +271,43 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             _repair_text(message)
             message.output_channel = self.wrap_output(message.output_channel, channel_name)
             relay = self.relay
-            if relay is not None and await relay.customer_turn(
-                message.sender_id, message.text, channel_name
-            ):
-                return None
+            if relay is not None:
+                await self._wait_for_turns_before(message.sender_id)
+                if await relay.customer_turn(message.sender_id, message.text, channel_name):
+                    return None
             _mark_with_bot(message)
             return await on_new_message(message)
 
         return handle
+
+    async def _wait_for_turns_before(self, conversation_id: str) -> None:
+        """Let the conversation's turns under way finish before this one is routed.
+
+        The turn that escalates holds Rasa's lock while the action opens the
+        Omnidesk chat (seconds, up to the retry budget), and registers the
+        handoff before it lets go. Taking the lock here, and only then reading
+        the switchboard, sends a turn typed meanwhile to the agent once the
+        chat is open, or to the bot when the escalation failed. The lock is let
+        go again before the turn goes anywhere: Rasa's handler takes it itself,
+        and the end of a chat (the leave command) writes the tracker under it.
+        docs/architecture.md ("Routing a turn under Rasa's lock") says why.
+        """
+        agent = getattr(getattr(self._app, "ctx", None), "agent", None)
+        lock_store = getattr(agent, "lock_store", None)
+        if lock_store is None:
+            return
+        try:
+            async with lock_store.lock(conversation_id, wait_time_in_seconds=LOCK_POLL_SECONDS):
+                pass
+        except Exception as error:
+            # Rasa's LockError (an expired ticket) or an unreachable lock store:
+            # the turn is routed on what the switchboard says now.
+            logger.warning(
+                "Could not take Rasa's lock for conversation %s before routing its turn: %s: %s",
+                conversation_id,
+                type(error).__name__,
+                error,
+            )
 
     def _set_route_prefix(self, prefix: str) -> None:
         self.route_prefix = prefix
@@ -312,6 +344,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
     async def _start(self, app: Any, on_new_message: Handler) -> None:
         rasa_compat.install_secret_filter()
+        self._app = app
         switchboard = create_switchboard(self.settings.switchboard_url)
         client = OmnideskClient(self.settings)
         files_dir = str(self.settings.files_dir) if self.settings.files_dir else None
