@@ -341,6 +341,58 @@ async def callback_setup(**settings: Any) -> AsyncIterator[CallbackSetup]:
         yield CallbackSetup(server=server, customer=customer)
 
 
+class RedisServer:
+    """A real redis-server on a fixed loopback port that a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.program = require_program("redis-server", "redis-server")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.program,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server; what it held is gone, as after a crash without persistence."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A real redis-server on a free loopback port, empty, stopped after the test."""

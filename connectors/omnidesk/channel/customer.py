@@ -27,7 +27,8 @@ from connectors.omnidesk.handoff import (
 
 logger = logging.getLogger(__name__)
 
-OnHandoffStarted = Callable[[str, str, HandoffStarted], Awaitable[None]]
+# Registers the handoff; False when it could not be (the customer was told).
+OnHandoffStarted = Callable[[str, str, HandoffStarted], Awaitable[bool]]
 
 AGENT_TYPING_EVENT = "agent_typing"
 _CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "elements", "custom")
@@ -40,6 +41,10 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
         self.inner = inner
         self.channel = channel
         self._on_started = on_started
+        # Set when the handoff of this turn could not be registered: the action's
+        # "you're connected" that follows the payload would be false, so the rest
+        # of the turn's messages are dropped (the customer was told instead).
+        self._handoff_failed = False
 
     def name(self) -> str:
         return str(self.inner.name())
@@ -59,7 +64,8 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
                 error,
             )
             return
-        await self._on_started(recipient_id, self.channel, started)
+        if not await self._on_started(recipient_id, self.channel, started):
+            self._handoff_failed = True
 
     async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
         custom = message.get("custom")
@@ -68,6 +74,8 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
             await self._take_control(recipient_id, custom)
             if not any(message.get(key) for key in _CONTENT_KEYS):
                 return
+        if self._handoff_failed:
+            return
         await self.inner.send_response(recipient_id, message)
 
     async def send_custom_json(
@@ -75,6 +83,8 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
     ) -> None:
         if is_control_payload(json_message):
             await self._take_control(recipient_id, json_message)
+            return
+        if self._handoff_failed:
             return
         await self.inner.send_custom_json(recipient_id, json_message, **kwargs)
 

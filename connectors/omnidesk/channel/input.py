@@ -34,7 +34,7 @@ from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.routes import Routes
 from connectors.omnidesk.channel.sides import CustomerLine
 from connectors.omnidesk.channel.sweeper import Sweeper, interval_for
-from connectors.omnidesk.channel.switchboard import create_switchboard
+from connectors.omnidesk.channel.switchboard import SwitchboardError, create_switchboard
 from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import METADATA_KEY, METADATA_WITH_AGENT, HandoffStarted
 from connectors.omnidesk.rules import valid_text
@@ -209,16 +209,22 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
     async def _on_handoff_started(
         self, conversation_id: str, channel: str, started: HandoffStarted
-    ) -> None:
+    ) -> bool:
+        """Register the handoff; False when it could not be (the chat was ended, the customer told)."""
         if self.relay is None:
             logger.error(
                 "Handoff of conversation %s arrived before the Omnidesk channel started; "
                 "it stays with the bot.",
                 conversation_id,
             )
-            return
-        await self.relay.start_handoff(conversation_id, channel, started)
+            return False
+        try:
+            await self.relay.start_handoff(conversation_id, channel, started)
+        except SwitchboardError as error:
+            await self.relay.handoff_not_registered(conversation_id, channel, started, error)
+            return False
         await self._hand_customer_token(conversation_id, channel, started)
+        return True
 
     async def _hand_customer_token(
         self, conversation_id: str, channel_name: str, started: HandoffStarted
