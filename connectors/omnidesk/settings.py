@@ -379,6 +379,21 @@ def _token(rule: rules.TextRule) -> Callable[[Any], Secret]:
     return parse
 
 
+# A secret of fewer different characters (24 x 'a', 'abab...') is a placeholder
+# or a guess away; a random one of 24 characters has about 16.
+HOOKPOINT_SECRET_MIN_DISTINCT = 8
+
+
+def _hookpoint_secret(raw: Any) -> Secret:
+    secret = _token(rules.HOOKPOINT_SECRET)(raw)
+    if len(set(secret.reveal())) < HOOKPOINT_SECRET_MIN_DISTINCT:
+        raise _Invalid(
+            f"must be random: at least {HOOKPOINT_SECRET_MIN_DISTINCT} different characters "
+            "(a repeated character or a short pattern is refused)"
+        )
+    return secret
+
+
 def _api_key(raw: Any) -> Secret:
     rule = "must be printable characters without spaces"
     value = _text(raw, rule)
@@ -521,13 +536,22 @@ def _boolean(raw: Any) -> bool:
     raise _Invalid(rule)
 
 
+_PASSWORD_PARAMETER = re.compile(r"(?i)((?:^|&)password=)[^&]*")
+
+
 def _mask_url_password(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
         return url
-    if parts.password is None:
+    # redis-py also takes the password as a query parameter: ?password=...
+    masked_query = _PASSWORD_PARAMETER.sub(rf"\g<1>{_MASK}", parts.query)
+    if masked_query != parts.query:
+        parts = parts._replace(query=masked_query)
+    elif parts.password is None:
         return url
+    if parts.password is None:
+        return urlunsplit(parts)
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:{_MASK}@{netloc}"))
@@ -594,7 +618,7 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
     ),
     _Spec(
         "hookpoint_secret",
-        _token(rules.HOOKPOINT_SECRET),
+        _hookpoint_secret,
         "24 to 128 letters, digits and '-'; make one with "
         'python -c "import secrets; print(secrets.token_hex(24))"',
         meaning="the secret path segment of the hookpoints Omnidesk calls",

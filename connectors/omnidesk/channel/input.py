@@ -10,9 +10,11 @@ relay once; relay.py decides. docs/channel.md is its reference.
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 import rasa.shared.utils.common
 from rasa.core.channels import BUILTIN_CHANNELS
@@ -131,6 +133,29 @@ def _repair_text(message: UserMessage) -> None:
         message.text = valid_text(message.text)
     if isinstance(message.metadata, dict):
         message.metadata = _valid(message.metadata)
+
+
+def _warn_if_plain_http(public_url: str) -> None:
+    """Say so when the hookpoints' tokens would cross a network in clear text.
+
+    A warning, not a refusal: http:// is right on loopback, in a private network
+    behind a TLS proxy, and with the sandbox. docs/security.md says why.
+    """
+    parts = urlsplit(public_url)
+    if parts.scheme != "http":
+        return
+    host = parts.hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+        local = address.is_loopback or address.is_private
+    except ValueError:
+        local = host == "localhost" or host.endswith(".localhost")
+    if not local:
+        logger.warning(
+            "OMNIDESK_PUBLIC_URL is http:// on a public host (%s): the hookpoint tokens in "
+            "chatServer travel in clear text. Serve Rasa over https.",
+            host,
+        )
 
 
 def _mark_with_bot(message: UserMessage) -> None:
@@ -364,6 +389,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.sweeper = Sweeper(self.relay, self.settings)
         rasa_compat.register_wrapped_channels(app, self.customer_channels, self.output_for)
         self._sweeping = asyncio.ensure_future(self.sweeper.run(interval_for(self.settings)))
+        _warn_if_plain_http(self.settings.public_url)
         logger.info(
             "Omnidesk channel started: wrapping %s; hookpoints at %s; switchboard %s.",
             ", ".join(str(c.name()) for c in self.customer_channels),

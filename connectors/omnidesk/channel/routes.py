@@ -15,6 +15,7 @@ never a 500. docs/channel.md and docs/security.md describe them.
 import asyncio
 import hmac
 import logging
+import mimetypes
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -52,6 +53,8 @@ SMALL_BODY_BYTES = 64 * 1024
 MESSAGE_BODY_BYTES = 1024 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _TOKEN_SHAPE = re.compile(f"[0-9a-f]{{{HOOKPOINT_TOKEN_LENGTH}}}")
+# Images shown in the customer's page; any other type (SVG among them) is a download.
+INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 HOOKPOINT_NAMES = (
     "messageForCustomer",
     "uploadForCustomer",
@@ -219,6 +222,24 @@ class Routes:
                 "file", f"larger than {self.settings.max_upload_bytes} bytes", status=413
             )
 
+    def _check_agent_file_type(self, upload: UploadedFile) -> None:
+        """An agent's file goes to the customer only if its type is allowed, as a customer's is.
+
+        Omnidesk may label a file application/octet-stream; its name then says
+        what it is.
+        """
+        declared = upload.content_type.split(";", 1)[0].strip().lower()
+        kind = declared
+        if kind in ("", "application/octet-stream"):
+            kind = mimetypes.guess_type(upload.filename)[0] or declared
+        if not self.settings.accepts_upload_type(kind):
+            raise HookpointInputError(
+                "file",
+                f"type {kind[:80] or 'unknown'} not allowed; allowed: "
+                f"{', '.join(self.settings.allowed_upload_types)}",
+                status=415,
+            )
+
     # -- the routes --------------------------------------------------------------------
 
     async def health(self, _: Request) -> HTTPResponse:
@@ -252,6 +273,7 @@ class Routes:
             elif hookpoint == "uploadForCustomer":
                 upload = parse_upload(fields)
                 self._check_upload(upload.file)
+                self._check_agent_file_type(upload.file)
                 delivery = await relay.delivery.upload(upload)
             elif hookpoint == "typingIndicatorForCustomer":
                 await relay.delivery.typing(parse_typing(fields))
@@ -391,7 +413,8 @@ class Routes:
             "Cache-Control": "private, max-age=3600",
             "Content-Security-Policy": "default-src 'none'",
         }
-        if not stored.content_type.startswith("image/"):
+        if stored.content_type.split(";", 1)[0].strip().lower() not in INLINE_IMAGE_TYPES:
+            # SVG is an image that can carry script: it is a download, like HTML.
             headers["Content-Disposition"] = f'attachment; filename="{stored.filename}"'
         return await response.file(stored.path, mime_type=stored.content_type, headers=headers)
 
