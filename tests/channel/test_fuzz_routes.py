@@ -255,3 +255,39 @@ def test_fuzzed_customer_route_calls_never_answer_5xx(running: Running) -> None:
 
     customer_route()
     running.assert_live_chat_still_works()
+
+
+def test_fuzzed_socketio_customer_events_are_answered_and_the_chat_goes_on() -> None:
+    from tests.channel.test_socketio_relay import persistent_widget_with_agent
+
+    loop = asyncio.new_event_loop()
+    context: Any = persistent_widget_with_agent("fuzz-socket-session")
+    server, widget, chat = loop.run_until_complete(context.__aenter__())
+    try:
+        payloads = JSON_VALUES | st.fixed_dictionaries(
+            {},
+            optional={
+                "event": st.sampled_from(["startedtyping", "stoppedtyping", "expandedchat"]) | TEXT,
+                "session_id": st.sampled_from(["fuzz-socket-session", "someone-else"]) | TEXT,
+            },
+        )
+
+        @FUZZ
+        @given(payload=payloads)
+        def customer_event(payload: Any) -> None:
+            answer = loop.run_until_complete(
+                widget.client.call("customer_event", payload, timeout=5)
+            )
+            assert isinstance(answer, dict) and answer.get("status") in {"ok", "error"}
+
+        customer_event()
+
+        async def still_works() -> None:
+            result = await server.sandbox.agent_reply(chat, "after the fuzz")
+            assert result.body == "ok"
+            await widget.wait_for(lambda: "after the fuzz" in widget.texts())
+
+        loop.run_until_complete(still_works())
+    finally:
+        loop.run_until_complete(context.__aexit__(None, None, None))
+        loop.close()

@@ -423,7 +423,9 @@ class Routes:
     def on_socketio(self, sio: Any, namespace: Optional[str], session_persistence: bool) -> None:
         """Serve the ``customer_event`` socket.io event on the wrapped socket.io server."""
 
-        async def customer_event(sid: str, data: Any) -> Dict[str, str]:
+        async def customer_event(sid: str, data: Any = None, *_more: Any) -> Dict[str, str]:
+            # A client may emit the event with no argument, or with several:
+            # either is an error answer, never a handler that raises.
             if not isinstance(data, Mapping):
                 return error_body("data: must be an object with 'event'")
             if session_persistence:
