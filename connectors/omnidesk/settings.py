@@ -144,6 +144,14 @@ class SettingsError(ValueError):
         return tuple(problem.key for problem in self.problems)
 
 
+def derive_chat_token(secret: str, context: bytes, chat_session_id: str) -> str:
+    """A per-chat capability: the first 40 hex digits of HMAC-SHA256(secret, context + id)."""
+    digest = hmac.new(
+        secret.encode("utf-8"), context + chat_session_id.encode("utf-8"), hashlib.sha256
+    )
+    return digest.hexdigest()[:HOOKPOINT_TOKEN_LENGTH]
+
+
 def env_var_for(key: str) -> str:
     return ENV_PREFIX + key.upper()
 
@@ -276,12 +284,9 @@ class OmnideskSettings:
         40 hex digits, so it fits chatServer's alphabet. Only this chat's
         hookpoint calls carry it; the secret itself never leaves the process.
         """
-        digest = hmac.new(
-            self.hookpoint_secret.reveal().encode("utf-8"),
-            HOOKPOINT_TOKEN_CONTEXT + chat_session_id.encode("utf-8"),
-            hashlib.sha256,
+        return derive_chat_token(
+            self.hookpoint_secret.reveal(), HOOKPOINT_TOKEN_CONTEXT, chat_session_id
         )
-        return digest.hexdigest()[:HOOKPOINT_TOKEN_LENGTH]
 
     def chat_server_for(self, chat_session_id: str) -> str:
         """chatServer for one chat: ``{public_url}/webhooks/omnidesk/hook/{token}``. Never log it."""
@@ -289,12 +294,9 @@ class OmnideskSettings:
 
     def customer_token(self, chat_session_id: str) -> str:
         """The customer's capability for the customer routes while ``chat_session_id`` is open."""
-        digest = hmac.new(
-            self.hookpoint_secret.reveal().encode("utf-8"),
-            CUSTOMER_TOKEN_CONTEXT + chat_session_id.encode("utf-8"),
-            hashlib.sha256,
+        return derive_chat_token(
+            self.hookpoint_secret.reveal(), CUSTOMER_TOKEN_CONTEXT, chat_session_id
         )
-        return digest.hexdigest()[:HOOKPOINT_TOKEN_LENGTH]
 
     @property
     def switchboard_url_for_logs(self) -> str:
