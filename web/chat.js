@@ -184,7 +184,7 @@
     setStatus("connected");
   });
   socket.on("bot_uttered", showBotMessage);
-  socket.on("omnidesk_handoff", function (details) {
+  socket.on("omnidesk_customer", function (details) {
     customerToken = details && typeof details.customer_token === "string" ? details.customer_token : null;
   });
   socket.on("agent_typing", function (data) { setTyping(Boolean(data && data.typing)); });

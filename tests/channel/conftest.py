@@ -319,10 +319,10 @@ class CallbackSetup:
     def customer_token(self, sender: str) -> str:
         """The token the app backend got when ``sender``'s handoff started (the latest one)."""
         for message in reversed(self.customer.received):
-            details = message.get("omnidesk_handoff")
+            details = message.get("omnidesk_customer")
             if message.get("recipient_id") == sender and isinstance(details, dict):
                 return str(details["customer_token"])
-        raise AssertionError(f"no omnidesk_handoff for {sender} in {self.customer.received!r}")
+        raise AssertionError(f"no omnidesk_customer for {sender} in {self.customer.received!r}")
 
     async def hand_over(self, sender: str) -> str:
         """Escalate ``sender`` as the action would; return the Omnidesk chatSessionID."""

@@ -19,12 +19,12 @@ async def post(url: str, **kwargs: Any) -> Tuple[int, Dict[str, Any], Dict[str, 
 async def test_the_app_backend_gets_a_customer_token_when_the_handoff_starts() -> None:
     async with callback_setup() as setup:
         chat = await setup.hand_over("tok-1")
-        details = next(m for m in setup.customer.received if "omnidesk_handoff" in m)
+        details = next(m for m in setup.customer.received if "omnidesk_customer" in m)
         assert details["recipient_id"] == "tok-1"
-        assert details["omnidesk_handoff"]["customer_token"] == (
+        assert details["omnidesk_customer"]["customer_token"] == (
             setup.server.settings.customer_token(chat)
         )
-        assert details["omnidesk_handoff"]["upload_url"].endswith("/webhooks/omnidesk/upload")
+        assert details["omnidesk_customer"]["upload_url"].endswith("/webhooks/omnidesk/upload")
 
 
 async def test_a_guessed_conversation_id_without_its_token_pushes_nothing() -> None:

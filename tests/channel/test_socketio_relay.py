@@ -21,7 +21,7 @@ class Widget:
         self.handoff: Dict[str, Any] = {}
         self.client.on("bot_uttered", self._on_bot)
         self.client.on("agent_typing", self._on_typing)
-        self.client.on("omnidesk_handoff", self._on_handoff)
+        self.client.on("omnidesk_customer", self._on_handoff)
 
     async def _on_handoff(self, data: Dict[str, Any]) -> None:
         self.handoff = data

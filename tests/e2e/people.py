@@ -68,7 +68,7 @@ class SocketCustomer:
         self.sio = socketio.AsyncClient(reconnection=False)
         self._confirmed = asyncio.Event()
 
-        async def omnidesk_handoff(data: Any) -> None:
+        async def omnidesk_customer(data: Any) -> None:
             self.handoff = data if isinstance(data, dict) else {}
 
         async def bot_uttered(data: Any) -> None:
@@ -83,7 +83,7 @@ class SocketCustomer:
         self.sio.on("bot_uttered", bot_uttered)
         self.sio.on("agent_typing", agent_typing)
         self.sio.on("session_confirm", session_confirm)
-        self.sio.on("omnidesk_handoff", omnidesk_handoff)
+        self.sio.on("omnidesk_customer", omnidesk_customer)
 
     async def connect(self) -> None:
         # Long polling: python-engineio's websocket client needs aiohttp >= 3.10,
@@ -216,7 +216,7 @@ class CallbackCustomer:
     def customer_token(self) -> str:
         """The token the app backend got when the handoff started (the latest one)."""
         for message in reversed(self.messages):
-            details = message.get("omnidesk_handoff")
+            details = message.get("omnidesk_customer")
             if isinstance(details, dict):
                 return str(details.get("customer_token", ""))
         return ""

@@ -222,7 +222,7 @@ class PlainLine:
 
 
 # What the customer's own channel hears when a handoff starts (docs/channel.md).
-HANDOFF_EVENT = "omnidesk_handoff"
+CUSTOMER_EVENT_NAME = "omnidesk_customer"
 
 
 async def send_handoff_details(
@@ -230,8 +230,8 @@ async def send_handoff_details(
 ) -> bool:
     """Hand the customer's channel its handoff details (the customer token, the routes).
 
-    socket.io: an ``omnidesk_handoff`` event to the customer's socket; callback: a
-    POST ``{"recipient_id", "omnidesk_handoff": {...}}`` to the app backend. Other
+    socket.io: an ``omnidesk_customer`` event to the customer's socket; callback: a
+    POST ``{"recipient_id", "omnidesk_customer": {...}}`` to the app backend. Other
     channels have no widget to call the customer routes, and would show the JSON
     to the customer as text: they get nothing (False).
     """
@@ -239,13 +239,13 @@ async def send_handoff_details(
         sio = channel.sio
         if sio is None:
             return False
-        await sio.emit(HANDOFF_EVENT, details, room=recipient_id, namespace=channel.namespace)
+        await sio.emit(CUSTOMER_EVENT_NAME, details, room=recipient_id, namespace=channel.namespace)
         return True
     if isinstance(channel, CallbackInput):
         await channel.callback_endpoint.request(
             "post",
             content_type="application/json",
-            json={"recipient_id": recipient_id, HANDOFF_EVENT: details},
+            json={"recipient_id": recipient_id, CUSTOMER_EVENT_NAME: details},
         )
         return True
     return False
