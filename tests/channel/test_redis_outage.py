@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from tests.channel.conftest import RedisServer, callback_setup
+from tests.channel.conftest import RedisServer, callback_setup, channel_server
+from tests.channel.test_socketio_relay import SOCKETIO, Widget
 
 
 def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
@@ -83,3 +84,19 @@ async def test_an_escalation_that_cannot_register_ends_its_chat_and_tells_the_cu
         assert texts[0] == "Connecting you to a person."
         assert any("could not connect you" in t for t in texts)
         no_tracebacks(caplog)
+
+
+async def test_a_socketio_customer_in_bot_mode_is_answered_while_redis_is_down(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with channel_server(SOCKETIO, switchboard_url=redis_server.url) as server:
+        widget = Widget()
+        await widget.connect(server.url)
+        try:
+            redis_server.stop()
+            with caplog.at_level(logging.INFO):
+                await widget.say("anyone there?")
+                await widget.wait_for(lambda: "bot: anyone there?" in widget.texts())
+            no_tracebacks(caplog)
+        finally:
+            await widget.close()
