@@ -109,3 +109,16 @@ async def test_a_trailing_slash_after_the_hookpoint_name_is_404_and_delivers_not
             assert resp.status == 404
         await asyncio.sleep(0.2)
         assert "slashed" not in setup.customer.texts()
+
+
+async def test_content_length_minus_one_on_rasas_own_channel_route_is_refused_too() -> None:
+    # The guard sits on the server's request signal: the wrapped channel's routes
+    # (and Rasa's own, in rasa run) are covered, not only ours.
+    async with callback_setup() as setup:
+        head = (
+            "POST /webhooks/callback/webhook HTTP/1.1\nHost: x\n"
+            "Content-Type: application/json\nContent-Length: -1\nConnection: close\n"
+        )
+        status, _ = await raw_request(setup.server.url, head, b"{}")
+        assert status == 400
+        assert await setup.say("cl-2", "still answering") == 200
