@@ -16,6 +16,7 @@ from rasa.core.channels.callback import CallbackInput
 from rasa.core.channels.channel import InputChannel, OutputChannel
 from rasa.core.channels.socketio import SocketIOInput
 
+from connectors.omnidesk.channel import rasa_versions
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.handoff import (
     ControlPayloadError,
@@ -32,13 +33,18 @@ AGENT_TYPING_EVENT = "agent_typing"
 _CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "elements", "custom")
 
 
+@rasa_versions.pass_on_output_members
 class WrappedOutput(OutputChannel):  # type: ignore[misc]
     """The wrapped channel's output channel, with the control payload taken off."""
 
     def __init__(self, inner: Any, channel: str, on_started: OnHandoffStarted) -> None:
         self.inner = inner
+        super().__init__()
         self.channel = channel
         self._on_started = on_started
+
+    def attach_tracker_state(self, tracker: Any) -> None:
+        rasa_versions.attach_tracker_state(self, self.inner, tracker)
 
     def name(self) -> str:
         return str(self.inner.name())
@@ -60,14 +66,14 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
             return
         await self._on_started(recipient_id, self.channel, started)
 
-    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> Any:
         custom = message.get("custom")
         if isinstance(custom, dict) and is_control_payload(custom):
             message = {key: value for key, value in message.items() if key != "custom"}
             await self._take_control(recipient_id, custom)
             if not any(message.get(key) for key in _CONTENT_KEYS):
-                return
-        await self.inner.send_response(recipient_id, message)
+                return None
+        return await self.inner.send_response(recipient_id, message)
 
     async def send_custom_json(
         self, recipient_id: str, json_message: Dict[str, Any], **kwargs: Any
@@ -114,7 +120,7 @@ class SocketIOLine:
         self._channel = channel
 
     async def _emit(self, event: str, data: Dict[str, Any], room: str) -> None:
-        sio = self._channel.sio
+        sio = rasa_versions.socketio_server(self._channel)
         if sio is None:
             raise RuntimeError("the socket.io server is not running in this process")
         await sio.emit(event, data, room=room, namespace=self._channel.namespace)

@@ -32,6 +32,7 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from connectors.omnidesk import rules
+from connectors.omnidesk.channel import rasa_versions
 from connectors.omnidesk.channel.customer import WrappedOutput, line_for
 from connectors.omnidesk.channel.files import AgentFileStore, FileTooLarge
 from connectors.omnidesk.channel.hookpoints import (
@@ -335,18 +336,23 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             blueprint = channel.blueprint(self._relayed(channel, on_new_message))
             wrapped.append((channel, blueprint))
             self._lines[str(channel.name())] = line_for(channel, self.settings.agent_name_prefix)
-            if isinstance(channel, SocketIOInput) and channel.sio is not None:
+            if (
+                isinstance(channel, SocketIOInput)
+                and rasa_versions.socketio_server(channel) is not None
+            ):
                 self._add_customer_event(channel)
-                _await_session_room(channel)
+                if not rasa_versions.session_request_awaits_room(channel):
+                    _await_session_room(channel)
 
         bp = _OmnideskBlueprint(self, wrapped)
         # Sanic's decorators are untyped; registering through Any keeps the handlers typed.
         routes: Any = bp
 
-        async def start(app: Any, _: Any) -> None:
+        # (app, _loop=None): the listener form Sanic 21.12 and 25 both accept (rasa_versions).
+        async def start(app: Any, _loop: Any = None) -> None:
             await self._start(app, on_new_message)
 
-        async def stop(app: Any, _: Any) -> None:
+        async def stop(app: Any, _loop: Any = None) -> None:
             await self._stop()
 
         async def health(_: Request) -> HTTPResponse:
@@ -382,7 +388,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         return bp
 
     def _add_customer_event(self, channel: SocketIOInput) -> None:
-        sio = channel.sio
+        sio = rasa_versions.socketio_server(channel)
         persistence = bool(channel.session_persistence)
 
         async def customer_event(sid: str, data: Any) -> Dict[str, str]:
@@ -659,7 +665,7 @@ def _await_session_room(channel: SocketIOInput) -> None:
     no bot or agent message reaches the widget. The handler below is Rasa's,
     with the room entered for real on either version.
     """
-    sio = channel.sio
+    sio = rasa_versions.socketio_server(channel)
     persistence = bool(channel.session_persistence)
 
     async def session_request(sid: str, data: Optional[Dict[str, Any]]) -> None:
