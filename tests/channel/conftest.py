@@ -1,7 +1,8 @@
 """The channel on a real Sanic server on loopback, with the sandbox as Omnidesk.
 
-``channel_server(...)`` starts a Sanic 21.12 app in the test's own event loop
-(``create_server(return_asyncio_server=True)`` and its listeners), with
+``channel_server(...)`` starts a Sanic app (21.12 on Rasa 3.6, 25 on Rasa Pro)
+in the test's own event loop (``create_server(return_asyncio_server=True)`` and
+its listeners), with
 OmnideskInput registered as Rasa registers it (url_prefix /webhooks/omnidesk)
 and a small stand-in for Rasa's message handler: it answers a bot turn through
 the output channel it is given, from a script (text -> messages), so a test can
