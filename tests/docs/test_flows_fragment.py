@@ -8,6 +8,7 @@ command line, which Rasa Pro runs only with a license: that is not done here.
 Runs in the Rasa Pro environment (make test-pro); Rasa 3.6 has no flows.
 """
 
+import inspect
 from typing import Any, Set
 
 import pytest
@@ -47,7 +48,11 @@ def test_the_end_of_a_chat_is_answered_by_a_flow_the_channel_s_intent_starts() -
 
 
 def test_the_flows_pass_rasa_pro_s_validation_against_the_domain_fragment() -> None:
-    flows().validate(domain())
+    the_flows = flows()
+    if "domain" in inspect.signature(the_flows.validate).parameters:
+        the_flows.validate(domain())
+    else:  # Rasa Pro before 3.21 validates flows without the domain
+        the_flows.validate()
 
 
 def test_every_action_response_and_slot_the_flows_use_is_in_the_domain_fragment() -> None:
