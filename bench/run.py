@@ -47,7 +47,7 @@ from bench.product import (  # noqa: E402
     relayed_throughput,
 )
 from bench.receiver import Receiver  # noqa: E402
-from tests.cluster.cluster import RedisServer  # noqa: E402
+from tests.cluster.cluster import RedisServer, redis_program  # noqa: E402
 from tests.e2e.stack import Stack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -619,6 +619,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON and PNG")
     parser.add_argument("--log-dir", type=Path, default=None, help="logs of the started processes")
     args = parser.parse_args(argv)
+    if redis_program() is None:
+        # Before anything starts: the Redis switchboard's rows need one of its own.
+        parser.error(
+            "redis-server not found: install it (apt-get install redis-server, or "
+            "scripts/bootstrap.sh --system-packages as root)"
+        )
     plan = QUICK if args.quick else FULL
     out = args.out or RESULTS
     stem = "quick" if args.quick and args.out is None else "latest"
