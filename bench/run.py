@@ -303,11 +303,12 @@ async def _measure_stacks(
             "(one by dialogue, the rest by action)"
         )
 
-        async def hand_over(on: Product) -> List[Any]:
-            first = [await on.escalate_by_dialogue(f"dialogue-{tag}")]
+        async def hand_over(on: Product, which: str) -> List[Any]:
+            # Senders differ between the stacks: the receiver tells replies apart by sender.
+            first = [await on.escalate_by_dialogue(f"dialogue-{which}{tag}")]
             return first + await on.escalate_many("short", plan.relay_chats - 1, concurrency=4)
 
-        short, short_redis = await asyncio.gather(hand_over(product), hand_over(on_redis))
+        short, short_redis = await asyncio.gather(hand_over(product, "m"), hand_over(on_redis, "r"))
 
         _say(
             "one client: the floor, each far end alone, relayed turns and agent replies "
