@@ -1,4 +1,9 @@
-"""latest.png: latency against conversation length and against concurrency."""
+"""latest.png: latency against conversation length and against concurrency.
+
+The right panel has the floor, the relayed turn with the in-memory switchboard
+and with the Redis one (p50, p99, turns per second), and the agent reply through
+each outbox at one client.
+"""
 
 import warnings
 from pathlib import Path
@@ -57,9 +62,10 @@ def _plot(results: Dict[str, Any], path: Path) -> None:
     by_length.grid(True, which="both", alpha=0.3)
     by_length.legend()
 
-    for prefix, label, colour in (
-        ("floor_c", "floor", "tab:grey"),
-        ("relay_c", "relayed", "tab:blue"),
+    for prefix, label, colour, offset in (
+        ("floor_c", "floor", "tab:grey", -12),
+        ("relay_c", "relayed", "tab:blue", 6),
+        ("relay_redis_c", "relayed, Redis", "tab:red", 16),
     ):
         series = _series(figures, prefix)
         levels = [s["concurrency"] for s in series]
@@ -74,9 +80,23 @@ def _plot(results: Dict[str, Any], path: Path) -> None:
                 f"{s['throughput']:.0f}/s",
                 (s["concurrency"], _ms(s["p50_ms"])),
                 textcoords="offset points",
-                xytext=(4, -12 if label == "floor" else 6),
+                xytext=(4, offset),
                 fontsize=8,
                 color=colour,
+            )
+    for key, label, marker in (
+        ("agent_reply", "agent reply p50, memory outbox", "D"),
+        ("agent_reply_redis", "agent reply p50, Redis outbox", "v"),
+    ):
+        if key in figures:
+            by_concurrency.plot(
+                [1],
+                [_ms(figures[key]["p50_ms"])],
+                marker,
+                color="tab:green",
+                markersize=8,
+                zorder=5,
+                label=label,
             )
     by_concurrency.margins(x=0.1, y=0.2)
     by_concurrency.set_xscale("log")
@@ -85,7 +105,7 @@ def _plot(results: Dict[str, Any], path: Path) -> None:
     by_concurrency.set_ylabel("latency (ms)")
     by_concurrency.set_title("Latency vs concurrency (labels: turns per second)")
     by_concurrency.grid(True, which="both", alpha=0.3)
-    by_concurrency.legend()
+    by_concurrency.legend(fontsize=8)
 
     fig.suptitle(
         f"rasa-omnidesk, {results['mode']} run: {machine['cpu_model']}, {machine['cores']} cores, "

@@ -5,11 +5,14 @@
 
 It measures the floor (two bare Sanic hops), bot turns through the wrapped and a
 plain callback channel, relayed customer turns (alone, at 50 and at N concurrent
-handoffs, and in conversations of different tracker lengths), agent replies and
-the memory of an idle handoff; prints p50, p99 and throughput of each, the
-ratios and the targets (PASS/FAIL, reported, never asserted), and writes
-results/latest.json and results/latest.png (a --quick run writes quick.json and
-quick.png unless --out says otherwise).
+handoffs, and in conversations of different tracker lengths), agent replies
+through the outbox and the memory of an idle handoff; the same relayed turns
+(alone and at N handoffs) and agent replies again on a third stack whose
+switchboard, turn lease, tracker buffer and outbox live in Redis (a
+redis-server the run starts and stops on loopback). It prints p50, p99 and
+throughput of each, the ratios and the targets (PASS/FAIL, reported, never
+asserted), and writes results/latest.json and results/latest.png (a --quick run
+writes quick.json and quick.png unless --out says otherwise).
 """
 
 import argparse
@@ -17,6 +20,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -43,11 +47,14 @@ from bench.product import (  # noqa: E402
     relayed_throughput,
 )
 from bench.receiver import Receiver  # noqa: E402
+from tests.cluster.cluster import RedisServer, redis_program  # noqa: E402
 from tests.e2e.stack import Stack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 # The sandbox keeps this many chats (it drops the oldest beyond): room for every handoff.
 SANDBOX_MAX_CHATS = 2000
+# Bounded start of the benchmark's own redis-server.
+REDIS_START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -99,38 +106,61 @@ QUICK = Plan(
 )
 
 
-def _start_stacks(log_dir: Path, callback_url: str) -> Tuple[Stack, Stack]:
-    """The product (Rasa with the connector) and a plain Rasa, started side by side."""
+def _start_stacks(
+    log_dir: Path, callback_url: str, redis_url: str, files_dir: Path
+) -> Tuple[Stack, Stack, Stack]:
+    """Started side by side: the product with the in-memory switchboard, a plain Rasa,
+    and the product with the Redis switchboard.
+
+    Both products write relayed turns to their trackers every 5 s rather than
+    every 30 s, so each tracker-length block spans at least one such write. The
+    Redis one differs from the other by OMNIDESK_SWITCHBOARD_URL (and the
+    OMNIDESK_FILES_DIR it requires) alone: Rasa's lock store stays in memory, as
+    on one instance, so what its figures add is the connector's Redis.
+    """
+    product_env = {"OMNIDESK_RECORD_INTERVAL": "5"}
+    sandbox_args = ["--max-chats", str(SANDBOX_MAX_CHATS), "--log-level", "WARNING"]
     plain_credentials = {"callback": {"url": callback_url}}
-    with ThreadPoolExecutor(2) as pool:
-        wrapped_future = pool.submit(
-            Stack.start,
-            log_dir=log_dir / "wrapped",
-            callback_url=callback_url,
-            # Write relayed turns to their trackers every 5 s rather than every
-            # 30 s, so each tracker-length block spans at least one such write.
-            env={"OMNIDESK_RECORD_INTERVAL": "5"},
-            sandbox_args=["--max-chats", str(SANDBOX_MAX_CHATS), "--log-level", "WARNING"],
-        )
-        plain_future = pool.submit(
-            Stack.start,
-            log_dir=log_dir / "plain",
-            callback_url=callback_url,
-            credentials_override=plain_credentials,
-            sandbox_args=["--log-level", "WARNING"],
-        )
+    with ThreadPoolExecutor(3) as pool:
+        futures = [
+            pool.submit(
+                Stack.start,
+                log_dir=log_dir / "wrapped",
+                callback_url=callback_url,
+                env=product_env,
+                sandbox_args=sandbox_args,
+            ),
+            pool.submit(
+                Stack.start,
+                log_dir=log_dir / "plain",
+                callback_url=callback_url,
+                credentials_override=plain_credentials,
+                sandbox_args=["--log-level", "WARNING"],
+            ),
+            pool.submit(
+                Stack.start,
+                log_dir=log_dir / "redis",
+                callback_url=callback_url,
+                env={
+                    **product_env,
+                    "OMNIDESK_SWITCHBOARD_URL": redis_url,
+                    "OMNIDESK_FILES_DIR": str(files_dir),
+                },
+                sandbox_args=sandbox_args,
+            ),
+        ]
         stacks: List[Stack] = []
         error: Optional[BaseException] = None
-        for future in (wrapped_future, plain_future):
+        for future in futures:
             try:
                 stacks.append(future.result())
-            except BaseException as failed:  # the other one must still be stopped
+            except BaseException as failed:  # the others must still be stopped
                 error = failed
         if error is not None:
             for stack in stacks:
                 stack.stop()
             raise error
-    return stacks[0], stacks[1]
+    return stacks[0], stacks[1], stacks[2]
 
 
 def _say(line: str) -> None:
@@ -149,23 +179,50 @@ async def measure_all(plan: Plan, log_dir: Path) -> Dict[str, Any]:
     checks: Dict[str, Any] = {}
     receiver = await Receiver().start()
     loop = asyncio.get_running_loop()
+    files_dir = Path(tempfile.mkdtemp(prefix="rasa-omnidesk-bench-files-"))
     try:
-        _say("starting the floor's servers and the stacks (sandbox, action server, Rasa)")
+        _say(
+            "starting the floor's servers, redis-server and the stacks "
+            "(sandbox, action server, Rasa; memory, plain and Redis)"
+        )
         started = time.monotonic()
         with Floor() as floor:
-            wrapped, plain = await loop.run_in_executor(None, _start_stacks, log_dir, receiver.url)
-            _say(f"  up in {time.monotonic() - started:.0f} s; logs in {log_dir}")
+            redis = await loop.run_in_executor(
+                None,
+                RedisServer.start,
+                log_dir / "redis-server.log",
+                time.monotonic() + REDIS_START_TIMEOUT,
+            )
             try:
-                await _measure_stacks(plan, floor, wrapped, plain, receiver, figures, checks)
+                wrapped, plain, switched = await loop.run_in_executor(
+                    None, _start_stacks, log_dir, receiver.url, redis.url(), files_dir
+                )
+                _say(f"  up in {time.monotonic() - started:.0f} s; logs in {log_dir}")
+                try:
+                    stacks = Stacks(wrapped, plain, switched, redis)
+                    await _measure_stacks(plan, floor, stacks, receiver, figures, checks)
+                finally:
+                    for stack in (wrapped, plain, switched):
+                        await loop.run_in_executor(None, stack.stop)
             finally:
-                await loop.run_in_executor(None, wrapped.stop)
-                await loop.run_in_executor(None, plain.stop)
+                await loop.run_in_executor(None, redis.stop)
     finally:
         await receiver.stop()
+        shutil.rmtree(files_dir, ignore_errors=True)
     _say("memory of an idle handoff (tracemalloc, InMemorySwitchboard)")
     checks["memory"] = await memory.bytes_per_idle_handoff(plan.memory_handoffs)
     _say(f"  {checks['memory']['bytes_per_handoff']:.0f} bytes per handoff")
     return {"figures": figures, "checks": checks}
+
+
+@dataclass
+class Stacks:
+    """What a run measures: the product in memory, a plain Rasa, the product on Redis."""
+
+    wrapped: Any
+    plain: Any
+    switched: Any  # the product with OMNIDESK_SWITCHBOARD_URL=redis://...
+    redis: Any  # the redis-server it uses
 
 
 def _per_turn(used: Optional[float], turns: int) -> Optional[float]:
@@ -181,14 +238,24 @@ def _floor_pids(floor: Floor) -> Dict[str, int]:
     }
 
 
-def _stack_pids(stack: Any) -> Dict[str, int]:
+def _stack_pids(stack: Any, redis: Any = None) -> Dict[str, int]:
     pids = {"relay_client": os.getpid()}
     for process in stack.processes:
         if process.name.startswith("Rasa"):
             pids["rasa_with_connector"] = process.popen.pid
         elif "sandbox" in process.name:
             pids["sandbox"] = process.popen.pid
+    if redis is not None:
+        pids["redis_server"] = redis.process.popen.pid
     return pids
+
+
+def _delivery_problems(delivered: Dict[str, Any]) -> bool:
+    return bool(
+        delivered["chats_with_lost_messages"]
+        or delivered["chats_out_of_order"]
+        or delivered["chats_with_numbering_problems"]
+    )
 
 
 async def _throughput(name: str, turn: Turn, concurrency: int, count: int) -> Figures:
@@ -199,8 +266,7 @@ async def _throughput(name: str, turn: Turn, concurrency: int, count: int) -> Fi
 async def _measure_stacks(
     plan: Plan,
     floor: Floor,
-    wrapped: Any,
-    plain: Any,
+    stacks: Stacks,
     receiver: Receiver,
     figures: Dict[str, Any],
     checks: Dict[str, Any],
@@ -209,9 +275,13 @@ async def _measure_stacks(
         figures[key] = result.as_dict()
         _say(_row(result) + note)
 
+    wrapped, plain, switched = stacks.wrapped, stacks.plain, stacks.switched
     async with http_session() as http:
         product = Product(
             http, receiver, wrapped.rasa_url, wrapped.sandbox_url, wrapped.hookpoint_base
+        )
+        on_redis = Product(
+            http, receiver, switched.rasa_url, switched.sandbox_url, switched.hookpoint_base
         )
 
         _say("bot turns through the wrapped and a plain callback channel, interleaved")
@@ -228,33 +298,51 @@ async def _measure_stacks(
         keep("bot_turn_wrapped", bot["bot turn, wrapped callback"])
         keep("bot_turn_plain", bot["bot turn, plain callback"])
 
-        _say(f"handing {plan.relay_chats} conversations over (one by dialogue, the rest by action)")
-        short = [await product.escalate_by_dialogue(f"dialogue-{tag}")]
-        short += await product.escalate_many("short", plan.relay_chats - 1, concurrency=4)
+        _say(
+            f"handing {plan.relay_chats} conversations over on each product stack "
+            "(one by dialogue, the rest by action)"
+        )
 
-        _say("one client: the floor, each far end alone, relayed turns, agent replies, interleaved")
+        async def hand_over(on: Product, which: str) -> List[Any]:
+            # Senders differ between the stacks: the receiver tells replies apart by sender.
+            first = [await on.escalate_by_dialogue(f"dialogue-{which}{tag}")]
+            return first + await on.escalate_many("short", plan.relay_chats - 1, concurrency=4)
+
+        short, short_redis = await asyncio.gather(hand_over(product, "m"), hand_over(on_redis, "r"))
+
+        _say(
+            "one client: the floor, each far end alone, relayed turns and agent replies "
+            "(memory and Redis), interleaved"
+        )
+        names = {
+            "floor_c1": "floor c=1",
+            "hop2_alone": "hop2 alone c=1",
+            "sandbox_alone": "sandbox alone c=1",
+            "relay_c1": "relayed turn c=1",
+            "relay_redis_c1": "relayed turn c=1, Redis",
+            "agent_reply": "agent reply, memory outbox",
+            "agent_reply_redis": "agent reply, Redis outbox",
+        }
         single = await measure_interleaved(
             {
-                "floor c=1": floor.turn(http),
-                "hop2 alone c=1": far_end_turn(http, floor.hop2.url, tag),
-                "sandbox alone c=1": far_end_turn(http, wrapped.sandbox_url, tag),
-                "relayed turn c=1": relay_turn(product, short, "single"),
-                "agent reply to callback": agent_reply_turn(product, short),
+                names["floor_c1"]: floor.turn(http),
+                names["hop2_alone"]: far_end_turn(http, floor.hop2.url, tag),
+                names["sandbox_alone"]: far_end_turn(http, wrapped.sandbox_url, tag),
+                names["relay_c1"]: relay_turn(product, short, "single"),
+                names["relay_redis_c1"]: relay_turn(on_redis, short_redis, "single"),
+                names["agent_reply"]: agent_reply_turn(product, short),
+                names["agent_reply_redis"]: agent_reply_turn(on_redis, short_redis),
             },
             count=plan.relay_turns,
             pace=plan.pace,
         )
-        for key, name in (
-            ("floor_c1", "floor c=1"),
-            ("hop2_alone", "hop2 alone c=1"),
-            ("sandbox_alone", "sandbox alone c=1"),
-            ("relay_c1", "relayed turn c=1"),
-            ("agent_reply", "agent reply to callback"),
-        ):
+        for key, name in names.items():
             keep(key, single[name])
         # A turn the bot answered instead would be timed but missing here.
         checks["relay_c1_delivery"] = await product.check_delivery(short)
         _say(f"  delivery: {json.dumps(checks['relay_c1_delivery'])}")
+        checks["relay_redis_c1_delivery"] = await on_redis.check_delivery(short_redis)
+        _say(f"  delivery, Redis: {json.dumps(checks['relay_redis_c1_delivery'])}")
 
         _say("relayed turns by tracker length (each spans a background tracker write)")
         history: List[Dict[str, Any]] = []
@@ -273,14 +361,17 @@ async def _measure_stacks(
             history.append({"seeded_events": length, "tracker_events": events, **result.as_dict()})
             _say(_row(result) + f"   tracker {events} events")
             delivered = await product.check_delivery([conversation])
-            if delivered["chats_with_lost_messages"] or delivered["chats_out_of_order"]:
+            if _delivery_problems(delivered):
                 checks.setdefault("history_delivery_problems", []).append(delivered)
         figures["relay_by_history"] = history
 
-        _say(f"handing {plan.handoffs} conversations over for the concurrent runs")
+        _say(f"handing {plan.handoffs} conversations over on each product stack")
         started = time.monotonic()
-        many = await product.escalate_many("load", plan.handoffs, concurrency=8)
-        _say(f"  {len(many)} handoffs in {time.monotonic() - started:.0f} s")
+        many, many_redis = await asyncio.gather(
+            product.escalate_many("load", plan.handoffs, concurrency=8),
+            on_redis.escalate_many("load", plan.handoffs, concurrency=8),
+        )
+        _say(f"  {len(many)} + {len(many_redis)} handoffs in {time.monotonic() - started:.0f} s")
 
         n, mid = plan.handoffs, plan.mid_concurrency
         floor_turn = floor.turn(http)
@@ -310,6 +401,19 @@ async def _measure_stacks(
             )
         }
         _say("  CPU ms per turn: " + ", ".join(f"{k} {v:.2f}" for k, v in per_turn.items() if v))
+        redis_cpu: Dict[str, Optional[float]] = {}
+        with cpu_used(_stack_pids(switched, stacks.redis), redis_cpu):
+            result = await relayed_throughput(on_redis, many_redis, plan.handoff_turns, "load")
+        result.name += ", Redis"
+        keep(f"relay_redis_c{n}", result)
+        redis_turns = result.count + n
+        checks[f"redis_cpu_ms_per_turn_c{n}"] = redis_per_turn = {
+            name: _per_turn(used, redis_turns) for name, used in redis_cpu.items()
+        }
+        _say(
+            "  CPU ms per turn, Redis: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in redis_per_turn.items() if v)
+        )
         far = n * plan.handoff_turns // 2
         hop2 = far_end_turn(http, floor.hop2.url, tag + "c")
         keep(f"hop2_alone_c{n}", await _throughput(f"hop2 alone c={n}", hop2, n, far))
@@ -317,7 +421,40 @@ async def _measure_stacks(
         keep(f"sandbox_alone_c{n}", await _throughput(f"sandbox alone c={n}", sandbox, n, far))
         checks["concurrent_delivery"] = await product.check_delivery(many)
         _say(f"  delivery: {json.dumps(checks['concurrent_delivery'])}")
+        checks["redis_concurrent_delivery"] = await on_redis.check_delivery(many_redis)
+        _say(f"  delivery, Redis: {json.dumps(checks['redis_concurrent_delivery'])}")
+        _say_beside_floor(figures, n)
         wrapped.check_alive()
+        switched.check_alive()
+
+
+def _say_beside_floor(figures: Dict[str, Any], n: int) -> None:
+    """The Redis switchboard's rows beside the floor and the in-memory product, with ratios."""
+    _say("the Redis switchboard beside the floor and the in-memory switchboard (p50)")
+    for label, redis_key, memory_key, floor_key in (
+        ("relayed turn, 1 client", "relay_redis_c1", "relay_c1", "floor_c1"),
+        (f"relayed turn, {n} handoffs", f"relay_redis_c{n}", f"relay_c{n}", f"floor_c{n}"),
+        ("agent reply through the outbox", "agent_reply_redis", "agent_reply", None),
+    ):
+        redis, memory = figures[redis_key], figures[memory_key]
+        line = (
+            f"  {label:<32} Redis {redis['p50_ms']:8.2f} ms   "
+            f"memory {memory['p50_ms']:8.2f} ms ({ratio(redis['p50_ms'], memory['p50_ms']):.2f}x)"
+        )
+        if floor_key is not None:
+            floor = figures[floor_key]
+            line += (
+                f"   floor {floor['p50_ms']:8.2f} ms "
+                f"({ratio(redis['p50_ms'], floor['p50_ms']):.2f}x)"
+            )
+        _say(line)
+    redis, floor = figures[f"relay_redis_c{n}"], figures[f"floor_c{n}"]
+    _say(
+        f"  {'throughput, ' + str(n) + ' handoffs':<32} Redis {redis['throughput']:8.1f} /s   "
+        f"memory {figures[f'relay_c{n}']['throughput']:8.1f} /s   "
+        f"floor {floor['throughput']:8.1f} /s "
+        f"({ratio(redis['throughput'], floor['throughput']):.2f}x)"
+    )
 
 
 # -- targets --------------------------------------------------------------------------
@@ -331,14 +468,13 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
     relay_n = f.get(f"relay_c{n}", {})
     history = f["relay_by_history"]
     shortest, longest = history[0], history[-1]
+    redis_n = f.get(f"relay_redis_c{n}", {})
     delivery = checks["concurrent_delivery"]
+    redis_delivery = checks["redis_concurrent_delivery"]
     cpu_n = checks.get(f"cpu_ms_per_turn_c{n}", {})
-    nothing_lost = (
-        relay_n.get("errors") == 0
-        and delivery["chats_with_lost_messages"] == 0
-        and delivery["chats_out_of_order"] == 0
-        and delivery["chats_with_numbering_problems"] == 0
-    )
+    redis_cpu_n = checks.get(f"redis_cpu_ms_per_turn_c{n}", {})
+    nothing_lost = relay_n.get("errors") == 0 and not _delivery_problems(delivery)
+    nothing_lost_redis = redis_n.get("errors") == 0 and not _delivery_problems(redis_delivery)
     ratios = {
         "relay_p50_over_floor_p50": ratio(f["relay_c1"]["p50_ms"], f["floor_c1"]["p50_ms"]),
         "bot_p50_over_relay_p50": ratio(f["bot_turn_wrapped"]["p50_ms"], f["relay_c1"]["p50_ms"]),
@@ -373,6 +509,29 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
             cpu_n.get("rasa_with_connector"), cpu_n.get("floor_hop1")
         ),
         "sandbox_cpu_over_hop2_per_turn": ratio(cpu_n.get("sandbox"), cpu_n.get("floor_hop2")),
+        # The Redis switchboard: the same relayed turns and agent replies, against the
+        # floor of this run and against the in-memory switchboard.
+        f"relay_p50_over_floor_p50_c{n}": ratio(relay_n.get("p50_ms"), floor_n.get("p50_ms")),
+        "redis_relay_p50_over_floor_p50": ratio(
+            f["relay_redis_c1"]["p50_ms"], f["floor_c1"]["p50_ms"]
+        ),
+        f"redis_relay_p50_over_floor_p50_c{n}": ratio(redis_n.get("p50_ms"), floor_n.get("p50_ms")),
+        f"redis_relay_throughput_over_floor_c{n}": ratio(
+            redis_n.get("throughput"), floor_n.get("throughput")
+        ),
+        "redis_over_memory_relay_p50": ratio(
+            f["relay_redis_c1"]["p50_ms"], f["relay_c1"]["p50_ms"]
+        ),
+        f"redis_over_memory_relay_p50_c{n}": ratio(redis_n.get("p50_ms"), relay_n.get("p50_ms")),
+        f"redis_over_memory_relay_throughput_c{n}": ratio(
+            redis_n.get("throughput"), relay_n.get("throughput")
+        ),
+        "redis_over_memory_agent_reply_p50": ratio(
+            f["agent_reply_redis"]["p50_ms"], f["agent_reply"]["p50_ms"]
+        ),
+        "redis_over_memory_connector_cpu_per_turn": ratio(
+            redis_cpu_n.get("rasa_with_connector"), cpu_n.get("rasa_with_connector")
+        ),
         f"relay_c{plan.mid_concurrency}_throughput_over_floor": ratio(
             f[f"relay_c{plan.mid_concurrency}"]["throughput"],
             f.get(f"floor_c{plan.mid_concurrency}", {}).get("throughput"),
@@ -416,6 +575,22 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
             f"{ratios['long_over_short_history_p99']:.2f}x)",
         ),
         _target(
+            f"{n} handoffs with the Redis switchboard: relayed turn p50 at most 1.3x "
+            f"the floor's at {n} clients",
+            ratios[f"redis_relay_p50_over_floor_p50_c{n}"] <= 1.3,
+            f"{ratios[f'redis_relay_p50_over_floor_p50_c{n}']:.2f}x "
+            f"({redis_n.get('p50_ms', float('nan')):.1f} ms against "
+            f"{floor_n.get('p50_ms', float('nan')):.1f} ms)",
+        ),
+        _target(
+            f"{n} handoffs with the Redis switchboard: nothing lost, order kept per chat",
+            nothing_lost_redis,
+            f"{redis_delivery['messages']} messages in {redis_delivery['chats']} chats; "
+            f"lost in {redis_delivery['chats_with_lost_messages']}, out of order in "
+            f"{redis_delivery['chats_out_of_order']}, numbering problems in "
+            f"{redis_delivery['chats_with_numbering_problems']}, errors {redis_n.get('errors')}",
+        ),
+        _target(
             "an idle handoff holds at most 2 KB in the in-memory switchboard",
             per_handoff <= 2048,
             f"{per_handoff:.0f} bytes",
@@ -445,6 +620,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON and PNG")
     parser.add_argument("--log-dir", type=Path, default=None, help="logs of the started processes")
     args = parser.parse_args(argv)
+    if redis_program() is None:
+        # Before anything starts: the Redis switchboard's rows need one of its own.
+        parser.error(
+            "redis-server not found: install it (apt-get install redis-server, or "
+            "scripts/bootstrap.sh --system-packages as root)"
+        )
     plan = QUICK if args.quick else FULL
     out = args.out or RESULTS
     stem = "quick" if args.quick and args.out is None else "latest"

@@ -1,8 +1,10 @@
 """The benchmark script runs end to end in its quick mode and reports every figure.
 
-It starts real processes (two stacks and the floor's servers), so it is an e2e
-test; it checks that the figures, ratios and targets are all there and that no
-relayed message was lost, never how fast anything was (the full run reports that).
+It starts real processes (three stacks, one on a redis-server of its own, and
+the floor's servers), so it is an e2e test; it checks that the figures, ratios
+and targets are all there (the Redis switchboard's and the outbox's rows too) and
+that no relayed message was lost, never how fast anything was (the full run
+reports that).
 """
 
 import json
@@ -18,10 +20,11 @@ from tests.e2e.stack import ROOT
 
 pytestmark = pytest.mark.e2e
 
-RUN_TIMEOUT = 150
+# A bound, not the expected time (about 50 s): three Rasa processes start side by side.
+RUN_TIMEOUT = 180
 
 FIGURE_FIELDS = ("p50_ms", "p99_ms", "mean_ms", "throughput")
-TARGETS = 7
+TARGETS = 9
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +76,13 @@ def test_every_path_is_measured(quick_run: Dict[str, Any]) -> None:
         "bot_turn_plain",
         "relay_c1",
         "agent_reply",
+        "relay_redis_c1",
+        "agent_reply_redis",
         f"relay_c{plan['mid_concurrency']}",
         f"relay_c{plan['handoffs']}",
         f"hop2_alone_c{plan['handoffs']}",
         f"sandbox_alone_c{plan['handoffs']}",
+        f"relay_redis_c{plan['handoffs']}",
     ]
     for name in expected:
         assert name in figures, f"no figure {name}; got {sorted(figures)}"
@@ -101,6 +107,27 @@ def test_every_ratio_and_target_is_reported(quick_run: Dict[str, Any]) -> None:
     assert quick_run["checks"]["memory"]["bytes_per_handoff"] > 0
 
 
+def test_the_redis_switchboard_is_reported_beside_the_floor(quick_run: Dict[str, Any]) -> None:
+    n = quick_run["plan"]["handoffs"]
+    ratios = quick_run["ratios"]
+    for name in (
+        "redis_relay_p50_over_floor_p50",
+        f"redis_relay_p50_over_floor_p50_c{n}",
+        f"redis_relay_throughput_over_floor_c{n}",
+        "redis_over_memory_relay_p50",
+        f"redis_over_memory_relay_p50_c{n}",
+        "redis_over_memory_agent_reply_p50",
+    ):
+        assert name in ratios, f"no ratio {name}; got {sorted(ratios)}"
+    goal = [t for t in quick_run["targets"] if "Redis switchboard: relayed turn p50" in t["target"]]
+    assert len(goal) == 1 and "1.3x" in goal[0]["target"], quick_run["targets"]
+    stdout = quick_run["_stdout"]
+    assert "the Redis switchboard beside the floor" in stdout
+    for row in (f"relayed turn, {n} handoffs", "agent reply through the outbox"):
+        assert row in stdout, f"no printed row {row!r}"
+    assert quick_run["checks"][f"redis_cpu_ms_per_turn_c{n}"], "no CPU figures for the Redis run"
+
+
 def test_no_relayed_message_is_lost_or_reordered(quick_run: Dict[str, Any]) -> None:
     checks = quick_run["checks"]
     delivery = checks["concurrent_delivery"]
@@ -108,11 +135,20 @@ def test_no_relayed_message_is_lost_or_reordered(quick_run: Dict[str, Any]) -> N
     assert delivery["chats_with_lost_messages"] == 0, delivery
     assert delivery["chats_out_of_order"] == 0, delivery
     assert delivery["chats_with_numbering_problems"] == 0, delivery
+    on_redis = checks["redis_concurrent_delivery"]
+    assert on_redis["chats"] == quick_run["plan"]["handoffs"]
+    assert on_redis["chats_with_lost_messages"] == 0, on_redis
+    assert on_redis["chats_out_of_order"] == 0, on_redis
+    assert on_redis["chats_with_numbering_problems"] == 0, on_redis
     # The one-client turns reached the agent too (a bot answer would be timed, not relayed).
     single = checks["relay_c1_delivery"]
     assert single["chats"] == quick_run["plan"]["relay_chats"]
     assert single["chats_with_lost_messages"] == 0, single
     assert single["chats_out_of_order"] == 0, single
+    single_redis = checks["relay_redis_c1_delivery"]
+    assert single_redis["chats"] == quick_run["plan"]["relay_chats"]
+    assert single_redis["chats_with_lost_messages"] == 0, single_redis
+    assert single_redis["chats_out_of_order"] == 0, single_redis
     assert "history_delivery_problems" not in checks, checks["history_delivery_problems"]
 
 
