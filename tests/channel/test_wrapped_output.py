@@ -48,8 +48,9 @@ def wrapped() -> Tuple[WrappedOutput, RecordingOutput, List[HandoffStarted]]:
     inner = RecordingOutput()
     started: List[HandoffStarted] = []
 
-    async def on_started(conversation_id: str, channel: str, handoff: HandoffStarted) -> None:
+    async def on_started(conversation_id: str, channel: str, handoff: HandoffStarted) -> bool:
         started.append(handoff)
+        return True  # registered
 
     return WrappedOutput(inner, "recording", on_started), inner, started
 
