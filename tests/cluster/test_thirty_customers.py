@@ -79,6 +79,7 @@ ROAM_WHILE_AWAY = 3
 CUSTOMER_TURN = re.compile(r"^question (\d+) from (\S+)$")
 AGENT_MESSAGE = re.compile(r"answer (\d+) for (\S+)$")
 CHAT_ENDED_INTENT = "omnidesk_chat_ended"
+NEW_MESSAGE_CALL = "notifyUserNewChatMessage"  # the sandbox's name for the endpoint
 
 
 def customer_text(number: int, label: str) -> str:
@@ -359,6 +360,7 @@ class Run:
         self.began = time.monotonic()
         self.tracker_events: Dict[str, List[Dict[str, Any]]] = {}
         self.sandbox_chats: Dict[str, Dict[str, Any]] = {}
+        self.sandbox_calls: List[Dict[str, Any]] = []
 
     def _phase(self, name: str) -> None:
         self.phases[name] = round(time.monotonic() - self.began, 1)
@@ -496,7 +498,7 @@ class Run:
             for person in self.people:
                 if person.chat_id is None:
                     continue
-                if set(person.agent_numbers()) < set(person.sent):
+                if not set(person.sent) <= set(person.agent_numbers()):
                     return False
             for person in self.people:
                 if person.chat_id is None:
@@ -556,6 +558,12 @@ class Run:
                 if p.chat_id is not None
             )
 
+        with contextlib.suppress(Exception):
+            async with self.http.get(
+                f"{self.desk.url}/_sandbox/calls", params={"endpoint": NEW_MESSAGE_CALL}
+            ) as answer:
+                self.sandbox_calls = list((await answer.json())["calls"])
+
         deadline = time.monotonic() + 20
         while not await asyncio.to_thread(read_trackers) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
@@ -609,6 +617,32 @@ class Run:
                 elif relayed and relayed[-1][0] > ends[0]:
                     tracker_end.append(f"{person.label}: relayed turns after the chat's end")
 
+        # The calls as the sandbox recorded them: customer turn k is the chat's
+        # message k + 1 (the handoff's own message is 1), so it carries k + 1 up to
+        # Omnidesk's cap and no messageNumber past it.
+        refused_calls = 0
+        numbered_calls = 0
+        by_chat = {p.chat_id: p for p in self.people if p.chat_id is not None}
+        for call in self.sandbox_calls:
+            fields = call.get("fields") or {}
+            person = by_chat.get(fields.get("chatSessionID"))
+            if person is None:
+                continue
+            if call.get("status") != 200:
+                refused_calls += 1
+                continue
+            match = CUSTOMER_TURN.match(str(fields.get("message") or ""))
+            if not match or match.group(2) != person.label:
+                continue
+            numbered_calls += 1
+            raw = fields.get("messageNumber")
+            sent_number = int(raw) if raw not in (None, "") else None
+            wanted = expected_message_number(int(match.group(1)) + 1)
+            if sent_number != wanted:
+                numbering.append(
+                    f"{person.label}: turn {match.group(1)} sent with messageNumber {raw!r}"
+                )
+
         sockets = [p for p in self.people if p.on_socket]
         return {
             "customers": len(self.people),
@@ -620,6 +654,8 @@ class Run:
             "escalated": sum(1 for p in self.people if p.chat_id is not None),
             "customer turns to the sandbox": to_sandbox.as_dict(),
             "numbering problems": numbering,
+            "sandbox calls: customer turns checked": numbered_calls,
+            "sandbox calls refused": refused_calls,
             "agent messages to customers": to_customers.as_dict(),
             "agent messages after the kill": after_kill.as_dict(),
             "agent messages refused by the hookpoint": sum(len(p.refused) for p in self.people),
@@ -713,6 +749,7 @@ async def test_thirty_customers_on_two_replicas_lose_nothing_through_a_reconnect
     assert counts["agent messages refused by the hookpoint"] == 0, text
     assert tallies["sandbox"].expected == CUSTOMERS * TURNS and tallies["sandbox"].clean, text
     assert counts["numbering problems"] == [], text
+    assert counts["sandbox calls refused"] == 0, text
     assert tallies["customers"].expected == CUSTOMERS * TURNS and tallies["customers"].clean, text
     assert tallies["tracker customer"].clean and tallies["tracker agent"].clean, text
     assert counts["tracker: end of chat problems"] == [], text
