@@ -174,6 +174,10 @@ class OmnideskSettings:
     files_dir: Optional[pathlib.Path] = None
     switchboard_url: str = "memory://"
     agent_name_prefix: bool = True
+    # Several instances: how long agent files are kept, and how many chats the
+    # sweeper ends at once.
+    files_retention: float = 7 * 24 * 3600.0
+    sweep_concurrency: int = 10
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OmnideskSettings":
@@ -611,6 +615,9 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
         show=lambda raw: _show(_mask_url_password(raw) if isinstance(raw, str) else raw),
     ),
     _Spec("agent_name_prefix", _boolean),
+    # Several instances.
+    _Spec("files_retention", _non_negative, "{default} (7 days; 0 keeps files forever)"),
+    _Spec("sweep_concurrency", _integer(1, 1000, "must be a whole number from 1 to 1000")),
 )
 
 _SPECS: Dict[str, _Spec] = {spec.key: spec for spec in _SPEC_LIST}

@@ -195,10 +195,8 @@ async def test_an_open_chat_reaches_the_tracker_once_its_turns_waited_the_record
 async def test_an_agent_message_in_the_moment_before_the_handoff_registers_is_delivered() -> None:
     # The action opens the chat, then its control payload reaches the channel a
     # little later; Omnidesk may already call messageForCustomer in between.
-    async with callback_setup() as setup:
-        setup.server.relay.delivery.new_chat_grace = (
-            3.0  # generous, so a slow machine cannot miss it
-        )
+    # A generous grace, so a slow machine cannot miss it.
+    async with callback_setup(new_chat_grace=3) as setup:
         started = await setup.server.open_chat()
         setup.server.escalate_on("escalate early", started)
         greeting = asyncio.ensure_future(

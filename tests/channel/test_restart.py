@@ -1,5 +1,7 @@
 """A chat with an agent survives a restart of Rasa when the switchboard is in Redis."""
 
+from pathlib import Path
+
 import pytest
 
 from omnidesk_sandbox.testing import running_sandbox
@@ -14,19 +16,21 @@ from tests.conftest import free_port
 
 
 @pytest.mark.redis
-async def test_the_agent_still_reaches_the_customer_after_a_restart(redis_url: str) -> None:
+async def test_the_agent_still_reaches_the_customer_after_a_restart(
+    redis_url: str, tmp_path: Path
+) -> None:
     async with running_sandbox(
         chat_account_token=ACCOUNT_TOKEN, chat_server_token=SERVER_TOKEN
     ) as sandbox, callback_receiver() as customer:
         port = free_port()
         channels = {"callback": {"url": customer.url}}
         async with channel_server(
-            channels, sandbox=sandbox, port=port, switchboard_url=redis_url
+            channels, sandbox=sandbox, port=port, switchboard_url=redis_url, files_dir=str(tmp_path)
         ) as before:
             chat = await CallbackSetup(server=before, customer=customer).hand_over("cust-r")
 
         async with channel_server(
-            channels, sandbox=sandbox, port=port, switchboard_url=redis_url
+            channels, sandbox=sandbox, port=port, switchboard_url=redis_url, files_dir=str(tmp_path)
         ) as after:
             result = await sandbox.agent_reply(chat, "Still here", name="Anna")
             assert (result.status, result.body) == (200, "ok")

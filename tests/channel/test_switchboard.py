@@ -76,3 +76,55 @@ async def test_concurrent_starts_replace_each_chat_exactly_once(switchboard: Swi
     found = [await switchboard.find_by_chat_session(chat) for chat in chats]
     assert [h.chat_session_id for h in found if h] == [current.chat_session_id]
     assert [h.conversation_id for h in await switchboard.all()] == ["conv-1"]
+
+
+async def test_one_turn_holds_a_chat_and_the_next_gets_the_next_number(
+    switchboard: Switchboard,
+) -> None:
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2, now=100.0))
+    first = await switchboard.begin_turn("conv-1", lease_seconds=5, now=150.0)
+    assert first is not None and first.granted
+    assert (first.message_number, first.handoff.last_activity) == (2, 150.0)
+    busy = await switchboard.begin_turn("conv-1", lease_seconds=5)
+    assert busy is not None and not busy.granted
+    assert (await switchboard.get("conv-1")).next_message_number == 3  # type: ignore[union-attr]
+    assert await switchboard.finish_turn("conv-1", first.fence)
+    second = await switchboard.begin_turn("conv-1", lease_seconds=5)
+    assert second is not None and second.message_number == 3
+    assert second.fence > first.fence
+    assert await switchboard.begin_turn("conv-2", lease_seconds=5) is None
+
+
+async def test_an_expired_lease_is_taken_over_and_its_holder_is_fenced_out(
+    switchboard: Switchboard,
+) -> None:
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2))
+    stalled = await switchboard.begin_turn("conv-1", lease_seconds=0.1)
+    assert stalled is not None and stalled.granted
+    await asyncio.sleep(0.15)
+    later = await switchboard.begin_turn("conv-1", lease_seconds=5)
+    assert later is not None and later.message_number == 3
+    assert not await switchboard.finish_turn("conv-1", stalled.fence)
+    assert await switchboard.finish_turn("conv-1", later.fence)
+
+
+async def test_ending_a_chat_frees_its_lease(switchboard: Switchboard) -> None:
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2))
+    held = await switchboard.begin_turn("conv-1", lease_seconds=30)
+    assert held is not None
+    await switchboard.end("conv-1")
+    await switchboard.start(new_handoff("conv-1", "rasa-bbbbbbbbbb", "callback", 2))
+    fresh = await switchboard.begin_turn("conv-1", lease_seconds=30)
+    assert fresh is not None and fresh.granted and fresh.message_number == 2
+
+
+@pytest.mark.redis
+async def test_one_unreadable_record_hides_no_other_handoff(redis_url: str) -> None:
+    board = RedisSwitchboard(redis_url)
+    try:
+        await board.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2))
+        await board.start(new_handoff("conv-2", "rasa-bbbbbbbbbb", "callback", 2))
+        await board._redis.hset("omnidesk:handoff:conv-1", "h", "{not json")
+        assert [h.conversation_id for h in await board.all()] == ["conv-2"]
+    finally:
+        await board.close()

@@ -415,3 +415,13 @@ def test_a_default_shown_as_a_valid_value_is_the_field_s_own_default():
         else:
             shown = str(value) if isinstance(value, int) else f"{value:g}"
         assert problem.example == shown, key
+
+
+def test_files_retention_and_sweep_concurrency_are_read_and_checked():
+    settings = OmnideskSettings.from_env(
+        env_with(OMNIDESK_FILES_RETENTION="0", OMNIDESK_SWEEP_CONCURRENCY="3")
+    )
+    assert (settings.files_retention, settings.sweep_concurrency) == (0, 3)
+    with pytest.raises(SettingsError) as refused:
+        OmnideskSettings.from_env(env_with(OMNIDESK_SWEEP_CONCURRENCY="0"))
+    assert "OMNIDESK_SWEEP_CONCURRENCY" in str(refused.value)

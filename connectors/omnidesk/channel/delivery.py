@@ -71,16 +71,18 @@ class AgentDelivery:
         self.new_chat_grace = new_chat_grace
         self._locks: Dict[str, asyncio.Lock] = {}
         self._tasks: Set[asyncio.Future[bool]] = set()
-        # The agent of each chat's latest message: uploadForCustomer carries no
-        # name or picture (omnidesk-api.txt), so a file is shown as theirs.
-        self._agents: Dict[str, AgentIdentity] = {}
 
     async def message(self, message: AgentMessage) -> "asyncio.Future[bool]":
         handoff = await self.switchboard.wait_for_chat(message.session_id, self.new_chat_grace)
-        if message.agent.name or message.agent.picture:
-            self._agents[handoff.chat_session_id] = message.agent
-        await self.switchboard.touch(handoff.conversation_id, agent=True)
-        self.record.add(
+        # The handoff keeps the agent (switchboard.Handoff.agent_name): files come without one.
+        named = bool(message.agent.name or message.agent.picture)
+        await self.switchboard.touch(
+            handoff.conversation_id,
+            agent=True,
+            agent_name=message.agent.name if named else None,
+            agent_picture=message.agent.picture if named else None,
+        )
+        await self.record.add(
             handoff.conversation_id,
             RecordEntry(
                 "agent",
@@ -97,7 +99,7 @@ class AgentDelivery:
         handoff = await self.switchboard.wait_for_chat(upload.session_id, self.new_chat_grace)
         agent = upload.agent
         if not (agent.name or agent.picture):
-            agent = self._agents.get(handoff.chat_session_id, agent)
+            agent = AgentIdentity(handoff.agent_name, handoff.agent_picture)
         stored = await self.files.store(upload.file)
         link = FileLink(
             url=self.files.url_for(stored),
@@ -105,7 +107,7 @@ class AgentDelivery:
             is_image=stored.content_type.startswith("image/"),
         )
         await self.switchboard.touch(handoff.conversation_id, agent=True)
-        self.record.add(
+        await self.record.add(
             handoff.conversation_id,
             RecordEntry(
                 "agent",
@@ -174,7 +176,6 @@ class AgentDelivery:
 
     def forget(self, handoff: Handoff) -> None:
         """Drop what was kept for an ended chat."""
-        self._agents.pop(handoff.chat_session_id, None)
         self._locks.pop(handoff.conversation_id, None)
 
     async def wait_idle(self, timeout: float = 5.0) -> None:

@@ -8,6 +8,7 @@ private temporary one is used and removed on shutdown.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Optional, TypeVar
@@ -103,6 +105,35 @@ class AgentFileStore:
             size=int(described.get("size") or 0),
             path=path,
         )
+
+    async def remove_older_than(self, seconds: float, now: Optional[float] = None) -> int:
+        """Remove the files stored more than ``seconds`` ago; how many were removed."""
+        at = time.time() if now is None else now
+        return await self._run(self._remove_older_than, at - seconds)
+
+    def _remove_older_than(self, cutoff: float) -> int:
+        removed = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError as error:
+            logger.error("Could not list the files directory %s: %s", self.directory, error)
+            return 0
+        for entry in entries:
+            # A file and its description go together; the description is the clock.
+            if not entry.name.endswith(".json") or not _TOKEN.fullmatch(entry.name[:-5]):
+                continue
+            try:
+                if entry.stat().st_mtime >= cutoff:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path[:-5])
+                os.remove(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                continue  # another instance removed it first
+            except OSError as error:
+                logger.error("Could not remove the agent file %s: %s", entry.name[:-5], error)
+        return removed
 
     @staticmethod
     def _read_text(path: str) -> str:

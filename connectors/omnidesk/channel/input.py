@@ -104,6 +104,41 @@ def _can_push(channel: InputChannel) -> bool:
     )
 
 
+def _check_deployment(settings: OmnideskSettings, env: Mapping[str, str]) -> None:
+    """Refuse settings that only work in one process when Rasa runs in several."""
+    redis = not settings.switchboard_url.startswith("memory")
+    workers = env.get("SANIC_WORKERS", "1").strip()
+    if not redis and workers.isdigit() and int(workers) > 1:
+        raise ChannelConfigError(
+            f"switchboard_url: memory:// with SANIC_WORKERS={workers}: each worker would keep "
+            "its own handoffs, and an agent's reply would reach a worker that does not know "
+            "the chat. Set switchboard_url (OMNIDESK_SWITCHBOARD_URL) to redis://host:6379/0, "
+            "or SANIC_WORKERS to 1."
+        )
+    if redis and settings.files_dir is None:
+        raise ChannelConfigError(
+            "files_dir: required with a Redis switchboard: agent files must be on storage "
+            "every Rasa instance reads, or a link sent by one instance 404s on the others. "
+            "Set files_dir (OMNIDESK_FILES_DIR) to a shared directory, e.g. "
+            "/var/lib/rasa-omnidesk/files on a shared volume."
+        )
+
+
+def _warn_lock_store(app: Any, settings: OmnideskSettings) -> None:
+    """A Redis switchboard means several instances; Rasa's lock store must be shared too."""
+    if settings.switchboard_url.startswith("memory"):
+        return
+    agent = getattr(app.ctx, "agent", None)
+    lock_store = getattr(agent, "lock_store", None)
+    if type(lock_store).__name__ == "InMemoryLockStore":
+        logger.warning(
+            "The switchboard is Redis (several Rasa instances) but Rasa's lock store is in "
+            "memory: two instances may run one conversation's turns at once. Set lock_store "
+            "in endpoints.yml to type: redis (Rasa Pro: concurrent_redis); see "
+            "docs/configuration.md, Several Rasa instances."
+        )
+
+
 class OmnideskInput(InputChannel):  # type: ignore[misc]
     """Hands a conversation to a live agent in Omnidesk, on the customer's own channel."""
 
@@ -128,6 +163,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             )
         except SettingsError as error:
             raise ChannelConfigError(str(error)) from error
+        _check_deployment(settings, os.environ)
         channels = [_build_customer_channel(key, value) for key, value in customer.items()]
         return cls(settings, channels)
 
@@ -245,6 +281,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
     async def _start(self, app: Any, on_new_message: Handler) -> None:
         rasa_compat.install_secret_filter()
+        _warn_lock_store(app, self.settings)
         switchboard = create_switchboard(self.settings.switchboard_url)
         client = OmnideskClient(self.settings)
         files_dir = str(self.settings.files_dir) if self.settings.files_dir else None

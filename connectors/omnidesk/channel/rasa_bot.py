@@ -70,12 +70,28 @@ class RasaBot:
             return
         async with agent.lock_store.lock(conversation_id):
             tracker = await store.get_or_create_tracker(conversation_id)
-            for entry in entries:
+            # A write retried after a crash or a failed save skips what is already there.
+            written = {
+                (getattr(event, "metadata", None) or {}).get("omnidesk", {}).get("entry_id")
+                for event in tracker.events
+            }
+            fresh = [entry for entry in entries if entry.entry_id not in written]
+            if not fresh:
+                return
+            for entry in fresh:
                 metadata: Dict[str, Any] = {
-                    "omnidesk": {"role": entry.role, "chat_session_id": entry.chat_session_id}
+                    "omnidesk": {
+                        "role": entry.role,
+                        "chat_session_id": entry.chat_session_id,
+                        "entry_id": entry.entry_id,
+                    }
                 }
                 if entry.agent_name:
                     metadata["omnidesk"]["agent_name"] = entry.agent_name
+                if entry.message_number is not None:
+                    metadata["omnidesk"]["message_number"] = entry.message_number
+                if not entry.delivered:
+                    metadata["omnidesk"]["undelivered"] = True
                 if entry.role == "customer":
                     tracker.update(
                         UserUttered(
@@ -99,7 +115,7 @@ class RasaBot:
             await store.save(tracker)
         logger.debug(
             "Wrote %d relayed turns to the tracker of conversation %s.",
-            len(entries),
+            len(fresh),
             conversation_id,
         )
 

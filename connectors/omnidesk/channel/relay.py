@@ -7,26 +7,30 @@ they see the customer through ``CustomerLine`` and Rasa through ``BotSide``
 (record.py), and idle chats are ended by the ``Sweeper`` (sweeper.py).
 
 Ordering: customer turns of one chat take their messageNumber and are sent
-under one asyncio lock per chat, so Omnidesk sees them in order.
+under the chat's turn lease (switchboard.begin_turn), one sender at a time
+across every instance, so Omnidesk sees them in order. docs/channel.md states
+the delivery guarantee.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
-from typing import Dict, Mapping, Optional, Set
+from typing import Mapping, Optional, Set
 
 from connectors.omnidesk import rules
 from connectors.omnidesk.channel.delivery import AgentDelivery
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.hookpoints import EndSession, UploadedFile
 from connectors.omnidesk.channel.notices import Notices
-from connectors.omnidesk.channel.record import TurnRecord
+from connectors.omnidesk.channel.record import TurnRecord, buffer_for
 from connectors.omnidesk.channel.sides import BotSide, CustomerLine, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
     Handoff,
     NotInRelay,
     Switchboard,
+    SwitchboardError,
+    TurnTicket,
     new_handoff,
 )
 from connectors.omnidesk.client import OmnideskClient, OmnideskError
@@ -34,6 +38,12 @@ from connectors.omnidesk.handoff import HandoffOutcome, HandoffStarted
 from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
+
+# The relay stops waiting for a customer turn's call this long after the
+# client's retry budget; the turn lease lasts LEASE_MARGIN longer still, so it
+# only expires under a holder that stalled or died.
+CALL_GRACE = 1.0
+LEASE_MARGIN = 2.0
 
 __all__ = ["NotInRelay", "Relay"]
 
@@ -56,11 +66,10 @@ class Relay:
         self.lines = dict(lines)
         self.bot = bot
         self.notices = Notices(bot, settings.leave_command)
-        self.record = TurnRecord(bot, settings.record_interval)
+        self.record = TurnRecord(bot, settings.record_interval, buffer_for(switchboard))
         self.delivery = AgentDelivery(
             switchboard, self.lines, files, self.record, settings.new_chat_grace
         )
-        self._chat_locks: Dict[str, asyncio.Lock] = {}
         self._ending: Set[asyncio.Future[None]] = set()
 
     # -- handoff start ---------------------------------------------------------
@@ -91,12 +100,6 @@ class Relay:
 
     # -- customer to agent -----------------------------------------------------
 
-    def _chat_lock(self, chat_session_id: str) -> asyncio.Lock:
-        lock = self._chat_locks.get(chat_session_id)
-        if lock is None:
-            lock = self._chat_locks[chat_session_id] = asyncio.Lock()
-        return lock
-
     def is_leave_command(self, text: Optional[str]) -> bool:
         return text is not None and text.strip() == self.settings.leave_command
 
@@ -106,8 +109,44 @@ class Relay:
         False when it is not (or its chat ended while the turn waited): the bot
         answers the turn. True when the relay took it: sent to the agent, the
         chat left by the leave command, or, when Omnidesk refused it, the
-        customer told so.
+        customer told so and the turn kept in the tracker marked undelivered.
         """
+        if self.is_leave_command(text) or text is None or not text.strip():
+            return await self._customer_command(conversation_id, text)
+        ticket = await self._take_turn(conversation_id)
+        if ticket is None:
+            return False  # with the bot, or ended while this turn waited for the lease
+        handoff = ticket.handoff
+        number = ticket.message_number
+        delivered = False
+        if ticket.granted:
+            delivered = await self._send_turn(handoff, text, number, ticket.fence)
+        else:
+            logger.error(
+                "Customer turn of conversation %s not sent: chat %s stayed busy for %.0f s.",
+                conversation_id,
+                handoff.chat_session_id,
+                self.turn_lease,
+            )
+        await self.record.add(
+            conversation_id,
+            RecordEntry(
+                "customer",
+                text,
+                handoff.chat_session_id,
+                time.time(),
+                message_number=number,
+                delivered=delivered,
+            ),
+        )
+        if not delivered:
+            line = self.lines.get(channel)
+            if line is not None:
+                await self.notices.tell(line, conversation_id, "utter_omnidesk_delivery_failed")
+        return True
+
+    async def _customer_command(self, conversation_id: str, text: Optional[str]) -> bool:
+        """The leave command ends the chat; an empty turn is dropped (neither takes a number)."""
         handoff = await self.switchboard.get(conversation_id)
         if handoff is None:
             return False
@@ -119,39 +158,91 @@ class Relay:
             )
             await self.end_chat(handoff, HandoffOutcome.ENDED_BY_CUSTOMER)
             return True
-        if text is None or not text.strip():
-            logger.debug("Empty customer turn in conversation %s not relayed.", conversation_id)
-            return True
-        async with self._chat_lock(handoff.chat_session_id):
-            number = await self.switchboard.take_message_number(conversation_id)
-            if number is None:
-                return False  # ended while this turn waited for the lock
-            # Omnidesk caps messageNumber at 50 and calls it optional: past the cap
-            # the message goes without it rather than being refused.
-            sent_number: Optional[int] = number if number <= rules.MESSAGE_NUMBER_MAX else None
-            try:
-                await self.client.notify_user_new_chat_message(
+        logger.debug("Empty customer turn in conversation %s not relayed.", conversation_id)
+        return True
+
+    @property
+    def turn_lease(self) -> float:
+        """How long one turn may hold its chat: the client's retry budget and a margin."""
+        return self.settings.retry_budget + CALL_GRACE + LEASE_MARGIN
+
+    async def _take_turn(self, conversation_id: str) -> Optional[TurnTicket]:
+        """The chat's turn lease with this turn's number; waits while another sender has it.
+
+        A lease lasts at most ``turn_lease``, so the wait ends by then unless
+        other senders keep winning it; a ticket that is not granted means that.
+        """
+        lease = self.turn_lease
+        deadline = time.monotonic() + lease + CALL_GRACE
+        while True:
+            ticket = await self.switchboard.begin_turn(conversation_id, lease)
+            if ticket is None or ticket.granted:
+                return ticket
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return ticket
+            await self.switchboard.wait_turn(conversation_id, remaining)
+
+    async def _send_turn(
+        self, handoff: Handoff, text: str, number: Optional[int], fence: int
+    ) -> bool:
+        """Send one numbered turn under its lease, then give the lease back.
+
+        The client retries with the same form, so a retry carries the same
+        messageNumber. The call is cut at the retry budget and a second, so it
+        ends before the lease could expire and a later turn overtake it.
+        """
+        # Omnidesk caps messageNumber at 50 and calls it optional: past the cap
+        # the message goes without it rather than being refused.
+        sent_number = number if number is not None and number <= rules.MESSAGE_NUMBER_MAX else None
+        delivered = False
+        try:
+            await asyncio.wait_for(
+                self.client.notify_user_new_chat_message(
                     chat_session_id=handoff.chat_session_id,
                     message=text,
                     message_number=sent_number,
-                )
-            except OmnideskError as error:
-                self._log_failure("customer message", handoff, error)
-                line = self.lines.get(channel)
-                if line is not None:
-                    await self.notices.tell(line, conversation_id, "utter_omnidesk_delivery_failed")
-                return True
-        await self.switchboard.touch(conversation_id)
-        self.record.add(
-            conversation_id, RecordEntry("customer", text, handoff.chat_session_id, time.time())
-        )
-        logger.info(
-            "Customer message %s relayed: conversation %s, chat %s.",
-            sent_number if sent_number is not None else "(unnumbered)",
-            conversation_id,
-            handoff.chat_session_id,
-        )
-        return True
+                ),
+                timeout=self.settings.retry_budget + CALL_GRACE,
+            )
+            delivered = True
+        except OmnideskError as error:
+            self._log_failure("customer message", handoff, error)
+        except asyncio.TimeoutError:
+            logger.error(
+                "Omnidesk did not take the customer message of conversation %s (chat %s) "
+                "within the retry budget of %g s.",
+                handoff.conversation_id,
+                handoff.chat_session_id,
+                self.settings.retry_budget,
+            )
+        finally:
+            await self._finish_turn(handoff, fence)
+        if delivered:
+            logger.info(
+                "Customer message %s relayed: conversation %s, chat %s.",
+                sent_number if sent_number is not None else "(unnumbered)",
+                handoff.conversation_id,
+                handoff.chat_session_id,
+            )
+        return delivered
+
+    async def _finish_turn(self, handoff: Handoff, fence: int) -> None:
+        try:
+            kept = await self.switchboard.finish_turn(handoff.conversation_id, fence)
+        except SwitchboardError as error:
+            # The lease expires on its own; the chat's next turn waits until then.
+            logger.warning(
+                "Could not give back the turn lease of chat %s: %s", handoff.chat_session_id, error
+            )
+            return
+        if not kept:
+            logger.warning(
+                "The turn lease of chat %s (conversation %s) expired before its turn was sent: "
+                "a later turn may have reached Omnidesk first.",
+                handoff.chat_session_id,
+                handoff.conversation_id,
+            )
 
     async def customer_upload(self, conversation_id: str, upload: UploadedFile) -> None:
         """Send a customer's file to the agent; NotInRelay or OmnideskError on failure."""
@@ -172,7 +263,7 @@ class Relay:
                 await self.notices.tell(line, conversation_id, "utter_omnidesk_delivery_failed")
             raise
         await self.switchboard.touch(conversation_id)
-        self.record.add(
+        await self.record.add(
             conversation_id,
             RecordEntry(
                 "customer", f"[file: {upload.filename}]", handoff.chat_session_id, time.time()
@@ -243,7 +334,6 @@ class Relay:
         # customer is handed back to the bot whatever the tracker store says.
         with contextlib.suppress(Exception):
             await self.record.flush(ended.conversation_id)
-        self._chat_locks.pop(ended.chat_session_id, None)
         self.delivery.forget(ended)
         logger.info(
             "Handoff ended (%s): conversation %s, chat %s.",

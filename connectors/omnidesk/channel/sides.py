@@ -6,7 +6,8 @@ know neither Sanic nor Rasa; they see the customer through ``CustomerLine``
 (rasa_bot.py implements it on a running Rasa server).
 """
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
@@ -49,6 +50,10 @@ class RecordEntry:
     timestamp: float
     agent_name: Optional[str] = None
     attachment_url: Optional[str] = None
+    message_number: Optional[int] = None  # the customer turn's messageNumber, when it took one
+    delivered: bool = True  # False: Omnidesk never confirmed it (kept, marked undelivered)
+    # Goes into the event's metadata, so a retried tracker write skips what is there.
+    entry_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class BotSide(Protocol):

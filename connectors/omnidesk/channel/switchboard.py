@@ -7,24 +7,38 @@ for several Rasa instances and for handoffs that survive a restart. Each
 mutation that two callers may race on (taking the next messageNumber, ending a
 handoff, sending the wait notice once) is atomic in both.
 
+Order to Omnidesk: a customer turn is sent under the chat's *turn lease*
+(``begin_turn``): one sender per chat at a time, whichever instance it runs
+on. Taking the lease also numbers the turn and records the activity, in one
+step (one Lua script, one round trip in Redis). The lease expires on its own
+after ``lease_seconds``, so a crashed holder blocks nobody for longer; each
+grant carries a fence (a counter per handoff), and ``finish_turn`` with a
+fence that is no longer the holder's reports that the lease was lost.
+
 Nothing here imports rasa or sanic.
 """
 
 import abc
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
 NEW_CHAT_POLL = 0.02  # seconds between looks for a chat that is about to register
+TURN_POLL = 0.01  # seconds between asks for a chat's turn lease another sender holds
 
 
 class SwitchboardError(RuntimeError):
     """The switchboard's store failed or holds data this version cannot read."""
+
+
+class UnreadableHandoff(SwitchboardError):
+    """One stored handoff cannot be read (a format this version does not know, or damage)."""
 
 
 class NotInRelay(LookupError):
@@ -43,6 +57,10 @@ class Handoff:
     last_activity: float
     last_agent_activity: Optional[float] = None
     wait_notice_sent: bool = False
+    # The agent of the chat's latest message that named one: uploadForCustomer
+    # carries no name or picture (omnidesk-api.txt), so a file is shown as theirs.
+    agent_name: Optional[str] = None
+    agent_picture: Optional[str] = None
 
     @property
     def agent_replied(self) -> bool:
@@ -68,12 +86,35 @@ class Handoff:
                     else float(data["last_agent_activity"])
                 ),
                 wait_notice_sent=bool(data.get("wait_notice_sent", False)),
+                agent_name=_optional_text(data.get("agent_name")),
+                agent_picture=_optional_text(data.get("agent_picture")),
             )
         except (ValueError, KeyError, TypeError) as error:
-            raise SwitchboardError(
+            raise UnreadableHandoff(
                 f"a stored handoff could not be read ({error}); "
                 "clear the switchboard's keys if the format changed"
             ) from error
+
+
+@dataclass(frozen=True)
+class TurnTicket:
+    """The answer to ``begin_turn``: the chat's handoff and, when granted, the lease.
+
+    ``message_number`` is None when another sender holds the chat's lease: the
+    caller waits (``wait_turn``) and asks again.
+    """
+
+    handoff: Handoff
+    message_number: Optional[int] = None
+    fence: int = 0
+
+    @property
+    def granted(self) -> bool:
+        return self.message_number is not None
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
 
 
 def new_handoff(
@@ -114,10 +155,38 @@ class Switchboard(abc.ABC):
         """Atomically return the next messageNumber and count it up (None: not in relay)."""
 
     @abc.abstractmethod
+    async def begin_turn(
+        self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
+    ) -> Optional[TurnTicket]:
+        """Take the chat's turn lease, the next messageNumber and record the activity, at once.
+
+        None when the conversation is not in relay. A ticket that is not
+        ``granted`` when another sender holds an unexpired lease (nothing changed).
+        """
+
+    @abc.abstractmethod
+    async def finish_turn(self, conversation_id: str, fence: int) -> bool:
+        """Give the lease back; False when it was no longer ours (expired and taken over)."""
+
+    async def wait_turn(self, conversation_id: str, timeout: float) -> None:
+        """Wait a little before asking for a busy lease again (at most ``timeout``)."""
+        await asyncio.sleep(min(timeout, TURN_POLL))
+
+    @abc.abstractmethod
     async def touch(
-        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+        self,
+        conversation_id: str,
+        *,
+        agent: bool = False,
+        now: Optional[float] = None,
+        agent_name: Optional[str] = None,
+        agent_picture: Optional[str] = None,
     ) -> None:
-        """Record activity (of the agent when ``agent``); a no-op when not in relay."""
+        """Record activity (of the agent when ``agent``); a no-op when not in relay.
+
+        With ``agent_name`` or ``agent_picture`` the handoff keeps them as the
+        chat's agent, for the files that come without either.
+        """
 
     @abc.abstractmethod
     async def claim_wait_notice(self, conversation_id: str) -> bool:
@@ -137,6 +206,16 @@ class Switchboard(abc.ABC):
     @abc.abstractmethod
     async def all(self) -> List[Handoff]:
         """Every open handoff, for the background sweeper (not the hot path)."""
+
+    async def claim_sweeper(self, holder: str, lease_seconds: float) -> bool:
+        """True when ``holder`` may sweep now: the sweeper lease is free or already its own.
+
+        One process holds every in-memory handoff, so it always may.
+        """
+        return True
+
+    async def release_sweeper(self, holder: str) -> None:  # noqa: B027 - optional hook
+        """Give the sweeper lease up at shutdown, so another instance sweeps at once."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections; the in-memory switchboard has none."""
@@ -166,6 +245,10 @@ class InMemorySwitchboard(Switchboard):
     def __init__(self) -> None:
         self._by_conversation: Dict[str, Handoff] = {}
         self._by_chat: Dict[str, str] = {}
+        # The turn lease per conversation: (fence, expiry on the monotonic clock).
+        self._leases: Dict[str, Tuple[int, float]] = {}
+        self._fences: Dict[str, int] = {}
+        self._released: Dict[str, asyncio.Event] = {}
 
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
         previous = self._by_conversation.get(handoff.conversation_id)
@@ -173,6 +256,7 @@ class InMemorySwitchboard(Switchboard):
             self._by_chat.pop(previous.chat_session_id, None)
         self._by_conversation[handoff.conversation_id] = handoff
         self._by_chat[handoff.chat_session_id] = handoff.conversation_id
+        self._drop_lease(handoff.conversation_id)
         return previous
 
     async def get(self, conversation_id: str) -> Optional[Handoff]:
@@ -192,8 +276,60 @@ class InMemorySwitchboard(Switchboard):
         self._by_conversation[conversation_id] = replace(handoff, next_message_number=number + 1)
         return number
 
+    async def begin_turn(
+        self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
+    ) -> Optional[TurnTicket]:
+        handoff = self._by_conversation.get(conversation_id)
+        if handoff is None:
+            return None
+        held = self._leases.get(conversation_id)
+        if held is not None and held[1] > time.monotonic():
+            return TurnTicket(handoff)
+        fence = self._fences.get(conversation_id, 0) + 1
+        self._fences[conversation_id] = fence
+        self._leases[conversation_id] = (fence, time.monotonic() + lease_seconds)
+        number = handoff.next_message_number
+        at = time.time() if now is None else now
+        handoff = replace(handoff, next_message_number=number + 1, last_activity=at)
+        self._by_conversation[conversation_id] = handoff
+        return TurnTicket(handoff, number, fence)
+
+    async def finish_turn(self, conversation_id: str, fence: int) -> bool:
+        held = self._leases.get(conversation_id)
+        if held is None:
+            # Ended meanwhile (the lease went with the handoff), or taken over and finished.
+            return (
+                conversation_id not in self._by_conversation
+                or self._fences.get(conversation_id) == fence
+            )
+        if held[0] != fence:
+            return False
+        self._drop_lease(conversation_id)
+        return True
+
+    async def wait_turn(self, conversation_id: str, timeout: float) -> None:
+        held = self._leases.get(conversation_id)
+        if held is None:
+            return
+        event = self._released.setdefault(conversation_id, asyncio.Event())
+        wait = min(timeout, max(0.0, held[1] - time.monotonic()))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), wait)
+
+    def _drop_lease(self, conversation_id: str) -> None:
+        self._leases.pop(conversation_id, None)
+        event = self._released.pop(conversation_id, None)
+        if event is not None:
+            event.set()
+
     async def touch(
-        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+        self,
+        conversation_id: str,
+        *,
+        agent: bool = False,
+        now: Optional[float] = None,
+        agent_name: Optional[str] = None,
+        agent_picture: Optional[str] = None,
     ) -> None:
         handoff = self._by_conversation.get(conversation_id)
         if handoff is None:
@@ -203,6 +339,8 @@ class InMemorySwitchboard(Switchboard):
             handoff = replace(handoff, last_activity=at, last_agent_activity=at)
         else:
             handoff = replace(handoff, last_activity=at)
+        if agent_name is not None or agent_picture is not None:
+            handoff = replace(handoff, agent_name=agent_name, agent_picture=agent_picture)
         self._by_conversation[conversation_id] = handoff
 
     async def claim_wait_notice(self, conversation_id: str) -> bool:
@@ -222,6 +360,8 @@ class InMemorySwitchboard(Switchboard):
             return None
         del self._by_conversation[conversation_id]
         self._by_chat.pop(handoff.chat_session_id, None)
+        self._drop_lease(conversation_id)
+        self._fences.pop(conversation_id, None)
         return handoff
 
     async def all(self) -> List[Handoff]:
@@ -273,6 +413,46 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('HINCRBY', KEYS[1], 'n', 1) - 1
 """
 
+# The turn lease lives in the handoff's hash ('lf' the holder's fence, 'lx' its
+# expiry in ms on Redis's clock), so it goes with the handoff when that ends or
+# is replaced. KEYS[1] the handoff; ARGV: lease in ms, the time of the turn.
+# Returns false (not in relay), or {json, n, w, a, l, number, fence, an} where
+# number and fence are false when another sender holds the lease.
+_BEGIN_TURN_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
+local v = redis.call('HMGET', KEYS[1], 'h', 'n', 'w', 'a', 'l', 'lx', 'an')
+if not v[1] then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if v[6] and tonumber(v[6]) > now then
+  return {v[1], v[2], v[3], v[4], v[5], false, false, v[7]}
+end
+local fence = redis.call('HINCRBY', KEYS[1], 'f', 1)
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('HSET', KEYS[1], 'lf', fence, 'lx', now + tonumber(ARGV[1]), 'l', ARGV[2])
+return {v[1], tostring(n), v[3], v[4], ARGV[2], tostring(n - 1), tostring(fence), v[7]}
+"""
+
+# 1: released (or the handoff is gone, lease and all); 0: the lease is someone else's.
+_FINISH_TURN_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
+local holder = redis.call('HGET', KEYS[1], 'lf')
+if holder ~= ARGV[1] then
+  if not holder and redis.call('HGET', KEYS[1], 'f') == ARGV[1] then return 1 end
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'lf', 'lx')
+return 1
+"""
+
+# The sweeper lease: taken when free, renewed by its holder. ARGV: holder, ms.
+_SWEEPER_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _CLAIM_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HSETNX', KEYS[1], 'w', '1')
@@ -296,6 +476,9 @@ class RedisSwitchboard(Switchboard):
         self._start = self._redis.register_script(_START_SCRIPT)
         self._take = self._redis.register_script(_TAKE_NUMBER_SCRIPT)
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
+        self._begin_turn = self._redis.register_script(_BEGIN_TURN_SCRIPT)
+        self._finish_turn = self._redis.register_script(_FINISH_TURN_SCRIPT)
+        self._sweeper = self._redis.register_script(_SWEEPER_SCRIPT)
 
     def _key(self, conversation_id: str) -> str:
         return f"{self._prefix}handoff:{conversation_id}"
@@ -305,6 +488,19 @@ class RedisSwitchboard(Switchboard):
 
     def _open_set(self) -> str:
         return f"{self._prefix}open"
+
+    @property
+    def redis(self) -> Any:
+        """The connection, for state kept beside the handoffs (record.py)."""
+        return self._redis
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    async def call(self, what: str, coroutine: Any) -> Any:
+        """Await a Redis call; a failure becomes a SwitchboardError that says what failed."""
+        return await self._call(what, coroutine)
 
     async def _call(self, what: str, coroutine: Any) -> Any:
         from redis.exceptions import RedisError
@@ -318,18 +514,33 @@ class RedisSwitchboard(Switchboard):
             ) from error
 
     async def _read(self, key: str) -> Optional[Handoff]:
-        values = await self._call("read", self._redis.hmget(key, "h", "n", "w", "a", "l"))
-        raw, number, wait, agent_at, last_at = values
-        if raw is None:
-            return None
-        handoff = Handoff.from_json(raw)
-        return replace(
-            handoff,
-            next_message_number=int(number) if number is not None else 1,
-            wait_notice_sent=wait is not None,
-            last_agent_activity=float(agent_at) if agent_at is not None else None,
-            last_activity=float(last_at) if last_at is not None else handoff.last_activity,
+        values = await self._call("read", self._redis.hmget(key, "h", "n", "w", "a", "l", "an"))
+        return _from_fields(*values)
+
+    async def begin_turn(
+        self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
+    ) -> Optional[TurnTicket]:
+        at = time.time() if now is None else now
+        answer = await self._call(
+            "begin_turn",
+            self._begin_turn(
+                keys=[self._key(conversation_id)], args=[int(lease_seconds * 1000), at]
+            ),
         )
+        if not answer:
+            return None
+        raw, number, wait, agent_at, last_at, taken, fence, agent = answer
+        handoff = _from_fields(raw, number, wait, agent_at, last_at, agent)
+        assert handoff is not None
+        if taken is None:
+            return TurnTicket(handoff)
+        return TurnTicket(handoff, int(taken), int(fence))
+
+    async def finish_turn(self, conversation_id: str, fence: int) -> bool:
+        released = await self._call(
+            "finish_turn", self._finish_turn(keys=[self._key(conversation_id)], args=[fence])
+        )
+        return bool(int(released))
 
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
         replaced = await self._call(
@@ -370,13 +581,21 @@ class RedisSwitchboard(Switchboard):
         return None if number is None else int(number)
 
     async def touch(
-        self, conversation_id: str, *, agent: bool = False, now: Optional[float] = None
+        self,
+        conversation_id: str,
+        *,
+        agent: bool = False,
+        now: Optional[float] = None,
+        agent_name: Optional[str] = None,
+        agent_picture: Optional[str] = None,
     ) -> None:
         at = time.time() if now is None else now
         key = self._key(conversation_id)
         mapping: Dict[str, Any] = {"l": at}
         if agent:
             mapping["a"] = at
+        if agent_name is not None or agent_picture is not None:
+            mapping["an"] = json.dumps([agent_name, agent_picture])
         # Only touch a handoff that exists: HSET on a missing key would revive it.
         script = (
             "if redis.call('EXISTS', KEYS[1]) == 1 then "
@@ -415,10 +634,30 @@ class RedisSwitchboard(Switchboard):
         members = await self._call("list", self._redis.smembers(self._open_set()))
         handoffs: List[Handoff] = []
         for conversation_id in sorted(members):
-            handoff = await self.get(str(conversation_id))
+            try:
+                handoff = await self.get(str(conversation_id))
+            except UnreadableHandoff as error:
+                # One damaged record must not hide every other handoff from the sweeper.
+                logger.error("Skipped the handoff of conversation %s: %s", conversation_id, error)
+                continue
             if handoff is not None:
                 handoffs.append(handoff)
         return handoffs
+
+    async def claim_sweeper(self, holder: str, lease_seconds: float) -> bool:
+        claimed = await self._call(
+            "claim_sweeper",
+            self._sweeper(
+                keys=[f"{self._prefix}sweeper"], args=[holder, int(lease_seconds * 1000)]
+            ),
+        )
+        return bool(int(claimed))
+
+    async def release_sweeper(self, holder: str) -> None:
+        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+        await self._call(
+            "release_sweeper", self._redis.eval(script, 1, f"{self._prefix}sweeper", holder)
+        )
 
     async def close(self) -> None:
         await self._redis.close()
@@ -432,6 +671,30 @@ def create_switchboard(url: str) -> Switchboard:
         return RedisSwitchboard(url)
     raise SwitchboardError(
         "switchboard_url must be memory:// or a Redis URL such as redis://localhost:6379/0"
+    )
+
+
+def _from_fields(
+    raw: Any, number: Any, wait: Any, agent_at: Any, last_at: Any, agent: Any = None
+) -> Optional[Handoff]:
+    """A handoff from its hash fields: the JSON, then the counters kept beside it."""
+    if raw is None:
+        return None
+    handoff = Handoff.from_json(raw)
+    if agent is not None:
+        try:
+            name, picture = json.loads(agent)
+        except (ValueError, TypeError) as error:
+            raise UnreadableHandoff(f"a stored agent could not be read ({error})") from error
+        handoff = replace(
+            handoff, agent_name=_optional_text(name), agent_picture=_optional_text(picture)
+        )
+    return replace(
+        handoff,
+        next_message_number=int(number) if number is not None else 1,
+        wait_notice_sent=wait is not None,
+        last_agent_activity=float(agent_at) if agent_at is not None else None,
+        last_activity=float(last_at) if last_at is not None else handoff.last_activity,
     )
 
 
