@@ -178,6 +178,9 @@ class OmnideskSettings:
     # sweeper ends at once.
     files_retention: float = 7 * 24 * 3600.0
     sweep_concurrency: int = 10
+    # Delivery to the customer across instances (outbox, socket.io).
+    outbox_retention: float = 86400.0
+    socketio_redis_url: Optional[str] = None
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OmnideskSettings":
@@ -234,6 +237,17 @@ class OmnideskSettings:
                 )
             )
 
+        if values.get("socketio_redis_url") and values.get(
+            "switchboard_url", _DEFAULTS["switchboard_url"]
+        ).startswith("memory://"):
+            problems.append(
+                _SPECS["socketio_redis_url"].problem(
+                    "needs a Redis switchboard (switchboard_url: redis://...): with memory:// "
+                    "the outbox and presence live in one process, so sharing sockets "
+                    "between instances would lose messages; leave it unset"
+                )
+            )
+
         if problems:
             problems.sort(key=lambda problem: _ORDER.get(problem.key, -1))
             raise SettingsError(problems)
@@ -270,6 +284,15 @@ class OmnideskSettings:
     def switchboard_url_for_logs(self) -> str:
         return _mask_url_password(self.switchboard_url)
 
+    @property
+    def socketio_url(self) -> Optional[str]:
+        """The Redis URL socket.io shares sockets through; None with memory:// (one process)."""
+        if self.socketio_redis_url:
+            return self.socketio_redis_url
+        if self.switchboard_url.startswith("memory://"):
+            return None
+        return self.switchboard_url
+
     def accepts_upload_type(self, content_type: str) -> bool:
         """Whether a file of ``content_type`` (parameters ignored) may be uploaded.
 
@@ -288,6 +311,8 @@ class OmnideskSettings:
             value = getattr(self, spec_field.name)
             if spec_field.name == "switchboard_url":
                 value = self.switchboard_url_for_logs
+            if spec_field.name == "socketio_redis_url" and isinstance(value, str):
+                value = _mask_url_password(value)
             shown.append(f"{spec_field.name}={value!r}")
         return f"OmnideskSettings({', '.join(shown)})"
 
@@ -475,6 +500,13 @@ def _switchboard_url(raw: Any) -> str:
     return value
 
 
+def _redis_url(raw: Any) -> str:
+    value = _switchboard_url(raw)
+    if value == "memory://":
+        raise _Invalid("must be a Redis URL (redis://host:6379/0, rediss://...)")
+    return value
+
+
 def _boolean(raw: Any) -> bool:
     try:
         return rules.parse_bool("", raw)
@@ -618,6 +650,14 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
     # Several instances.
     _Spec("files_retention", _non_negative, "{default} (7 days; 0 keeps files forever)"),
     _Spec("sweep_concurrency", _integer(1, 1000, "must be a whole number from 1 to 1000")),
+    # Delivery to the customer across instances (outbox, socket.io).
+    _Spec("outbox_retention", _positive, "{default} (a day)"),
+    _Spec(
+        "socketio_redis_url",
+        _redis_url,
+        "redis://localhost:6379/0 (default: the switchboard's)",
+        show=lambda raw: _show(_mask_url_password(raw) if isinstance(raw, str) else raw),
+    ),
 )
 
 _SPECS: Dict[str, _Spec] = {spec.key: spec for spec in _SPEC_LIST}

@@ -9,10 +9,12 @@ make "the action" utter the control payload. End-to-end tests may reuse it.
 """
 
 import asyncio
+import hashlib
 import json
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -170,6 +172,11 @@ async def channel_server(
             "connect_timeout": 1,
         }
         credentials.update(settings)
+        if str(credentials.get("switchboard_url", "")).startswith("redis") and not credentials.get(
+            "files_dir"
+        ):
+            # Instances that share a Redis switchboard share their agent files, as in production.
+            credentials["files_dir"] = shared_files_dir(str(credentials["switchboard_url"]))
         channel = OmnideskInput.from_credentials(credentials)
         bot = BotScript()
         app = Sanic(f"omnidesk_test_{uuid.uuid4().hex[:12]}", configure_logging=False)
@@ -206,6 +213,14 @@ async def channel_server(
             await server.close()
             await server.after_stop()
             sock.close()
+
+
+def shared_files_dir(switchboard_url: str) -> str:
+    """One agent-files directory per Redis switchboard, as instances sharing it would have."""
+    digest = hashlib.sha1(switchboard_url.encode("utf-8")).hexdigest()[:12]
+    directory = os.path.join(tempfile.gettempdir(), f"omnidesk-test-files-{digest}")
+    os.makedirs(directory, exist_ok=True)
+    return directory
 
 
 @asynccontextmanager

@@ -425,3 +425,26 @@ def test_files_retention_and_sweep_concurrency_are_read_and_checked():
     with pytest.raises(SettingsError) as refused:
         OmnideskSettings.from_env(env_with(OMNIDESK_SWEEP_CONCURRENCY="0"))
     assert "OMNIDESK_SWEEP_CONCURRENCY" in str(refused.value)
+
+
+def test_messages_for_an_absent_customer_wait_a_day_by_default():
+    assert OmnideskSettings.from_env(env_with()).outbox_retention == 86400
+    assert (
+        OmnideskSettings.from_env(env_with(OMNIDESK_OUTBOX_RETENTION="600")).outbox_retention == 600
+    )
+    assert "outbox_retention" in str(error_for(env_with(OMNIDESK_OUTBOX_RETENTION="0")))
+
+
+def test_socketio_shares_sockets_through_the_switchboard_s_redis_unless_told_otherwise():
+    assert OmnideskSettings.from_env(env_with()).socketio_url is None
+    redis = env_with(OMNIDESK_SWITCHBOARD_URL="redis://localhost:6379/0")
+    assert OmnideskSettings.from_env(redis).socketio_url == "redis://localhost:6379/0"
+    own = dict(redis, OMNIDESK_SOCKETIO_REDIS_URL="redis://:pw@other:6379/1")
+    settings = OmnideskSettings.from_env(own)
+    assert settings.socketio_url == "redis://:pw@other:6379/1"
+    assert "pw" not in repr(settings)
+
+
+def test_a_socketio_redis_url_without_a_redis_switchboard_is_refused_naming_both():
+    message = str(error_for(env_with(OMNIDESK_SOCKETIO_REDIS_URL="redis://localhost:6379/1")))
+    assert "socketio_redis_url" in message and "switchboard_url" in message

@@ -17,6 +17,8 @@ from rasa.core.channels.channel import InputChannel, OutputChannel
 from rasa.core.channels.socketio import SocketIOInput
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
+from connectors.omnidesk.channel.outbox import Presence
+from connectors.omnidesk.channel.rasa_compat import socketio_server
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink
 from connectors.omnidesk.handoff import (
     ControlPayloadError,
@@ -109,13 +111,23 @@ def _with_agent(payload: Dict[str, Any], agent: Optional[AgentIdentity]) -> Dict
 
 
 class SocketIOLine:
-    """socket.io: the bot event carries {"text", "agent": {"name", "picture"}}."""
+    """socket.io: the bot event carries {"text", "agent": {"name", "picture"}}.
 
-    def __init__(self, channel: SocketIOInput) -> None:
+    An emit to a room no socket is in returns normally, so the outbox sends
+    only from the instance a socket of the session is connected to: an emit
+    there reaches a live socket, and an instance that died cannot have taken a
+    message for its sockets (the customer's next instance sends it).
+    """
+
+    def __init__(self, channel: SocketIOInput, presence: Presence) -> None:
         self._channel = channel
+        self._presence = presence
+
+    async def reachable(self, recipient_id: str) -> bool:
+        return self._presence.here(recipient_id)
 
     async def _emit(self, event: str, data: Dict[str, Any], room: str) -> None:
-        sio = self._channel.sio
+        sio = socketio_server(self._channel)
         if sio is None:
             raise RuntimeError("the socket.io server is not running in this process")
         await sio.emit(event, data, room=room, namespace=self._channel.namespace)
@@ -170,6 +182,9 @@ class CallbackLine:
         await self._post({"recipient_id": recipient_id, "typing": typing})
         return True
 
+    async def reachable(self, recipient_id: str) -> bool:
+        return True
+
 
 class PlainLine:
     """Any other channel: its own output channel; the agent's name as a text prefix."""
@@ -210,11 +225,14 @@ class PlainLine:
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         return False
 
+    async def reachable(self, recipient_id: str) -> bool:
+        return True
 
-def line_for(channel: InputChannel, name_prefix: bool) -> CustomerLine:
+
+def line_for(channel: InputChannel, name_prefix: bool, presence: Presence) -> CustomerLine:
     """The best way to reach a customer of ``channel`` outside a request."""
     if isinstance(channel, SocketIOInput):
-        return SocketIOLine(channel)
+        return SocketIOLine(channel, presence)
     if isinstance(channel, CallbackInput):
         return CallbackLine(channel)
     return PlainLine(channel, name_prefix)

@@ -28,6 +28,7 @@ from sanic import Blueprint
 from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.customer import WrappedOutput, line_for
 from connectors.omnidesk.channel.files import AgentFileStore
+from connectors.omnidesk.channel.outbox import Outbox, Presence, create_outbox_store
 from connectors.omnidesk.channel.rasa_bot import RasaBot
 from connectors.omnidesk.channel.rasa_compat import Handler
 from connectors.omnidesk.channel.relay import Relay
@@ -100,7 +101,10 @@ def _can_push(channel: InputChannel) -> bool:
         return False
     return not (
         type(output) is CollectingOutputChannel
-        or type(output)._persist_message is CollectingOutputChannel._persist_message
+        # Only CollectingOutputChannel and its subclasses have _persist_message;
+        # telegram's or slack's output channel has none and can push.
+        or getattr(type(output), "_persist_message", None)
+        is CollectingOutputChannel._persist_message
     )
 
 
@@ -192,6 +196,9 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.routes = Routes(settings, lambda: self.relay)
         self._lines: Dict[str, CustomerLine] = {}
         self._sweeping: Optional[asyncio.Task[None]] = None
+        # socket.io sessions connected here, kept where every instance sees them.
+        self.presence = Presence()
+        self._socket_managers: List[Any] = []
 
     # -- outputs -----------------------------------------------------------------
 
@@ -256,12 +263,22 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         for channel in self.customer_channels:
             blueprint = channel.blueprint(self._relayed(channel, on_new_message))
             wrapped.append((channel, blueprint))
-            self._lines[str(channel.name())] = line_for(channel, self.settings.agent_name_prefix)
-            if isinstance(channel, SocketIOInput) and channel.sio is not None:
-                self.routes.on_socketio(
-                    channel.sio, channel.namespace, bool(channel.session_persistence)
+            self._lines[str(channel.name())] = line_for(
+                channel, self.settings.agent_name_prefix, self.presence
+            )
+            sio = (
+                rasa_compat.socketio_server(channel) if isinstance(channel, SocketIOInput) else None
+            )
+            if sio is not None:
+                self.routes.on_socketio(sio, channel.namespace, bool(channel.session_persistence))
+                rasa_compat.await_session_room(
+                    channel, on_joined=self.presence.joined, on_left=self.presence.left
                 )
-                rasa_compat.await_session_room(channel)
+                redis_url = self.settings.socketio_url
+                if redis_url is not None:
+                    self._socket_managers.append(
+                        rasa_compat.share_sockets_through_redis(channel, redis_url)
+                    )
 
         bp = rasa_compat.BesideBlueprint(self.url_prefix(), wrapped, self._set_route_prefix)
         self.routes.add_to(bp)
@@ -291,7 +308,19 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             f"{self.settings.public_url}{self.route_prefix}/files",
         )
         bot = RasaBot(app, on_new_message, self.output_for)
-        self.relay = Relay(self.settings, switchboard, client, self._lines, bot, files)
+        outbox = Outbox(
+            create_outbox_store(self.settings.switchboard_url, self.settings.outbox_retention),
+            self._lines,
+            switchboard,
+            retention=self.settings.outbox_retention,
+            backoff_base=self.settings.backoff_base,
+            backoff_max=self.settings.backoff_max,
+        )
+        self.presence.start(outbox.store, outbox.kick)
+        outbox.start(self.presence)
+        self.relay = Relay(
+            self.settings, switchboard, client, outbox.lines_for_relay(), bot, files, outbox
+        )
         self.sweeper = Sweeper(self.relay, self.settings)
         rasa_compat.register_wrapped_channels(app, self.customer_channels, self.output_for)
         self._sweeping = asyncio.ensure_future(self.sweeper.run(interval_for(self.settings)))
@@ -316,6 +345,10 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         try:
             await relay.close()
         finally:
+            await self.presence.stop()
+            for manager in self._socket_managers:
+                await rasa_compat.stop_shared_sockets(manager)
+            await relay.delivery.outbox.store.close()
             await relay.client.close()
             await relay.switchboard.close()
             relay.delivery.files.close()

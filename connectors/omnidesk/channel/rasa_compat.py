@@ -69,10 +69,70 @@ def keep_log_level() -> None:
         ours.setLevel(logging.getLogger().getEffectiveLevel())
 
 
+# -- the socket.io server (Rasa 3.6: ``sio``) -----------------------------------------
+
+
+def socketio_server(channel: SocketIOInput) -> Any:
+    """The wrapped channel's python-socketio AsyncServer, or None before its blueprint.
+
+    The one place the connector reads the attribute, so a Rasa version that
+    names it differently is handled here alone.
+    """
+    return channel.sio
+
+
+# -- socket.io across instances (Rasa 3.6 builds its AsyncServer without a manager) ----
+
+
+def share_sockets_through_redis(channel: SocketIOInput, url: str) -> Any:
+    """Give the wrapped socket.io server python-socketio's own ``AsyncRedisManager``.
+
+    Rasa 3.6 builds ``AsyncServer(async_mode="sanic", cors_allowed_origins=[])``
+    inside ``SocketIOInput.blueprint()`` with the default, per-process client
+    manager: an emit reaches only the sockets of the process that makes it. With
+    several instances the agent's message is emitted wherever the hookpoint
+    call landed, so the manager is swapped for one that carries each emit
+    through Redis pub/sub to whichever instance holds the socket. It must be
+    done before any socket connects (the blueprint is built before the server
+    starts). Returns the manager, so the channel can stop its listener.
+    """
+    import socketio
+
+    sio = socketio_server(channel)
+    manager = socketio.AsyncRedisManager(url, channel="omnidesk-socketio")
+    manager.set_server(sio)
+    sio.manager = manager
+    return manager
+
+
+async def stop_shared_sockets(manager: Any) -> None:
+    """Stop the manager's pub/sub listener and close its Redis connection."""
+    import asyncio
+
+    listener = getattr(manager, "thread", None)
+    if listener is not None and not listener.done():
+        listener.cancel()
+        await asyncio.wait({listener}, timeout=2.0)
+    redis = getattr(manager, "redis", None)
+    if redis is not None:
+        close = getattr(redis, "close", None)
+        if close is not None:
+            closed = close()
+            if inspect.isawaitable(closed):
+                await closed
+
+
 # -- socket.io rooms (Rasa 3.6 with python-socketio >= 5.9) ---------------------------
 
+SocketJoined = Callable[[str, str], Awaitable[None]]  # (recipient id, socket id)
+SocketLeft = Callable[[str], Awaitable[None]]  # (socket id)
 
-def await_session_room(channel: SocketIOInput) -> None:
+
+def await_session_room(
+    channel: SocketIOInput,
+    on_joined: Optional[SocketJoined] = None,
+    on_left: Optional[SocketLeft] = None,
+) -> None:
     """Replace Rasa's socket.io ``session_request`` handler with one that awaits ``enter_room``.
 
     Rasa 3.6 calls ``sio.enter_room(...)`` without ``await``. From python-socketio
@@ -80,22 +140,53 @@ def await_session_room(channel: SocketIOInput) -> None:
     ``session_persistence: true`` the socket never joins its session's room and
     no bot or agent message reaches the widget. The handler below is Rasa's,
     with the room entered for real on either version.
+
+    ``on_joined`` hears which conversation a socket now stands for (its session
+    id with session_persistence, else its own sid, on connect) once it can be
+    reached, and ``on_left`` hears a socket leave: the outbox keeps the
+    session's presence from these. Rasa's connect and disconnect handlers still
+    run first.
     """
-    sio = channel.sio
+    sio = socketio_server(channel)
     persistence = bool(channel.session_persistence)
+    namespace = channel.namespace
+    handlers = getattr(sio, "handlers", {}).get(namespace or "/", {})
+    rasa_connect = handlers.get("connect")
+    rasa_disconnect = handlers.get("disconnect")
 
     async def session_request(sid: str, data: Optional[Dict[str, Any]]) -> None:
         data = dict(data) if isinstance(data, Mapping) else {}
         if not data.get("session_id"):
             data["session_id"] = uuid.uuid4().hex
         if persistence:
-            entered = sio.enter_room(sid, data["session_id"], namespace=channel.namespace)
+            entered = sio.enter_room(sid, data["session_id"], namespace=namespace)
             if inspect.isawaitable(entered):
                 await entered
-        await sio.emit("session_confirm", data["session_id"], room=sid, namespace=channel.namespace)
+        await sio.emit("session_confirm", data["session_id"], room=sid, namespace=namespace)
         logger.debug("socket.io client %s joined its session", sid)
+        if persistence and on_joined is not None:
+            await on_joined(str(data["session_id"]), sid)
 
-    sio.on("session_request", namespace=channel.namespace)(session_request)
+    sio.on("session_request", namespace=namespace)(session_request)
+
+    if rasa_connect is not None and on_joined is not None and not persistence:
+
+        async def connect(sid: str, environ: Any, auth: Any = None) -> Any:
+            accepted = await rasa_connect(sid, environ, auth)
+            if accepted is not False:
+                await on_joined(sid, sid)
+            return accepted
+
+        sio.on("connect", namespace=namespace)(connect)
+
+    if on_left is not None:
+
+        async def disconnect(sid: str, *_reason: Any) -> None:
+            if rasa_disconnect is not None:
+                await rasa_disconnect(sid)
+            await on_left(sid)
+
+        sio.on("disconnect", namespace=namespace)(disconnect)
 
 
 # -- Rasa's channel registry (rasa.server._get_output_channel) -------------------------

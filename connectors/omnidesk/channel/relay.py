@@ -23,6 +23,7 @@ from connectors.omnidesk.channel.delivery import AgentDelivery
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.hookpoints import EndSession, UploadedFile
 from connectors.omnidesk.channel.notices import Notices
+from connectors.omnidesk.channel.outbox import Outbox
 from connectors.omnidesk.channel.record import TurnRecord, buffer_for
 from connectors.omnidesk.channel.sides import BotSide, CustomerLine, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
@@ -59,6 +60,7 @@ class Relay:
         lines: Mapping[str, CustomerLine],
         bot: BotSide,
         files: AgentFileStore,
+        outbox: Outbox,
     ) -> None:
         self.settings = settings
         self.switchboard = switchboard
@@ -68,7 +70,7 @@ class Relay:
         self.notices = Notices(bot, settings.leave_command)
         self.record = TurnRecord(bot, settings.record_interval, buffer_for(switchboard))
         self.delivery = AgentDelivery(
-            switchboard, self.lines, files, self.record, settings.new_chat_grace
+            switchboard, outbox, files, self.record, settings.new_chat_grace
         )
         self._ending: Set[asyncio.Future[None]] = set()
 

@@ -39,6 +39,10 @@ class CustomerLine(Protocol):
         """Show or hide the agent's typing; False when the channel cannot show it."""
         ...
 
+    async def reachable(self, recipient_id: str) -> bool:
+        """Whether a send now can reach the customer (socket.io: a socket is connected)."""
+        ...
+
 
 @dataclass(frozen=True)
 class RecordEntry:
