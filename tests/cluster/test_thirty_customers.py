@@ -101,6 +101,29 @@ def expected_message_number(position: int) -> Optional[int]:
     return position if position <= rules.MESSAGE_NUMBER_MAX else None
 
 
+def numbers_of(
+    pattern: "re.Pattern[str]",
+    texts: List[str],
+    label: str,
+    misrouted: Optional[List[str]] = None,
+    where: str = "",
+) -> List[int]:
+    """The numbers of ``label``'s messages among ``texts``, in order.
+
+    Another customer's message found there goes into ``misrouted``.
+    """
+    found = []
+    for text in texts:
+        match = pattern.search(text)
+        if match is None:
+            continue
+        if match.group(2) == label:
+            found.append(int(match.group(1)))
+        elif misrouted is not None:
+            misrouted.append(f"{label} {where}: {text!r}")
+    return found
+
+
 def beyond_the_cap(problem: str) -> bool:
     """The sandbox's "message N has no messageNumber" for an N past Omnidesk's cap."""
     found = re.fullmatch(r"message (\d+) has no messageNumber", problem)
@@ -254,14 +277,10 @@ class Person:
     def on_socket(self) -> bool:
         return isinstance(self.customer, RoamingSocketCustomer)
 
-    def agent_numbers(self) -> List[int]:
+    def agent_numbers(self, misrouted: Optional[List[str]] = None) -> List[int]:
         """The agent messages this customer received, as numbers, in arrival order."""
-        found = []
-        for message in self.customer.agent_messages():
-            match = AGENT_MESSAGE.search(str(message.get("text") or ""))
-            if match and match.group(2) == self.label:
-                found.append(int(match.group(1)))
-        return found
+        texts = [str(m.get("text") or "") for m in self.customer.agent_messages()]
+        return numbers_of(AGENT_MESSAGE, texts, self.label, misrouted, "at the customer")
 
     def note(self, what: str, error: BaseException) -> None:
         self.errors.append(f"{what}: {type(error).__name__}: {error}"[:300])
@@ -594,18 +613,22 @@ class Run:
         after_kill, while_away = Tally(), Tally()
         numbering: List[str] = []
         tracker_end: List[str] = []
+        misrouted: List[str] = []  # one customer's message in another's chat
         for person in self.people:
             chat = self.sandbox_chats.get(person.label)
             if chat is not None:
-                turns: List[int] = []
                 for position, message in enumerate(chat["messages"], start=1):
                     if message["number"] != expected_message_number(position):
                         numbering.append(
                             f"{person.label}: message {position} numbered {message['number']}"
                         )
-                    match = CUSTOMER_TURN.match(message["text"])
-                    if match and match.group(2) == person.label:
-                        turns.append(int(match.group(1)))
+                turns = numbers_of(
+                    CUSTOMER_TURN,
+                    [m["text"] for m in chat["messages"]],
+                    person.label,
+                    misrouted,
+                    "at the sandbox",
+                )
                 # The sandbox flags every message without a number; past the cap
                 # that is what Omnidesk wants (checked above), not a problem.
                 numbering += [
@@ -616,25 +639,35 @@ class Run:
                 to_sandbox.add(person.said, turns)
             elif person.said:
                 to_sandbox.add(person.said, [])
-            got = person.agent_numbers()
+            got = person.agent_numbers(misrouted)
             to_customers.add(person.sent, got)
             after_kill.add(person.sent_after_kill, [n for n in got if n in person.sent_after_kill])
             while_away.add(person.sent_while_away, [n for n in got if n in person.sent_while_away])
 
             events = self.tracker_events.get(person.label, [])
             relayed = [(i, e) for i, e in enumerate(events) if omnidesk_role(e)]
-            said: List[int] = []
-            written: List[int] = []
-            for _, event in relayed:
-                text = str(event.get("text") or "")
-                if event["event"] == "user" and omnidesk_role(event) == "customer":
-                    match = CUSTOMER_TURN.match(text)
-                    if match and match.group(2) == person.label:
-                        said.append(int(match.group(1)))
-                elif event["event"] == "bot" and omnidesk_role(event) == "agent":
-                    match = AGENT_MESSAGE.search(text)
-                    if match and match.group(2) == person.label:
-                        written.append(int(match.group(1)))
+            said = numbers_of(
+                CUSTOMER_TURN,
+                [
+                    str(e.get("text") or "")
+                    for _, e in relayed
+                    if e["event"] == "user" and omnidesk_role(e) == "customer"
+                ],
+                person.label,
+                misrouted,
+                "in the tracker",
+            )
+            written = numbers_of(
+                AGENT_MESSAGE,
+                [
+                    str(e.get("text") or "")
+                    for _, e in relayed
+                    if e["event"] == "bot" and omnidesk_role(e) == "agent"
+                ],
+                person.label,
+                misrouted,
+                "in the tracker",
+            )
             tracker_customer.add(person.said, said)
             tracker_agent.add(person.sent, written)
             if person.chat_id is not None:
@@ -690,6 +723,7 @@ class Run:
             "tracker: customer turns": tracker_customer.as_dict(),
             "tracker: agent messages": tracker_agent.as_dict(),
             "tracker: end of chat problems": tracker_end,
+            "messages in another customer's chat": misrouted,
             "roaming customer": {
                 "label": self.roamer.label,
                 "moves": self.roamer.moves,
@@ -782,6 +816,7 @@ async def test_thirty_customers_on_two_replicas_lose_nothing_through_a_reconnect
     assert tallies["customers"].expected == CUSTOMERS * TURNS and tallies["customers"].clean, text
     assert tallies["tracker customer"].clean and tallies["tracker agent"].clean, text
     assert counts["tracker: end of chat problems"] == [], text
+    assert counts["messages in another customer's chat"] == [], text
     assert counts["chats ended with 200"] == CUSTOMERS, text
     roamer_away = counts["roaming customer"]["agent messages while it had no socket"]
     assert len(roamer_away) >= ROAM_WHILE_AWAY, text
