@@ -14,7 +14,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import aiohttp
 
@@ -55,13 +55,14 @@ class Product:
         receiver: Receiver,
         rasa_url: str,
         sandbox_url: str,
-        hookpoint_base: str,
+        hookpoint_base: Callable[[str], str],
     ) -> None:
         self.http = http
         self.receiver = receiver
         self.rasa_url = rasa_url
         self.sandbox_url = sandbox_url
-        self._hookpoint_base = hookpoint_base  # holds the secret: never printed
+        # A chat's own chatServer (its token inside): never printed.
+        self._hookpoint_base = hookpoint_base
 
     # -- the customer's side -------------------------------------------------------
 
@@ -187,7 +188,8 @@ class Product:
         form.add_field("sessionID", conversation.chat_session_id)
         try:
             async with self.http.post(
-                f"{self._hookpoint_base}/messageForCustomer", data=form
+                f"{self._hookpoint_base(conversation.chat_session_id)}/messageForCustomer",
+                data=form,
             ) as answer:
                 body = await answer.text()
                 if answer.status != 200 or body != "ok":

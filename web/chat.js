@@ -25,6 +25,8 @@
 
   var sessionId = params.get("session") || window.localStorage.getItem(STORAGE_KEY);
   var lastAgentName = null;
+  // Given by the connector when a handoff starts; the upload route needs it.
+  var customerToken = null;
   var typingSent = false;
   var typingTimer = null;
 
@@ -182,6 +184,9 @@
     setStatus("connected");
   });
   socket.on("bot_uttered", showBotMessage);
+  socket.on("omnidesk_customer", function (details) {
+    customerToken = details && typeof details.customer_token === "string" ? details.customer_token : null;
+  });
   socket.on("agent_typing", function (data) { setTyping(Boolean(data && data.typing)); });
 
   form.addEventListener("submit", function (event) {
@@ -206,6 +211,7 @@
     if (!file || !sessionId) return;
     var body = new FormData();
     body.append("sender", sessionId);
+    if (customerToken) body.append("token", customerToken);
     body.append("file", file, file.name);
     var item = addItem("customer", "customer-file");
     addText(item, "File: " + file.name);

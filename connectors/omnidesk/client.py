@@ -345,7 +345,7 @@ class OmnideskClient:
         parts.append(
             _Part("chatSessionID", _check(call, rules.CHAT_SESSION_ID.check, chat_session_id))
         )
-        parts.append(_Part("chatServer", self._chat_server))
+        parts.append(_Part("chatServer", self._chat_server_for(call, chat_session_id)))
         name = rules.clean_customer_name(customer_name)
         if name is not None:
             parts.append(_Part("customerName", _check(call, rules.CUSTOMER_NAME.check, name)))
@@ -382,7 +382,7 @@ class OmnideskClient:
             _Part(
                 "file", bytes(content), filename=rules.safe_filename(filename), content_type=mime
             ),
-            _Part("chatServer", self._chat_server),
+            _Part("chatServer", self._chat_server_for(call, session_id)),
             self._token_part(),
             _Part("sessionID", session_id),
         ]
@@ -392,9 +392,10 @@ class OmnideskClient:
     async def notify_user_new_chat_event(self, *, chat_session_id: str, event: str) -> ChatResult:
         """A customer event: startedtyping, stoppedtyping, expandedchat or minimizedchat."""
         call = NEW_CHAT_EVENT
+        session_id = _check(call, rules.CHAT_SESSION_ID.check, chat_session_id)
         parts = [
-            _Part("chatServer", self._chat_server),
-            _Part("chatSessionID", _check(call, rules.CHAT_SESSION_ID.check, chat_session_id)),
+            _Part("chatServer", self._chat_server_for(call, session_id)),
+            _Part("chatSessionID", session_id),
             _Part("event", _check(call, rules.check_event, event)),
             self._token_part(),
         ]
@@ -406,9 +407,10 @@ class OmnideskClient:
     async def notify_user_end_chat(self, *, chat_session_id: str) -> ChatResult:
         """Tell Omnidesk the chat ended on our side. The path is settings.end_chat_path."""
         call = END_CHAT
+        session_id = _check(call, rules.CHAT_SESSION_ID.check, chat_session_id)
         parts = [
-            _Part("chatSessionID", _check(call, rules.CHAT_SESSION_ID.check, chat_session_id)),
-            _Part("chatServer", self._chat_server),
+            _Part("chatSessionID", session_id),
+            _Part("chatServer", self._chat_server_for(call, session_id)),
             self._token_part(),
         ]
         answer = await self._post(call, self._settings.end_chat_path, parts, chat_session_id)
@@ -451,6 +453,12 @@ class OmnideskClient:
         return ChatConfig.from_answer(answer)
 
     # --- the wire ---
+
+    def _chat_server_for(self, call: str, chat_session_id: str) -> str:
+        """The chat's own chatServer: its hookpoints open this chat and no other."""
+        return _check(
+            call, rules.CHAT_SERVER.check, self._settings.chat_server_for(chat_session_id)
+        )
 
     def _token_part(self) -> _Part:
         return _Part("chatAccountToken", self._account_token)
@@ -641,10 +649,12 @@ async def _multipart(parts: Sequence[_Part]) -> Tuple[bytes, str]:
     """
     form = aiohttp.FormData()
     for part in parts:
+        # A lone surrogate cannot be encoded as UTF-8; it goes as U+FFFD, not as a crash.
+        value = rules.valid_text(part.value) if isinstance(part.value, str) else part.value
         form.add_field(
             part.name,
-            part.value,
-            filename=part.filename,
+            value,
+            filename=rules.valid_text(part.filename) if part.filename else part.filename,
             content_type=part.content_type or _TEXT_PART,
         )
     payload = form()

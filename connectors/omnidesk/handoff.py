@@ -26,6 +26,18 @@ SLOT_HANDOFF_OUTCOME = "handoff_outcome"
 INTENT_CHAT_ENDED = "omnidesk_chat_ended"
 ENTITY_HANDOFF_OUTCOME = "handoff_outcome"
 
+# The channel's own view of the handoff, in every turn it hands to the bot:
+# message.metadata["omnidesk"]["with_agent"]. The action trusts it over the slot.
+METADATA_KEY = "omnidesk"
+METADATA_WITH_AGENT = "with_agent"
+
+
+def channel_says_with_agent(metadata: Optional[Mapping[str, Any]]) -> Optional[bool]:
+    """What a turn's metadata says of the handoff: True, False, or None when it says nothing."""
+    ours = metadata.get(METADATA_KEY) if isinstance(metadata, Mapping) else None
+    value = ours.get(METADATA_WITH_AGENT) if isinstance(ours, Mapping) else None
+    return value if isinstance(value, bool) else None
+
 
 class HandoffOutcome(str, enum.Enum):
     """How an escalation or a human chat ended; the values of the handoff_outcome slot."""

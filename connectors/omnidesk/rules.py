@@ -146,6 +146,19 @@ def check_event(value: object) -> str:
     return str(value)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(value: str) -> str:
+    """``value`` with every lone surrogate replaced by U+FFFD.
+
+    JSON allows ``"\\ud800"``, and Python decodes it into a str that cannot be
+    encoded as UTF-8: carried into a tracker, a transcript or a multipart body
+    it fails far from where it came in. Text is repaired where it enters.
+    """
+    return _LONE_SURROGATE.sub("\ufffd", value) if _LONE_SURROGATE.search(value) else value
+
+
 _NOT_NAME_CHARACTERS = re.compile(r"[^a-zA-Z 0-9]+")
 
 

@@ -16,6 +16,7 @@ Nothing here imports rasa, rasa_sdk, sanic or aiohttp.
 
 import dataclasses
 import difflib
+import hashlib
 import hmac
 import math
 import os
@@ -63,6 +64,12 @@ DEFAULT_ALLOWED_UPLOAD_TYPES: Tuple[str, ...] = (
 )
 
 _MASK = "***"
+
+# Per-chat capabilities derived from the hookpoint secret (see docs/security.md).
+# Each use has its own context, so a hookpoint token is no customer token.
+HOOKPOINT_TOKEN_LENGTH = 40
+HOOKPOINT_TOKEN_CONTEXT = b"omnidesk-hookpoint:"
+CUSTOMER_TOKEN_CONTEXT = b"omnidesk-customer:"
 
 
 class Secret:
@@ -135,6 +142,14 @@ class SettingsError(ValueError):
     def keys(self) -> Tuple[str, ...]:
         """The credentials keys of the settings that are wrong, in table order."""
         return tuple(problem.key for problem in self.problems)
+
+
+def derive_chat_token(secret: str, context: bytes, chat_session_id: str) -> str:
+    """A per-chat capability: the first 40 hex digits of HMAC-SHA256(secret, context + id)."""
+    digest = hmac.new(
+        secret.encode("utf-8"), context + chat_session_id.encode("utf-8"), hashlib.sha256
+    )
+    return digest.hexdigest()[:HOOKPOINT_TOKEN_LENGTH]
 
 
 def env_var_for(key: str) -> str:
@@ -280,6 +295,28 @@ class OmnideskSettings:
         """
         return f"{HOOKPOINT_BASE_PATH}/{self.hookpoint_secret.reveal()}"
 
+    # -- per-chat hookpoints ------------------------------------------------------
+
+    def hookpoint_token(self, chat_session_id: str) -> str:
+        """The hookpoint capability of one chat: an HMAC of its id under the hookpoint secret.
+
+        40 hex digits, so it fits chatServer's alphabet. Only this chat's
+        hookpoint calls carry it; the secret itself never leaves the process.
+        """
+        return derive_chat_token(
+            self.hookpoint_secret.reveal(), HOOKPOINT_TOKEN_CONTEXT, chat_session_id
+        )
+
+    def chat_server_for(self, chat_session_id: str) -> str:
+        """chatServer for one chat: ``{public_url}/webhooks/omnidesk/hook/{token}``. Never log it."""
+        return f"{self.public_url}{HOOKPOINT_BASE_PATH}/{self.hookpoint_token(chat_session_id)}"
+
+    def customer_token(self, chat_session_id: str) -> str:
+        """The customer's capability for the customer routes while ``chat_session_id`` is open."""
+        return derive_chat_token(
+            self.hookpoint_secret.reveal(), CUSTOMER_TOKEN_CONTEXT, chat_session_id
+        )
+
     @property
     def switchboard_url_for_logs(self) -> str:
         return _mask_url_password(self.switchboard_url)
@@ -378,6 +415,21 @@ def _token(rule: rules.TextRule) -> Callable[[Any], Secret]:
             raise _Invalid(error.rule) from None
 
     return parse
+
+
+# A secret of fewer different characters (24 x 'a', 'abab...') is a placeholder
+# or a guess away; a random one of 24 characters has about 16.
+HOOKPOINT_SECRET_MIN_DISTINCT = 8
+
+
+def _hookpoint_secret(raw: Any) -> Secret:
+    secret = _token(rules.HOOKPOINT_SECRET)(raw)
+    if len(set(secret.reveal())) < HOOKPOINT_SECRET_MIN_DISTINCT:
+        raise _Invalid(
+            f"must be random: at least {HOOKPOINT_SECRET_MIN_DISTINCT} different characters "
+            "(a repeated character or a short pattern is refused)"
+        )
+    return secret
 
 
 def _api_key(raw: Any) -> Secret:
@@ -514,13 +566,22 @@ def _boolean(raw: Any) -> bool:
         raise _Invalid(error.rule) from None
 
 
+_PASSWORD_PARAMETER = re.compile(r"(?i)((?:^|&)password=)[^&]*")
+
+
 def _mask_url_password(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
         return url
-    if parts.password is None:
+    # redis-py also takes the password as a query parameter: ?password=...
+    masked_query = _PASSWORD_PARAMETER.sub(rf"\g<1>{_MASK}", parts.query)
+    if masked_query != parts.query:
+        parts = parts._replace(query=masked_query)
+    elif parts.password is None:
         return url
+    if parts.password is None:
+        return urlunsplit(parts)
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:{_MASK}@{netloc}"))
@@ -619,7 +680,7 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
     ),
     _Spec(
         "hookpoint_secret",
-        _token(rules.HOOKPOINT_SECRET),
+        _hookpoint_secret,
         "24 to 128 letters, digits and '-'; make one with "
         'python -c "import secrets; print(secrets.token_hex(24))"',
         meaning="the secret path segment of the hookpoints Omnidesk calls",

@@ -19,6 +19,7 @@ from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
 from rasa_sdk.executor import ActionExecutor
 
 from connectors.omnidesk import handoff
+from connectors.omnidesk.settings import OmnideskSettings
 from omnidesk_sandbox.testing import Sandbox
 
 ACTION = "action_escalate_to_human"
@@ -99,10 +100,11 @@ async def test_online_agent_gets_the_transcript_and_a_new_chat(
     chat = sandbox.chat(chat_session_id)
     assert chat.email_address == "jane@example.com"
     assert chat.url == "https://shop.example.com/help"
-    assert (
-        chat.chat_server
-        == f"http://127.0.0.1:5005/webhooks/omnidesk/hook/{'Hookpoint0Secret0For0Tests0Only'}"
-    )
+    # The chat's own hookpoint base: a token derived from its id, never the secret.
+    settings = OmnideskSettings.from_env()
+    assert chat.chat_server == settings.chat_server_for(chat_session_id)
+    assert chat.chat_server.startswith("http://127.0.0.1:5005/webhooks/omnidesk/hook/")
+    assert "Hookpoint0Secret0For0Tests0Only" not in chat.chat_server
     [first] = chat.messages
     assert first.number == 1
     assert f"ticket #{ticket.ticket_id}" in first.text
@@ -199,3 +201,56 @@ def test_the_action_server_refuses_to_start_without_omnidesk_settings() -> None:
     assert started.returncode != 0
     assert "OMNIDESK_CHAT_ACCOUNT_TOKEN" in started.stderr
     assert "OMNIDESK_HOOKPOINT_SECRET" in started.stderr
+
+
+async def test_a_lone_surrogate_in_the_conversation_does_not_stop_the_escalation(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    events = [
+        *asked_for_a_person(),
+        BotUttered("agent said �", metadata={"omnidesk": {"role": "agent", "agent_name": "A�"}}),
+    ]
+    response = await executor.run(request(events, {"customer_name": "Jo\ud800"}))
+    assert response is not None
+    assert slots_set(response)["handoff_outcome"] == "started"
+    [ticket] = sandbox.tickets
+    assert "agent said \ufffd" in ticket.message
+
+
+def with_channel_mark(events: List[Event], with_agent: bool) -> List[Event]:
+    """The same conversation, its latest turn marked by the channel as it hands it to the bot."""
+    marked = list(events)
+    for index in range(len(marked) - 1, -1, -1):
+        event = marked[index]
+        if isinstance(event, UserUttered):
+            metadata = {**(event.metadata or {}), "omnidesk": {"with_agent": with_agent}}
+            marked[index] = UserUttered(
+                event.text, intent=event.intent, input_channel="socketio", metadata=metadata
+            )
+            break
+    return marked
+
+
+async def test_a_stale_handoff_slot_does_not_lock_the_customer_out_of_agents(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    # The slot says "with an agent" (a failed end, a restart with memory://), the
+    # channel that handed this turn to the bot says not: the channel is right.
+    events = with_channel_mark(asked_for_a_person(), with_agent=False)
+    response = await executor.run(
+        request(events, {"handoff_active": True, "omnidesk_chat_session_id": "rasa-" + "c" * 32})
+    )
+    assert response is not None
+    assert slots_set(response)["handoff_outcome"] == "started"
+    assert slots_set(response)["handoff_active"] is True
+    assert len(sandbox.chats) == 1
+
+
+async def test_the_channels_word_that_the_customer_is_with_an_agent_is_kept(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    events = with_channel_mark(asked_for_a_person(), with_agent=True)
+    response = await executor.run(request(events))
+    assert response is not None
+    assert sandbox.calls == []
+    assert slots_set(response) == {"handoff_outcome": "already_with_agent"}

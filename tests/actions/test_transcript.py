@@ -168,3 +168,19 @@ def test_a_long_conversation_keeps_the_latest_lines_within_the_limit() -> None:
 
 def test_an_empty_conversation_says_so() -> None:
     assert "_(no messages yet)_" in render_transcript([])
+
+
+def test_a_conversation_that_already_holds_a_lone_surrogate_renders_as_valid_text() -> None:
+    events = [
+        {"event": "user", "text": "hi \ud800", "timestamp": 1.0},
+        {"event": "bot", "text": "bot \udfff", "timestamp": 2.0},
+        {
+            "event": "bot",
+            "text": "agent",
+            "timestamp": 3.0,
+            "metadata": {"omnidesk": {"role": "agent", "agent_name": "A\ud800"}},
+        },
+    ]
+    rendered = render_transcript(events, {"customer_name": "N\ud800"})
+    assert rendered.encode("utf-8")
+    assert "hi \ufffd" in rendered and "bot \ufffd" in rendered

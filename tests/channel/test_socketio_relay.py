@@ -18,8 +18,13 @@ class Widget:
         self.client = socketio.AsyncClient(reconnection=False)
         self.bot: List[Dict[str, Any]] = []
         self.typing: List[bool] = []
+        self.handoff: Dict[str, Any] = {}
         self.client.on("bot_uttered", self._on_bot)
         self.client.on("agent_typing", self._on_typing)
+        self.client.on("omnidesk_customer", self._on_handoff)
+
+    async def _on_handoff(self, data: Dict[str, Any]) -> None:
+        self.handoff = data
 
     async def _on_bot(self, data: Dict[str, Any]) -> None:
         self.bot.append(data)

@@ -44,9 +44,12 @@ async def test_customer_upload_reaches_the_agent_and_bad_uploads_are_refused() -
         chat = await setup.hand_over("up-1")
         url = f"{setup.server.url}/webhooks/omnidesk/upload"
 
+        token = setup.customer_token("up-1")
+
         def upload(sender: str, content: bytes, kind: str) -> FormData:
             data = FormData()
             data.add_field("sender", sender)
+            data.add_field("token", token)
             data.add_field("file", content, filename="receipt.png", content_type=kind)
             return data
 
@@ -65,11 +68,14 @@ async def test_customer_events_reach_the_agent_and_bad_ones_are_refused() -> Non
     async with callback_setup() as setup:
         chat = await setup.hand_over("ev-1")
         url = f"{setup.server.url}/webhooks/omnidesk/event"
-        assert (await post(url, json={"sender": "ev-1", "event": "startedtyping"}))[0] == 200
+        token = setup.customer_token("ev-1")
+        event = {"sender": "ev-1", "event": "startedtyping", "token": token}
+        assert (await post(url, json=event))[0] == 200
         await setup.server.sandbox.wait_for(lambda: setup.server.sandbox.chat(chat).events)
-        status, _, body = await post(url, json={"sender": "ev-1", "event": "dancing"})
+        status, _, body = await post(url, json={**event, "event": "dancing"})
         assert status == 400 and "event" in body
-        assert (await post(url, json={"sender": "nobody", "event": "stoppedtyping"}))[0] == 404
+        nobody = {"sender": "nobody", "event": "stoppedtyping", "token": token}
+        assert (await post(url, json=nobody))[0] == 404
         assert (await post(url, json={"event": "stoppedtyping"}))[0] == 400
         assert len(setup.server.sandbox.chat(chat).events) == 1
 

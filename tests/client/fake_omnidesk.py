@@ -22,8 +22,11 @@ SERVER_TOKEN = "ServerToken0987654321"
 HOOKPOINT_SECRET = "hookpoint-secret-0123456789abcdef"
 API_KEY = "ApiKey-5ecret-value"
 PUBLIC_URL = "https://bot.example.com"
-CHAT_SERVER = f"{PUBLIC_URL}/webhooks/omnidesk/hook/{HOOKPOINT_SECRET}"
 SESSION_ID = "rasa-0123456789abcdef0123456789abcdef"
+# SESSION_ID's own chatServer: the first 40 hex digits of
+# HMAC-SHA256(HOOKPOINT_SECRET, "omnidesk-hookpoint:" + SESSION_ID). Pinned, because
+# a change of the derivation would cut every open chat off its hookpoints.
+CHAT_SERVER = f"{PUBLIC_URL}/webhooks/omnidesk/hook/d9a3b086f69c2f50dd744129a609c70b7c46294c"
 SUCCESS = {"type": "result", "message": "Message sent.", "ticketID": 12312}
 
 

@@ -64,8 +64,12 @@ class SocketCustomer:
         self.id = new_conversation_id("e2e-socket")
         self.messages: List[Dict[str, Any]] = []
         self.typing: List[bool] = []
+        self.handoff: Dict[str, Any] = {}
         self.sio = socketio.AsyncClient(reconnection=False)
         self._confirmed = asyncio.Event()
+
+        async def omnidesk_customer(data: Any) -> None:
+            self.handoff = data if isinstance(data, dict) else {}
 
         async def bot_uttered(data: Any) -> None:
             self.messages.append(data if isinstance(data, dict) else {"text": str(data)})
@@ -79,6 +83,7 @@ class SocketCustomer:
         self.sio.on("bot_uttered", bot_uttered)
         self.sio.on("agent_typing", agent_typing)
         self.sio.on("session_confirm", session_confirm)
+        self.sio.on("omnidesk_customer", omnidesk_customer)
 
     async def connect(self) -> None:
         # Long polling: python-engineio's websocket client needs aiohttp >= 3.10,
@@ -137,7 +142,8 @@ class SocketCustomer:
         return await poll(condition, f"socket.io customer: {what}")
 
     async def upload(self, filename: str, data: bytes, content_type: str) -> Dict[str, Any]:
-        return await upload(self.http, self.rasa_url, self.id, filename, data, content_type)
+        token = str(self.handoff.get("customer_token", ""))
+        return await upload(self.http, self.rasa_url, self.id, filename, data, content_type, token)
 
 
 class CallbackCustomer:
@@ -167,7 +173,8 @@ class CallbackCustomer:
 
     async def send_event(self, event: str) -> Dict[str, Any]:
         async with self.http.post(
-            f"{self.rasa_url}/webhooks/omnidesk/event", json={"sender": self.id, "event": event}
+            f"{self.rasa_url}/webhooks/omnidesk/event",
+            json={"sender": self.id, "event": event, "token": self.customer_token()},
         ) as answer:
             body: Dict[str, Any] = await answer.json()
             return body
@@ -203,7 +210,16 @@ class CallbackCustomer:
         return await poll(condition, f"callback customer: {what}")
 
     async def upload(self, filename: str, data: bytes, content_type: str) -> Dict[str, Any]:
-        return await upload(self.http, self.rasa_url, self.id, filename, data, content_type)
+        token = self.customer_token()
+        return await upload(self.http, self.rasa_url, self.id, filename, data, content_type, token)
+
+    def customer_token(self) -> str:
+        """The token the app backend got when the handoff started (the latest one)."""
+        for message in reversed(self.messages):
+            details = message.get("omnidesk_customer")
+            if isinstance(details, dict):
+                return str(details.get("customer_token", ""))
+        return ""
 
 
 async def upload(
@@ -213,10 +229,12 @@ async def upload(
     filename: str,
     data: bytes,
     content_type: str,
+    token: str,
 ) -> Dict[str, Any]:
     """The customer's file to the agent: POST /webhooks/omnidesk/upload."""
     form = aiohttp.FormData()
     form.add_field("sender", sender)
+    form.add_field("token", token)
     form.add_field("file", data, filename=filename, content_type=content_type)
     async with http.post(f"{rasa_url}/webhooks/omnidesk/upload", data=form) as answer:
         body: Dict[str, Any] = await answer.json()

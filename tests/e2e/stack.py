@@ -40,6 +40,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from connectors.omnidesk.settings import HOOKPOINT_TOKEN_CONTEXT, derive_chat_token
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RASA = BIN / "rasa"
@@ -403,9 +405,14 @@ class Stack:
     _hookpoint_secret: str = field(repr=False)
 
     @property
-    def hookpoint_base(self) -> str:
-        """chatServer, the secret inside: never print or log it."""
-        return f"{self.rasa_url}/webhooks/omnidesk/hook/{self._hookpoint_secret}"
+    def hookpoint_secret(self) -> str:
+        """The hookpoint secret: never print or log it."""
+        return self._hookpoint_secret
+
+    def hookpoint_base(self, chat_session_id: str) -> str:
+        """The chat's own chatServer (its token inside): never print or log it."""
+        token = derive_chat_token(self._hookpoint_secret, HOOKPOINT_TOKEN_CONTEXT, chat_session_id)
+        return f"{self.rasa_url}/webhooks/omnidesk/hook/{token}"
 
     @property
     def rasa_port(self) -> int:

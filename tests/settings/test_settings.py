@@ -229,6 +229,8 @@ MALFORMED = [
     ("public_url", "https://bot.example.com/a%20b", "https://bot.example.com"),
     ("hookpoint_secret", "too-short", "secrets.token_hex(24)"),
     ("hookpoint_secret", "under_score_not_allowed_0123456789", "secrets.token_hex(24)"),
+    ("hookpoint_secret", "a" * 24, "secrets.token_hex(24)"),
+    ("hookpoint_secret", "ab-" * 12, "secrets.token_hex(24)"),
     ("connect_timeout", "abc", "3"),
     ("connect_timeout", "0", "3"),
     ("request_timeout", "-1", "10"),
@@ -448,3 +450,15 @@ def test_socketio_shares_sockets_through_the_switchboard_s_redis_unless_told_oth
 def test_a_socketio_redis_url_without_a_redis_switchboard_is_refused_naming_both():
     message = str(error_for(env_with(OMNIDESK_SOCKETIO_REDIS_URL="redis://localhost:6379/1")))
     assert "socketio_redis_url" in message and "switchboard_url" in message
+
+
+def test_a_password_in_the_redis_urls_query_is_masked_too() -> None:
+    from connectors.omnidesk.settings import _mask_url_password
+
+    assert _mask_url_password("redis://h:6379/0?password=s3cret") == "redis://h:6379/0?password=***"
+    assert (
+        _mask_url_password("redis://u:p@h/0?db=1&Password=x")
+        == "redis://u:***@h/0?db=1&Password=***"
+    )
+    assert _mask_url_password("memory://") == "memory://"
+    assert _mask_url_password("redis://h/0") == "redis://h/0"

@@ -73,7 +73,7 @@ class ActionEscalateToHuman(Action):  # type: ignore[misc]  # rasa_sdk is not ty
         domain: Dict[str, Any],
     ) -> List[Dict[str, Any]]:
         conversation = tracker.sender_id
-        if tracker.get_slot(handoff.SLOT_HANDOFF_ACTIVE) is True:
+        if _already_with_agent(tracker):
             logger.info(
                 "handoff already_with_agent conversation=%s chat_session_id=%s",
                 conversation,
@@ -147,6 +147,29 @@ async def _escalate(
             url=escalation.page_url,
         )
     return chat_session_id
+
+
+def _already_with_agent(tracker: Tracker) -> bool:
+    """Whether the conversation is with an agent now: the channel's word over the slot.
+
+    The channel marks every turn it hands to the bot (metadata
+    ``omnidesk.with_agent``); a turn it hands to the bot is by definition not
+    with an agent. The ``handoff_active`` slot can outlive a handoff, and
+    trusting it would lock the customer out of agents for good. Without the
+    channel's mark (another channel, an older connector) the slot decides.
+    """
+    latest = tracker.latest_message if isinstance(tracker.latest_message, dict) else {}
+    channel_view = handoff.channel_says_with_agent(latest.get("metadata"))
+    slot = tracker.get_slot(handoff.SLOT_HANDOFF_ACTIVE) is True
+    if channel_view is None:
+        return slot
+    if slot and not channel_view:
+        logger.warning(
+            "handoff slot_stale conversation=%s: the slot says with an agent, the channel "
+            "says not; escalating",
+            tracker.sender_id,
+        )
+    return channel_view
 
 
 def _outcome(outcome: handoff.HandoffOutcome) -> EventType:

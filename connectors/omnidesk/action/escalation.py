@@ -93,18 +93,50 @@ def build_escalation(
     """Read the reason, the customer and the history from a tracker's events and slots."""
     reason, topic = escalation_reason(events)
     metadata = _metadata(latest_message) or _latest_user_metadata(events)
+    customer = customer_from(slots, metadata)
+    note = unverified_note(customer, customer_from(slots, None))
     return Escalation(
         reason=reason,
-        subject=reason.subject(topic),
-        customer=customer_from(slots, metadata),
-        transcript=render_transcript(events, slots),
+        subject=rules.valid_text(reason.subject(topic)),
+        customer=customer,
+        transcript=render_transcript(events, slots) + note,
         chat_history=render_transcript(
             events,
             slots,
-            TranscriptOptions(title=None, show_intents=False, max_chars=CHAT_HISTORY_MAX_CHARS),
-        ),
+            TranscriptOptions(
+                title=None,
+                show_intents=False,
+                max_chars=CHAT_HISTORY_MAX_CHARS - len(note),
+            ),
+        )
+        + note,
         channel=_latest_channel(events),
         page_url=_page_url(metadata),
+    )
+
+
+def unverified_note(customer: Customer, from_slots: Customer) -> str:
+    """A line for the agent naming the customer details that only the client's metadata gave.
+
+    The bot's slots come from the conversation; a message's metadata is whatever
+    the customer's own client sent, which anyone can set. The agent should not
+    take an email address from there as proof of who they are talking to.
+    """
+    fields = [
+        label
+        for label, value, trusted in (
+            ("email", customer.email, from_slots.email),
+            ("phone", customer.phone, from_slots.phone),
+            ("name", customer.name, from_slots.name),
+        )
+        if value is not None and value != trusted
+    ]
+    if not fields:
+        return ""
+    return (
+        f"\n_Not verified: the customer's {', '.join(fields)} came from their own app "
+        "(message metadata), not from the conversation; confirm before relying on "
+        f"{'it' if len(fields) == 1 else 'them'}._\n"
     )
 
 
@@ -162,7 +194,7 @@ def _first_valid(
         if not isinstance(value, str) or not value.strip():
             continue
         try:
-            return rule.check(normalise(value))
+            return rule.check(rules.valid_text(normalise(value)))
         except rules.FieldRuleError:
             continue
     return None
@@ -210,5 +242,5 @@ def _latest_channel(events: Sequence[Mapping[str, Any]]) -> Optional[str]:
 def _page_url(metadata: Optional[Mapping[str, Any]]) -> Optional[str]:
     value = metadata.get("url") if metadata else None
     if isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) < 2000:
-        return value
+        return rules.valid_text(value)
     return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from connectors.omnidesk import handoff
+from connectors.omnidesk.rules import valid_text
 
 # Slots that describe the handoff itself or Rasa's bookkeeping: noise for an agent.
 INTERNAL_SLOTS: FrozenSet[str] = frozenset(
@@ -123,7 +124,9 @@ def render_transcript(
 
     if options.max_chars is not None:
         body = _fit(header, body, footer, options.max_chars)
-    return "\n".join(header + body + footer).strip() + "\n"
+    # A tracker may already hold a lone surrogate (from before the channel
+    # repaired text at its edge): it is shown as U+FFFD, never sent as is.
+    return valid_text("\n".join(header + body + footer).strip() + "\n")
 
 
 def _fit(header: List[str], body: List[str], footer: List[str], max_chars: int) -> List[str]:

@@ -29,7 +29,8 @@ from connectors.omnidesk.handoff import (
 
 logger = logging.getLogger(__name__)
 
-OnHandoffStarted = Callable[[str, str, HandoffStarted], Awaitable[None]]
+# Registers the handoff; False when it could not be (the customer was told).
+OnHandoffStarted = Callable[[str, str, HandoffStarted], Awaitable[bool]]
 
 AGENT_TYPING_EVENT = "agent_typing"
 _CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "elements", "custom")
@@ -42,6 +43,10 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
         self.inner = inner
         self.channel = channel
         self._on_started = on_started
+        # Set when the handoff of this turn could not be registered: the action's
+        # "you're connected" that follows the payload would be false, so the rest
+        # of the turn's messages are dropped (the customer was told instead).
+        self._handoff_failed = False
 
     def name(self) -> str:
         return str(self.inner.name())
@@ -61,7 +66,8 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
                 error,
             )
             return
-        await self._on_started(recipient_id, self.channel, started)
+        if not await self._on_started(recipient_id, self.channel, started):
+            self._handoff_failed = True
 
     async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
         custom = message.get("custom")
@@ -70,6 +76,8 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
             await self._take_control(recipient_id, custom)
             if not any(message.get(key) for key in _CONTENT_KEYS):
                 return
+        if self._handoff_failed:
+            return
         await self.inner.send_response(recipient_id, message)
 
     async def send_custom_json(
@@ -77,6 +85,8 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
     ) -> None:
         if is_control_payload(json_message):
             await self._take_control(recipient_id, json_message)
+            return
+        if self._handoff_failed:
             return
         await self.inner.send_custom_json(recipient_id, json_message, **kwargs)
 
@@ -227,6 +237,36 @@ class PlainLine:
 
     async def reachable(self, recipient_id: str) -> bool:
         return True
+
+
+# What the customer's own channel hears when a handoff starts (docs/channel.md).
+CUSTOMER_EVENT_NAME = "omnidesk_customer"
+
+
+async def send_handoff_details(
+    channel: InputChannel, recipient_id: str, details: Dict[str, Any]
+) -> bool:
+    """Hand the customer's channel its handoff details (the customer token, the routes).
+
+    socket.io: an ``omnidesk_customer`` event to the customer's socket; callback: a
+    POST ``{"recipient_id", "omnidesk_customer": {...}}`` to the app backend. Other
+    channels have no widget to call the customer routes, and would show the JSON
+    to the customer as text: they get nothing (False).
+    """
+    if isinstance(channel, SocketIOInput):
+        sio = socketio_server(channel)
+        if sio is None:
+            return False
+        await sio.emit(CUSTOMER_EVENT_NAME, details, room=recipient_id, namespace=channel.namespace)
+        return True
+    if isinstance(channel, CallbackInput):
+        await channel.callback_endpoint.request(
+            "post",
+            content_type="application/json",
+            json={"recipient_id": recipient_id, CUSTOMER_EVENT_NAME: details},
+        )
+        return True
+    return False
 
 
 def line_for(channel: InputChannel, name_prefix: bool, presence: Presence) -> CustomerLine:

@@ -14,8 +14,13 @@ from typing import Any, Dict, Mapping, Optional, Union
 from urllib.parse import parse_qsl, urlsplit
 
 from connectors.omnidesk import rules
+from connectors.omnidesk.rules import valid_text
 
 logger = logging.getLogger(__name__)
+
+# Hookpoint bodies are flat objects; anything nested deeper is refused before
+# json.loads could recurse into a RecursionError.
+JSON_MAX_DEPTH = 32
 
 
 class HookpointInputError(rules.FieldRuleError):
@@ -94,27 +99,22 @@ def fields_from(
     """
     values: Dict[str, str] = {}
     for key, value in parse_qsl(query_string, keep_blank_values=True):
-        values.setdefault(key.lower(), value)
+        values.setdefault(valid_text(key.lower()), valid_text(value))
     body_values: Dict[str, str] = {}
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind == "application/json":
-        try:
-            parsed = json.loads(body.decode("utf-8")) if body else {}
-        except (UnicodeDecodeError, ValueError) as error:
-            raise HookpointInputError("body", f"not valid JSON ({error})") from error
-        if not isinstance(parsed, dict):
-            raise HookpointInputError("body", "must be a JSON object")
+        parsed = _json_object(body)
         for key, value in parsed.items():
             if isinstance(value, (dict, list)):
                 continue
-            lowered = str(key).lower()
+            lowered = valid_text(str(key).lower())
             if lowered not in body_values and value is not None:
-                body_values[lowered] = _scalar_text(value)
+                body_values[lowered] = valid_text(_scalar_text(value))
     elif form is not None:
         for key, value in form.items():
             first = value[0] if isinstance(value, list) and value else value
             if isinstance(first, str):
-                body_values.setdefault(str(key).lower(), first)
+                body_values.setdefault(valid_text(str(key).lower()), valid_text(first))
     values.update(body_values)
     uploaded: Dict[str, UploadedFile] = {}
     for key, value in (files or {}).items():
@@ -125,18 +125,70 @@ def fields_from(
             uploaded.setdefault(
                 str(key).lower(),
                 UploadedFile(
-                    filename=str(name or "file"),
+                    filename=valid_text(str(name or "file")),
                     content=content,
-                    content_type=str(getattr(first, "type", "") or "application/octet-stream"),
+                    content_type=valid_text(
+                        str(getattr(first, "type", "") or "application/octet-stream")
+                    ),
                 ),
             )
     return HookpointFields(values=values, files=uploaded)
+
+
+def _json_object(body: bytes) -> Dict[Any, Any]:
+    """The body as a JSON object; 400 for anything else, however malformed or deep."""
+    if not body:
+        return {}
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise HookpointInputError("body", f"not valid UTF-8 ({error.reason})") from error
+    brackets = text.count("[") + text.count("{")
+    if brackets > JSON_MAX_DEPTH and _json_depth(text) > JSON_MAX_DEPTH:
+        raise HookpointInputError("body", f"JSON nested deeper than {JSON_MAX_DEPTH} levels")
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise HookpointInputError("body", f"not valid JSON ({str(error)[:120]})") from error
+    if not isinstance(parsed, dict):
+        raise HookpointInputError("body", "must be a JSON object")
+    return parsed
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings: an upper bound json.loads would reach."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for character in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif character == "\\":
+                escaped = True
+            elif character == '"':
+                in_string = False
+        elif character == '"':
+            in_string = True
+        elif character in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > JSON_MAX_DEPTH:
+                    return deepest
+        elif character in "]}":
+            depth -= 1
+    return deepest
 
 
 def _scalar_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def session_id_of(fields: HookpointFields) -> str:
+    """The call's chat session id, checked; the route checks its token against it."""
+    return _session_id(fields)
 
 
 def _session_id(fields: HookpointFields) -> str:

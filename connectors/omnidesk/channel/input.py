@@ -10,9 +10,11 @@ relay once; relay.py decides. docs/channel.md is its reference.
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 import rasa.shared.utils.common
 from rasa.core.channels import BUILTIN_CHANNELS
@@ -26,7 +28,7 @@ from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
 from connectors.omnidesk.channel import rasa_compat
-from connectors.omnidesk.channel.customer import WrappedOutput, line_for
+from connectors.omnidesk.channel.customer import WrappedOutput, line_for, send_handoff_details
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.outbox import Outbox, Presence, create_outbox_store
 from connectors.omnidesk.channel.rasa_bot import RasaBot
@@ -35,14 +37,17 @@ from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.routes import Routes
 from connectors.omnidesk.channel.sides import CustomerLine
 from connectors.omnidesk.channel.sweeper import Sweeper, interval_for
-from connectors.omnidesk.channel.switchboard import create_switchboard
+from connectors.omnidesk.channel.switchboard import SwitchboardError, create_switchboard
 from connectors.omnidesk.client import OmnideskClient
-from connectors.omnidesk.handoff import HandoffStarted
+from connectors.omnidesk.handoff import METADATA_KEY, METADATA_WITH_AGENT, HandoffStarted
+from connectors.omnidesk.rules import valid_text
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
 
 logger = logging.getLogger(__name__)
 
 CHANNEL_NAME = "omnidesk"
+# How often a turn waiting for Rasa's lock looks again (Rasa's own default is 1 s).
+LOCK_POLL_SECONDS = 0.05
 
 
 class ChannelConfigError(ValueError):
@@ -143,6 +148,67 @@ def _warn_lock_store(app: Any, settings: OmnideskSettings) -> None:
         )
 
 
+def _valid(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string in it made valid Unicode (lone surrogates become U+FFFD)."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if depth > 20:
+        return value
+    if isinstance(value, dict):
+        return {_valid(key, depth + 1): _valid(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_valid(item, depth + 1) for item in value]
+    return value
+
+
+def _repair_text(message: UserMessage) -> None:
+    """Repair the turn's text and metadata before the tracker or the agent sees them.
+
+    A customer's JSON may carry ``"\\ud800"``: valid JSON, but no UTF-8 string.
+    Kept as is, it breaks the tracker store, the transcript and the multipart
+    body of every later escalation; repaired here, it shows as U+FFFD.
+    """
+    if isinstance(message.text, str):
+        message.text = valid_text(message.text)
+    if isinstance(message.metadata, dict):
+        message.metadata = _valid(message.metadata)
+
+
+def _warn_if_plain_http(public_url: str) -> None:
+    """Say so when the hookpoints' tokens would cross a network in clear text.
+
+    A warning, not a refusal: http:// is right on loopback, in a private network
+    behind a TLS proxy, and with the sandbox. docs/security.md says why.
+    """
+    parts = urlsplit(public_url)
+    if parts.scheme != "http":
+        return
+    host = parts.hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+        local = address.is_loopback or address.is_private
+    except ValueError:
+        local = host == "localhost" or host.endswith(".localhost")
+    if not local:
+        logger.warning(
+            "OMNIDESK_PUBLIC_URL is http:// on a public host (%s): the hookpoint tokens in "
+            "chatServer travel in clear text. Serve Rasa over https.",
+            host,
+        )
+
+
+def _mark_with_bot(message: UserMessage) -> None:
+    """Put the channel's own view of the handoff into the turn: this one goes to the bot.
+
+    The action trusts it over the ``handoff_active`` slot, which can outlive a
+    handoff (a failed end, a restart with memory://, lost Redis keys). A client's
+    own ``omnidesk`` metadata is replaced, never trusted.
+    """
+    metadata = dict(message.metadata) if isinstance(message.metadata, dict) else {}
+    metadata[METADATA_KEY] = {METADATA_WITH_AGENT: False}
+    message.metadata = metadata
+
+
 class OmnideskInput(InputChannel):  # type: ignore[misc]
     """Hands a conversation to a live agent in Omnidesk, on the customer's own channel."""
 
@@ -199,6 +265,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         # socket.io sessions connected here, kept where every instance sees them.
         self.presence = Presence()
         self._socket_managers: List[Any] = []
+        self._app: Any = None
 
     # -- outputs -----------------------------------------------------------------
 
@@ -210,15 +277,46 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
     async def _on_handoff_started(
         self, conversation_id: str, channel: str, started: HandoffStarted
-    ) -> None:
+    ) -> bool:
+        """Register the handoff; False when it could not be (the chat was ended, the customer told)."""
         if self.relay is None:
             logger.error(
                 "Handoff of conversation %s arrived before the Omnidesk channel started; "
                 "it stays with the bot.",
                 conversation_id,
             )
+            return False
+        try:
+            await self.relay.start_handoff(conversation_id, channel, started)
+        except SwitchboardError as error:
+            await self.relay.handoff_not_registered(conversation_id, channel, started, error)
+            return False
+        await self._hand_customer_token(conversation_id, channel, started)
+        return True
+
+    async def _hand_customer_token(
+        self, conversation_id: str, channel_name: str, started: HandoffStarted
+    ) -> None:
+        """Give the customer's channel the token its calls to /upload and /event carry."""
+        channel = self._channel_named(channel_name)
+        if channel is None:
             return
-        await self.relay.start_handoff(conversation_id, channel, started)
+        base = f"{self.settings.public_url}{self.route_prefix}"
+        details = {
+            "customer_token": self.settings.customer_token(started.chat_session_id),
+            "upload_url": f"{base}/upload",
+            "event_url": f"{base}/event",
+        }
+        try:
+            await send_handoff_details(channel, conversation_id, details)
+        except Exception as error:
+            # The chat goes on; only the customer's files and typing cannot reach the agent.
+            logger.warning(
+                "Could not hand conversation %s its customer token: %s: %s",
+                conversation_id,
+                type(error).__name__,
+                error,
+            )
 
     def wrap_output(self, output: OutputChannel, channel: str) -> WrappedOutput:
         return WrappedOutput(output, channel, self._on_handoff_started)
@@ -244,15 +342,46 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         channel_name = str(channel.name())
 
         async def handle(message: UserMessage) -> Any:
+            _repair_text(message)
             message.output_channel = self.wrap_output(message.output_channel, channel_name)
             relay = self.relay
-            if relay is not None and await relay.customer_turn(
-                message.sender_id, message.text, channel_name
-            ):
-                return None
+            if relay is not None:
+                await self._wait_for_turns_before(message.sender_id)
+                if await relay.customer_turn(message.sender_id, message.text, channel_name):
+                    return None
+            _mark_with_bot(message)
             return await on_new_message(message)
 
         return handle
+
+    async def _wait_for_turns_before(self, conversation_id: str) -> None:
+        """Let the conversation's turns under way finish before this one is routed.
+
+        The turn that escalates holds Rasa's lock while the action opens the
+        Omnidesk chat (seconds, up to the retry budget), and registers the
+        handoff before it lets go. Taking the lock here, and only then reading
+        the switchboard, sends a turn typed meanwhile to the agent once the
+        chat is open, or to the bot when the escalation failed. The lock is let
+        go again before the turn goes anywhere: Rasa's handler takes it itself,
+        and the end of a chat (the leave command) writes the tracker under it.
+        docs/architecture.md ("Routing a turn under Rasa's lock") says why.
+        """
+        agent = getattr(getattr(self._app, "ctx", None), "agent", None)
+        lock_store = getattr(agent, "lock_store", None)
+        if lock_store is None:
+            return
+        try:
+            async with lock_store.lock(conversation_id, wait_time_in_seconds=LOCK_POLL_SECONDS):
+                pass
+        except Exception as error:
+            # Rasa's LockError (an expired ticket) or an unreachable lock store:
+            # the turn is routed on what the switchboard says now.
+            logger.warning(
+                "Could not take Rasa's lock for conversation %s before routing its turn: %s: %s",
+                conversation_id,
+                type(error).__name__,
+                error,
+            )
 
     def _set_route_prefix(self, prefix: str) -> None:
         self.route_prefix = prefix
@@ -281,6 +410,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
                     )
 
         bp = rasa_compat.BesideBlueprint(self.url_prefix(), wrapped, self._set_route_prefix)
+        rasa_compat.guard_content_length(bp)
         self.routes.add_to(bp)
         listeners: Any = bp
 
@@ -299,6 +429,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
     async def _start(self, app: Any, on_new_message: Handler) -> None:
         rasa_compat.install_secret_filter()
         _warn_lock_store(app, self.settings)
+        self._app = app
         switchboard = create_switchboard(self.settings.switchboard_url)
         client = OmnideskClient(self.settings)
         files_dir = str(self.settings.files_dir) if self.settings.files_dir else None
@@ -324,6 +455,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.sweeper = Sweeper(self.relay, self.settings)
         rasa_compat.register_wrapped_channels(app, self.customer_channels, self.output_for)
         self._sweeping = asyncio.ensure_future(self.sweeper.run(interval_for(self.settings)))
+        _warn_if_plain_http(self.settings.public_url)
         logger.info(
             "Omnidesk channel started: wrapping %s; hookpoints at %s; switchboard %s.",
             ", ".join(str(c.name()) for c in self.customer_channels),

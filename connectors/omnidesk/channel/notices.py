@@ -26,6 +26,12 @@ DEFAULT_TEXTS: Dict[str, str] = {
     ),
     "utter_omnidesk_chat_ended": "The chat with our agent has ended. You are back with the assistant.",
     "utter_omnidesk_upload_rejected": "Sorry, that file could not be sent to the agent.",
+    "utter_omnidesk_delayed": (
+        "Sorry, we are having trouble reaching the agent. Your message will follow shortly."
+    ),
+    "utter_omnidesk_handoff_failed": (
+        "Sorry, I could not connect you to a colleague after all. Please try again in a moment."
+    ),
 }
 
 

@@ -917,7 +917,21 @@ class OutboxLine:
 
     async def _put(self, recipient_id: str, item: ToCustomer) -> None:
         chat = await self._outbox.chat_of(recipient_id)
-        await self._outbox.put(recipient_id, self._channel, chat, item)
+        try:
+            await self._outbox.put(recipient_id, self._channel, chat, item)
+        except SwitchboardError as error:
+            # Redis is down, and a notice is mostly about that ("we have trouble
+            # reaching..."): it goes straight to the customer's channel rather
+            # than not at all. Only agent events must wait in the outbox.
+            line = self._outbox.lines.get(self._channel)
+            if line is None:
+                raise
+            logger.warning(
+                "Outbox unreachable (%s): a notice to conversation %s goes to its channel directly.",
+                error,
+                recipient_id,
+            )
+            await send_to(line, recipient_id, item)
 
     async def send_text(
         self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None

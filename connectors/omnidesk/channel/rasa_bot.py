@@ -18,6 +18,7 @@ from connectors.omnidesk.channel.switchboard import Handoff
 from connectors.omnidesk.handoff import (
     ENTITY_HANDOFF_OUTCOME,
     INTENT_CHAT_ENDED,
+    METADATA_WITH_AGENT,
     HandoffOutcome,
 )
 
@@ -138,6 +139,7 @@ class RasaBot:
             input_channel=handoff.channel,
             metadata={
                 "omnidesk": {
+                    METADATA_WITH_AGENT: False,
                     "event": "chat_ended",
                     "outcome": outcome.value,
                     "chat_session_id": handoff.chat_session_id,

@@ -11,6 +11,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urljoin
 
+import sanic
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
@@ -45,11 +46,71 @@ class HookpointSecretFilter(logging.Filter):
 _SECRET_FILTER = HookpointSecretFilter()
 
 
+class FormErrorFilter(logging.Filter):
+    """Sanic's "Failed when parsing form" as one line, without the traceback.
+
+    Sanic (21.12 and later) logs a malformed form body with ``logger.exception``:
+    a full traceback for a request the route then refuses with a 400. A client
+    can send as many as it likes; the log would page someone for nothing.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Failed when parsing form" and record.exc_info:
+            error = record.exc_info[1]
+            record.msg = "Refused a malformed form body: %s: %s"
+            record.args = (type(error).__name__, str(error)[:200])
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_FORM_ERROR_FILTER = FormErrorFilter()
+
+
 def install_secret_filter() -> None:
     for name in ("sanic.access", "sanic.error", "sanic.root"):
         target = logging.getLogger(name)
         if _SECRET_FILTER not in target.filters:
             target.addFilter(_SECRET_FILTER)
+    error_logger = logging.getLogger("sanic.error")
+    if _FORM_ERROR_FILTER not in error_logger.filters:
+        error_logger.addFilter(_FORM_ERROR_FILTER)
+
+
+# -- Content-Length (Sanic 21.12, Rasa 3.6's pin) -------------------------------------
+
+
+def _sanic_major() -> int:
+    try:
+        return int(str(getattr(sanic, "__version__", "0")).split(".", 1)[0])
+    except ValueError:
+        return 0
+
+
+def guard_content_length(blueprint: Blueprint) -> None:
+    """Refuse a Content-Length that is not a whole number, before Sanic 21 reads it.
+
+    Sanic 21.12 turns ``Content-Length: abc`` into a 500 and, worse,
+    ``Content-Length: -1`` into a read loop that holds the whole process at
+    full CPU. Its ``http.lifecycle.request`` signal runs after the head is
+    parsed and before the length is; raising there answers 400. The signal
+    fires for every route of the app, Rasa's own included. Sanic 22 and later
+    refuse such lengths themselves, so the guard is for Sanic 21 only. It does
+    not replace the proxy docs/security.md asks for.
+    """
+    if _sanic_major() >= 22:
+        return
+    from sanic.exceptions import InvalidUsage  # Sanic 21's name for a 400
+
+    async def check(request: Any) -> None:
+        value = request.headers.get("content-length")
+        if value is not None and not (value.isascii() and value.strip().isdigit()):
+            logger.info("Refused a request with Content-Length %r (400).", value[:20])
+            raise InvalidUsage("Bad content-length")
+
+    signals: Any = blueprint
+    signals.signal("http.lifecycle.request")(check)
 
 
 # -- the log level (Rasa 3.6 with scikit-learn pipelines) ----------------------------
@@ -162,6 +223,7 @@ def await_session_room(
             entered = sio.enter_room(sid, data["session_id"], namespace=namespace)
             if inspect.isawaitable(entered):
                 await entered
+            await _remember_session(sio, sid, str(data["session_id"]), namespace)
         await sio.emit("session_confirm", data["session_id"], room=sid, namespace=namespace)
         logger.debug("socket.io client %s joined its session", sid)
         if persistence and on_joined is not None:
@@ -187,6 +249,28 @@ def await_session_room(
             await on_left(sid)
 
         sio.on("disconnect", namespace=namespace)(disconnect)
+
+
+SOCKET_SESSION_KEY = "omnidesk_session_id"
+
+
+async def _remember_session(sio: Any, sid: str, session_id: str, namespace: Optional[str]) -> None:
+    """Keep the session this socket confirmed, so customer_event need not trust a payload."""
+    try:
+        async with sio.session(sid, namespace=namespace) as session:
+            session[SOCKET_SESSION_KEY] = session_id
+    except KeyError:
+        logger.debug("socket.io client %s left before its session was stored", sid)
+
+
+async def socket_session(sio: Any, sid: str, namespace: Optional[str]) -> Optional[str]:
+    """The session id socket ``sid`` confirmed at session_request, or None."""
+    try:
+        session = await sio.get_session(sid, namespace=namespace)
+    except KeyError:
+        return None
+    value = session.get(SOCKET_SESSION_KEY) if isinstance(session, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 # -- Rasa's channel registry (rasa.server._get_output_channel) -------------------------

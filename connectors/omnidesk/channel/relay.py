@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Mapping, Optional, Set
+from typing import Dict, Mapping, Optional, Set
 
 from connectors.omnidesk import rules
 from connectors.omnidesk.channel.delivery import AgentDelivery
@@ -46,6 +46,13 @@ logger = logging.getLogger(__name__)
 CALL_GRACE = 1.0
 LEASE_MARGIN = 2.0
 
+# A turn of a conversation with an agent, kept while the switchboard is
+# unreachable: retried every OUTAGE_RETRY_INTERVAL s for OUTAGE_RETRY_SECONDS.
+OUTAGE_RETRY_SECONDS = 30.0
+OUTAGE_RETRY_INTERVAL = 1.0
+OUTAGE_LOG_INTERVAL = 10.0
+MAX_REMEMBERED = 10_000
+
 __all__ = ["NotInRelay", "Relay"]
 
 
@@ -73,6 +80,10 @@ class Relay:
             switchboard, outbox, files, self.record, settings.new_chat_grace
         )
         self._ending: Set[asyncio.Future[None]] = set()
+        # Conversations this process last saw with an agent, for a switchboard outage.
+        self._with_agent: Dict[str, float] = {}
+        self._outage_logged_at = -OUTAGE_LOG_INTERVAL
+        self.outage_retry_seconds = OUTAGE_RETRY_SECONDS
 
     # -- handoff start ---------------------------------------------------------
 
@@ -86,6 +97,7 @@ class Relay:
             next_message_number=started.next_message_number,
         )
         replaced = await self.switchboard.start(handoff)
+        self._seen(conversation_id, True)
         if replaced is not None and replaced.chat_session_id != handoff.chat_session_id:
             logger.warning(
                 "Handoff of conversation %s replaced open chat %s with %s.",
@@ -112,10 +124,70 @@ class Relay:
         answers the turn. True when the relay took it: sent to the agent, the
         chat left by the leave command, or, when Omnidesk refused it, the
         customer told so and the turn kept in the tracker marked undelivered.
+
+        With the switchboard unreachable, a conversation this process last saw
+        with an agent keeps its turn: the customer is told of a delay and the
+        turn is retried for ``outage_retry_seconds``; any other turn goes to the
+        bot (docs/troubleshooting.md, "Redis is down", says what that risks).
         """
+        try:
+            return await self._customer_turn(conversation_id, text, channel)
+        except SwitchboardError as error:
+            return await self._turn_in_outage(conversation_id, text, channel, error)
+
+    async def _turn_in_outage(
+        self, conversation_id: str, text: Optional[str], channel: str, error: SwitchboardError
+    ) -> bool:
+        self._log_outage(error)
+        if conversation_id not in self._with_agent:
+            return False  # assumed with the bot
+        line = self.lines.get(channel)
+        if line is not None:
+            await self.notices.tell(line, conversation_id, "utter_omnidesk_delayed")
+        deadline = time.monotonic() + self.outage_retry_seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(OUTAGE_RETRY_INTERVAL, max(0.0, deadline - time.monotonic())))
+            try:
+                relayed = await self._customer_turn(conversation_id, text, channel)
+            except SwitchboardError as again:
+                self._log_outage(again)
+                continue
+            logger.info(
+                "Switchboard back: the turn of conversation %s kept during the outage went on.",
+                conversation_id,
+            )
+            return relayed
+        logger.error(
+            "Switchboard unreachable for %.0f s: a turn of conversation %s was not relayed; "
+            "the customer was told.",
+            self.outage_retry_seconds,
+            conversation_id,
+        )
+        if line is not None:
+            await self.notices.tell(line, conversation_id, "utter_omnidesk_delivery_failed")
+        return True
+
+    def _log_outage(self, error: SwitchboardError) -> None:
+        """One line per outage (at most one every OUTAGE_LOG_INTERVAL s), no traceback."""
+        now = time.monotonic()
+        if now - self._outage_logged_at >= OUTAGE_LOG_INTERVAL:
+            self._outage_logged_at = now
+            logger.error("%s. Bot-mode turns go to the bot meanwhile.", error)
+
+    def _seen(self, conversation_id: str, with_agent: bool) -> None:
+        """Remember what the switchboard last said of a conversation, for an outage."""
+        self._with_agent.pop(conversation_id, None)
+        if with_agent:
+            # Insertion order is recency order: the oldest is first.
+            self._with_agent[conversation_id] = time.monotonic()
+            if len(self._with_agent) > MAX_REMEMBERED:
+                del self._with_agent[next(iter(self._with_agent))]
+
+    async def _customer_turn(self, conversation_id: str, text: Optional[str], channel: str) -> bool:
         if self.is_leave_command(text) or text is None or not text.strip():
             return await self._customer_command(conversation_id, text)
         ticket = await self._take_turn(conversation_id)
+        self._seen(conversation_id, ticket is not None)
         if ticket is None:
             return False  # with the bot, or ended while this turn waited for the lease
         handoff = ticket.handoff
@@ -130,17 +202,26 @@ class Relay:
                 handoff.chat_session_id,
                 self.turn_lease,
             )
-        await self.record.add(
-            conversation_id,
-            RecordEntry(
-                "customer",
-                text,
-                handoff.chat_session_id,
-                time.time(),
-                message_number=number,
-                delivered=delivered,
-            ),
+        entry = RecordEntry(
+            "customer",
+            text,
+            handoff.chat_session_id,
+            time.time(),
+            message_number=number,
+            delivered=delivered,
         )
+        try:
+            await self.record.add(conversation_id, entry)
+        except SwitchboardError as error:
+            # Not raised on: the outage path would send the turn a second time.
+            logger.error(
+                "Customer turn %s of conversation %s (chat %s) could not be kept for the "
+                "tracker: %s",
+                number,
+                conversation_id,
+                handoff.chat_session_id,
+                error,
+            )
         if not delivered:
             line = self.lines.get(channel)
             if line is not None:
@@ -150,6 +231,7 @@ class Relay:
     async def _customer_command(self, conversation_id: str, text: Optional[str]) -> bool:
         """The leave command ends the chat; an empty turn is dropped (neither takes a number)."""
         handoff = await self.switchboard.get(conversation_id)
+        self._seen(conversation_id, handoff is not None)
         if handoff is None:
             return False
         if self.is_leave_command(text):
@@ -323,6 +405,7 @@ class Relay:
         ended = await self.switchboard.end(handoff.conversation_id, handoff.chat_session_id)
         if ended is None:
             return False
+        self._seen(ended.conversation_id, False)
         if outcome is not HandoffOutcome.ENDED_BY_AGENT:
             try:
                 await self.client.notify_user_end_chat(chat_session_id=ended.chat_session_id)
@@ -330,24 +413,76 @@ class Relay:
                 # The chat is over for the customer either way; the agent's desk
                 # may show it open until Omnidesk closes it.
                 self._log_failure("end of chat", ended, error)
-        # The end comes after the deliveries already under way.
-        await self.delivery.drain(ended.conversation_id)
+        # From here on the customer is handed back whatever fails on the way: a
+        # customer left "with an agent" in the bot's slots could never escalate again.
+        try:
+            # The end comes after the deliveries already under way.
+            await self.delivery.drain(ended.conversation_id)
+        except Exception as error:
+            self._log_step_failure("drain the deliveries of", ended, error)
         # A failed write is logged in flush and stays buffered for the sweeper: the
         # customer is handed back to the bot whatever the tracker store says.
         with contextlib.suppress(Exception):
             await self.record.flush(ended.conversation_id)
-        self.delivery.forget(ended)
+        try:
+            self.delivery.forget(ended)
+        except Exception as error:
+            self._log_step_failure("forget the deliveries of", ended, error)
         logger.info(
             "Handoff ended (%s): conversation %s, chat %s.",
             outcome.value,
             ended.conversation_id,
             ended.chat_session_id,
         )
-        if not await self.bot.hand_back(ended, outcome):
+        try:
+            handed_back = await self.bot.hand_back(ended, outcome)
+        except Exception as error:
+            self._log_step_failure("hand back to the bot", ended, error)
+            handed_back = False
+        if not handed_back:
             line = self.lines.get(ended.channel)
             if line is not None:
                 await self.notices.tell(line, ended.conversation_id, "utter_omnidesk_chat_ended")
         return True
+
+    @staticmethod
+    def _log_step_failure(what: str, handoff: Handoff, error: Exception) -> None:
+        logger.error(
+            "Ending chat %s of conversation %s: could not %s it (%s: %s); the end goes on.",
+            handoff.chat_session_id,
+            handoff.conversation_id,
+            what,
+            type(error).__name__,
+            error,
+        )
+
+    async def handoff_not_registered(
+        self, conversation_id: str, channel: str, started: HandoffStarted, error: Exception
+    ) -> None:
+        """The action opened a chat the switchboard could not take: end it, tell the customer.
+
+        Left open, the chat would wait on the agent's desk for a customer whose
+        turns go to the bot.
+        """
+        logger.error(
+            "Handoff of conversation %s to chat %s could not be registered (%s); "
+            "ending the chat and telling the customer.",
+            conversation_id,
+            started.chat_session_id,
+            error,
+        )
+        try:
+            await self.client.notify_user_end_chat(chat_session_id=started.chat_session_id)
+        except OmnideskError as end_error:
+            logger.error(
+                "Could not end orphan chat %s of conversation %s: %s",
+                started.chat_session_id,
+                conversation_id,
+                end_error,
+            )
+        line = self.lines.get(channel)
+        if line is not None:
+            await self.notices.tell(line, conversation_id, "utter_omnidesk_handoff_failed")
 
     # -- lifecycle -------------------------------------------------------------
 

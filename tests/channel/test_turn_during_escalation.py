@@ -1,0 +1,34 @@
+"""A turn typed while the escalation runs is routed once it is done: never lost to the bot."""
+
+import asyncio
+
+from tests.channel.conftest import callback_setup
+
+
+async def test_a_turn_typed_during_a_slow_escalation_reaches_the_agent() -> None:
+    async with callback_setup() as setup:
+        started = await setup.server.open_chat()
+        setup.server.escalate_on("escalate slow-1", started)
+        setup.server.bot.delays["escalate slow-1"] = 1.0  # the action's Omnidesk calls
+        escalating = asyncio.ensure_future(setup.say("slow-1", "escalate slow-1"))
+        await asyncio.sleep(0.3)
+        assert await setup.say("slow-1", "typed while connecting") == 200
+        assert await escalating == 200
+        texts = [m.text for m in setup.server.sandbox.chat(started.chat_session_id).messages]
+        assert texts[-1] == "typed while connecting"
+        assert [m.text for m in setup.server.bot.seen] == ["escalate slow-1"]
+
+
+async def test_a_turn_typed_during_a_failed_escalation_goes_to_the_bot() -> None:
+    async with callback_setup() as setup:
+        setup.server.bot.replies["escalate slow-2"] = [{"text": "No one is available."}]
+        setup.server.bot.delays["escalate slow-2"] = 1.0
+        escalating = asyncio.ensure_future(setup.say("slow-2", "escalate slow-2"))
+        await asyncio.sleep(0.3)
+        assert await setup.say("slow-2", "typed while connecting") == 200
+        assert await escalating == 200
+        assert [m.text for m in setup.server.bot.seen] == [
+            "escalate slow-2",
+            "typed while connecting",
+        ]
+        assert setup.customer.texts() == ["No one is available.", "bot: typed while connecting"]
