@@ -1,36 +1,67 @@
 #!/usr/bin/env bash
-# Creates or refreshes .venv with Python 3.10 and everything the project needs.
+# Creates or refreshes a Python environment with everything the project needs.
 # Idempotent: when pyproject.toml and the interpreter are unchanged, it costs about a second.
-# Usage: scripts/bootstrap.sh [--system-packages]
-#   --system-packages  also install the Debian packages the tests use (redis-server,
-#                      chromium, chromium-driver, and nginx and postgresql for the
-#                      cluster tests) where apt-get is available as root.
+# Usage: scripts/bootstrap.sh [--pro] [--system-packages]
+#   (default)          .venv: Python 3.10, Rasa Open Source 3.6.21 (the `bot` extra) and the
+#                      project with its test, lint and bench tools. PYTHON chooses the interpreter.
+#   --pro              .venv-pro: Python 3.11, the newest rasa-pro 3.x and the project with its
+#                      test tools, for the second test run of `make test`. PYTHON311 chooses the
+#                      interpreter, VENV_PRO the folder.
+#   --system-packages  also install the Debian packages the tests use
+#                      (redis-server, chromium, chromium-driver, and nginx and postgresql
+#                      for the cluster tests) where apt-get is available as root.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${VENV:-$ROOT/.venv}"
-EXTRAS="test,lint,bench"
+LINE=oss
+SYSTEM_PACKAGES=no
+for arg in "$@"; do
+    case "$arg" in
+        --pro) LINE=pro ;;
+        --system-packages) SYSTEM_PACKAGES=yes ;;
+        *) printf '[bootstrap] unknown option %s (use --pro, --system-packages)\n' "$arg" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$LINE" = pro ]; then
+    WANT_PY=3.11
+    CHOSEN="${PYTHON311:-}"
+    CHOSEN_NAME=PYTHON311
+    VENV="${VENV_PRO:-$ROOT/.venv-pro}"
+    # rasa-pro and rasa both install the package `rasa`: this environment has only rasa-pro.
+    REQUIREMENTS=("rasa-pro>=3.21,<4" "-e" "$ROOT[test]")
+    # Rasa Pro imports litellm, which would fetch its model price list over the network.
+    export LITELLM_LOCAL_MODEL_COST_MAP=True
+else
+    WANT_PY=3.10
+    CHOSEN="${PYTHON:-}"
+    CHOSEN_NAME=PYTHON
+    VENV="${VENV:-$ROOT/.venv}"
+    REQUIREMENTS=("-e" "$ROOT[bot,test,lint,bench]")
+fi
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-is_py310() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 10) else 1)' >/dev/null 2>&1; }
+is_wanted_py() {
+    [ -n "$1" ] && "$1" -c "import sys; sys.exit(0 if '%d.%d' % sys.version_info[:2] == '$WANT_PY' else 1)" >/dev/null 2>&1
+}
 
 find_python() {
     local candidates=()
-    [ -n "${PYTHON:-}" ] && candidates+=("$PYTHON")
-    candidates+=(python3.10)
+    [ -n "$CHOSEN" ] && candidates+=("$CHOSEN")
+    candidates+=("python$WANT_PY")
     local pyenv_root="${PYENV_ROOT:-$HOME/.pyenv}"
     if command -v pyenv >/dev/null 2>&1; then
         pyenv_root="$(pyenv root 2>/dev/null || echo "$pyenv_root")"
     fi
     local dir
-    for dir in "$pyenv_root"/versions/3.10*; do
-        [ -x "$dir/bin/python3.10" ] && candidates+=("$dir/bin/python3.10")
+    for dir in "$pyenv_root"/versions/"$WANT_PY"*; do
+        [ -x "$dir/bin/python$WANT_PY" ] && candidates+=("$dir/bin/python$WANT_PY")
     done
-    candidates+=(/usr/bin/python3.10 /usr/local/bin/python3.10 python3)
+    candidates+=("/usr/bin/python$WANT_PY" "/usr/local/bin/python$WANT_PY" python3)
     local c
     for c in "${candidates[@]}"; do
-        if is_py310 "$c"; then
+        if is_wanted_py "$c"; then
             command -v "$c" 2>/dev/null || echo "$c"
             return 0
         fi
@@ -60,18 +91,24 @@ install_system_packages() {
 }
 
 PY="$(find_python)" || {
-    say "Python 3.10 not found. Rasa 3.6 needs Python 3.8-3.10; this project uses 3.10."
-    say "Install it (e.g. 'pyenv install 3.10.13' or 'apt-get install python3.10 python3.10-venv'),"
-    say "or point PYTHON at a 3.10 interpreter: PYTHON=/path/to/python3.10 make test"
+    if [ "$LINE" = pro ]; then
+        say "Python 3.11 not found. The Rasa Pro test environment (.venv-pro) needs it."
+        say "Install it (e.g. 'pyenv install 3.11.7' or 'apt-get install python3.11 python3.11-venv'),"
+        say "or point PYTHON311 at a 3.11 interpreter: PYTHON311=/path/to/python3.11 make test"
+    else
+        say "Python 3.10 not found. Rasa 3.6 needs Python 3.8-3.10; this project uses 3.10."
+        say "Install it (e.g. 'pyenv install 3.10.13' or 'apt-get install python3.10 python3.10-venv'),"
+        say "or point PYTHON at a 3.10 interpreter: PYTHON=/path/to/python3.10 make test"
+    fi
     exit 2
 }
 
-if [ "${1:-}" = "--system-packages" ]; then
+if [ "$SYSTEM_PACKAGES" = yes ]; then
     install_system_packages
 fi
 
-if [ -x "$VENV/bin/python" ] && ! is_py310 "$VENV/bin/python"; then
-    say "$VENV is not a Python 3.10 environment; recreating it"
+if [ -x "$VENV/bin/python" ] && ! is_wanted_py "$VENV/bin/python"; then
+    say "$VENV is not a Python $WANT_PY environment; recreating it"
     rm -rf "$VENV"
 fi
 if [ ! -x "$VENV/bin/python" ]; then
@@ -80,12 +117,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 STAMP="$VENV/.installed"
-WANT="$( (cat "$ROOT/pyproject.toml"; echo "$EXTRAS"; "$VENV/bin/python" -VV) | sha256sum | cut -d' ' -f1)"
+WANT="$( (cat "$ROOT/pyproject.toml"; echo "${REQUIREMENTS[*]}"; "$VENV/bin/python" -VV) | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     say "installing the project and its dependencies into $VENV (first time: a few minutes)"
     LOG="$VENV/install.log"
     if ! { "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade "pip>=23" wheel &&
-           "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[$EXTRAS]"; } >"$LOG" 2>&1; then
+           "$VENV/bin/python" -m pip install --disable-pip-version-check "${REQUIREMENTS[@]}"; } >"$LOG" 2>&1; then
         tail -n 30 "$LOG" >&2
         say "installing failed; the whole log is in $LOG"
         exit 1

@@ -1,10 +1,11 @@
 """Fixtures for the action's tests: a sandbox Omnidesk and the action server's executor."""
 
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Dict, Iterator, Optional
 
 import pytest
 from rasa_sdk.executor import ActionExecutor
 
+from connectors.omnidesk.channel.rasa_versions import action_result
 from omnidesk_sandbox.testing import Sandbox, running_sandbox
 
 SECRET = "Hookpoint0Secret0For0Tests0Only"
@@ -41,9 +42,18 @@ def omnidesk_env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     yield
 
 
+class JsonActionExecutor(ActionExecutor):  # type: ignore[misc]
+    """rasa_sdk's executor, whose ``run`` answers the JSON body the action server sends back."""
+
+    async def run(
+        self, action_call: Dict[str, Any], *args: Any, **kwargs: Any
+    ) -> Optional[Dict[str, Any]]:
+        return action_result(await super().run(action_call, *args, **kwargs))
+
+
 @pytest.fixture
 def executor(omnidesk_env: None) -> ActionExecutor:
     """The action server's executor with the actions package registered, as `rasa run actions` does."""
-    action_executor = ActionExecutor()
+    action_executor = JsonActionExecutor()
     action_executor.register_package("actions")
     return action_executor

@@ -14,7 +14,7 @@ async def agent(example_bot_model: pathlib.Path) -> AsyncIterator[Agent]:
     yield await load_agent(str(example_bot_model))
 
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.rasa_cli]
 
 
 async def say(agent: Agent, sender: str, text: str) -> List[str]:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List
 
+import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -48,6 +49,7 @@ def by_name(items: List[Any]) -> Dict[str, Any]:
     return named
 
 
+@pytest.mark.rasa_cli
 def test_rasa_data_validate_passes_with_only_the_expected_warnings() -> None:
     env = dict(os.environ, SQLALCHEMY_SILENCE_UBER_WARNING="1")
     validated = subprocess.run(

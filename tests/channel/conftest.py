@@ -1,7 +1,8 @@
 """The channel on a real Sanic server on loopback, with the sandbox as Omnidesk.
 
-``channel_server(...)`` starts a Sanic 21.12 app in the test's own event loop
-(``create_server(return_asyncio_server=True)`` and its listeners), with
+``channel_server(...)`` starts a Sanic app (21.12 on Rasa 3.6, 25 on Rasa Pro)
+in the test's own event loop (``create_server(return_asyncio_server=True)`` and
+its listeners), with
 OmnideskInput registered as Rasa registers it (url_prefix /webhooks/omnidesk)
 and a small stand-in for Rasa's message handler: it answers a bot turn through
 the output channel it is given, from a script (text -> messages), so a test can
@@ -27,6 +28,7 @@ from aiohttp import web
 from rasa.core.channels.channel import UserMessage
 from sanic import Sanic
 
+from connectors.omnidesk.channel import rasa_versions
 from connectors.omnidesk.channel.input import OmnideskInput
 from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import HandoffStarted, new_chat_session_id
@@ -65,11 +67,10 @@ responses:
 def rasa_agent() -> Any:
     """A real Rasa Agent with a domain and an in-memory tracker store (no model needed)."""
     from rasa.core.agent import Agent
-    from rasa.core.tracker_store import InMemoryTrackerStore
     from rasa.shared.core.domain import Domain
 
     domain = Domain.from_yaml(DOMAIN_YAML)
-    return Agent(domain=domain, tracker_store=InMemoryTrackerStore(domain))
+    return Agent(domain=domain, tracker_store=rasa_versions.in_memory_tracker_store(domain))
 
 
 @dataclass
@@ -209,7 +210,7 @@ async def channel_server(
         app.blueprint(channel.blueprint(bot.handle), url_prefix="/webhooks/omnidesk")
         app.ctx.input_channels = [channel]
         for wrapped in channel.customer_channels:
-            sio = getattr(wrapped, "sio", None)
+            sio = rasa_versions.socketio_server(wrapped)
             if sio is not None:
                 # Long polls end quickly, so a test's client disconnects at once.
                 sio.eio.ping_interval = 0.5
@@ -345,6 +346,11 @@ class CallbackSetup:
         self.server.escalate_on(f"escalate {sender}", started)
         await self.say(sender, f"escalate {sender}")
         await self.server.wait_with_agent(sender)
+        # Rasa Pro's CallbackOutput posts from a background queue (3.19 on): the webhook
+        # answers before the bot's line reaches the backend, so wait for it.
+        await self.customer.wait_for(
+            lambda r: "Connecting you to a person." in self.customer.texts()
+        )
         return started.chat_session_id
 
 

@@ -17,10 +17,10 @@ import pytest
 from rasa.core.channels.channel import register
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.training_data.story_reader.yaml_story_reader import YAMLStoryReader
-from rasa.shared.utils.io import read_yaml
 from sanic import Sanic
 
 from connectors.omnidesk.channel.input import ChannelConfigError, OmnideskInput
+from connectors.omnidesk.channel.rasa_versions import read_yaml
 from connectors.omnidesk.channel.routes import HOOKPOINT_NAMES
 from connectors.omnidesk.client import OmnideskClient, OmnideskUnavailable
 from connectors.omnidesk.handoff import new_chat_session_id

@@ -16,9 +16,9 @@ from rasa.core.channels.callback import CallbackInput
 from rasa.core.channels.channel import InputChannel, OutputChannel
 from rasa.core.channels.socketio import SocketIOInput
 
+from connectors.omnidesk.channel import rasa_versions
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox import Presence
-from connectors.omnidesk.channel.rasa_compat import socketio_server
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink
 from connectors.omnidesk.handoff import (
     ControlPayloadError,
@@ -36,17 +36,22 @@ AGENT_TYPING_EVENT = "agent_typing"
 _CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "elements", "custom")
 
 
+@rasa_versions.pass_on_output_members
 class WrappedOutput(OutputChannel):  # type: ignore[misc]
     """The wrapped channel's output channel, with the control payload taken off."""
 
     def __init__(self, inner: OutputChannel, channel: str, on_started: OnHandoffStarted) -> None:
         self.inner = inner
+        super().__init__()
         self.channel = channel
         self._on_started = on_started
         # Set when the handoff of this turn could not be registered: the action's
         # "you're connected" that follows the payload would be false, so the rest
         # of the turn's messages are dropped (the customer was told instead).
         self._handoff_failed = False
+
+    def attach_tracker_state(self, tracker: Any) -> None:
+        rasa_versions.attach_tracker_state(self, self.inner, tracker)
 
     def name(self) -> str:
         return str(self.inner.name())
@@ -69,16 +74,16 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
         if not await self._on_started(recipient_id, self.channel, started):
             self._handoff_failed = True
 
-    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> Any:
         custom = message.get("custom")
         if isinstance(custom, dict) and is_control_payload(custom):
             message = {key: value for key, value in message.items() if key != "custom"}
             await self._take_control(recipient_id, custom)
             if not any(message.get(key) for key in _CONTENT_KEYS):
-                return
+                return None
         if self._handoff_failed:
-            return
-        await self.inner.send_response(recipient_id, message)
+            return None
+        return await self.inner.send_response(recipient_id, message)
 
     async def send_custom_json(
         self, recipient_id: str, json_message: Dict[str, Any], **kwargs: Any
@@ -137,7 +142,7 @@ class SocketIOLine:
         return self._presence.here(recipient_id)
 
     async def _emit(self, event: str, data: Dict[str, Any], room: str) -> None:
-        sio = socketio_server(self._channel)
+        sio = rasa_versions.socketio_server(self._channel)
         if sio is None:
             raise RuntimeError("the socket.io server is not running in this process")
         await sio.emit(event, data, room=room, namespace=self._channel.namespace)
@@ -254,7 +259,7 @@ async def send_handoff_details(
     to the customer as text: they get nothing (False).
     """
     if isinstance(channel, SocketIOInput):
-        sio = socketio_server(channel)
+        sio = rasa_versions.socketio_server(channel)
         if sio is None:
             return False
         await sio.emit(CUSTOMER_EVENT_NAME, details, room=recipient_id, namespace=channel.namespace)

@@ -27,7 +27,7 @@ from rasa.core.channels.channel import (
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
-from connectors.omnidesk.channel import rasa_compat
+from connectors.omnidesk.channel import rasa_compat, rasa_versions
 from connectors.omnidesk.channel.customer import WrappedOutput, line_for, send_handoff_details
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.outbox import Outbox, Presence, create_outbox_store
@@ -396,7 +396,9 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
                 channel, self.settings.agent_name_prefix, self.presence
             )
             sio = (
-                rasa_compat.socketio_server(channel) if isinstance(channel, SocketIOInput) else None
+                rasa_versions.socketio_server(channel)
+                if isinstance(channel, SocketIOInput)
+                else None
             )
             if sio is not None:
                 self.routes.on_socketio(sio, channel.namespace, bool(channel.session_persistence))
@@ -414,10 +416,11 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.routes.add_to(bp)
         listeners: Any = bp
 
-        async def start(app: Any, _: Any) -> None:
+        # (app, _loop=None): the listener form Sanic 21.12 and 25 both accept (rasa_versions).
+        async def start(app: Any, _loop: Any = None) -> None:
             await self._start(app, on_new_message)
 
-        async def stop(app: Any, _: Any) -> None:
+        async def stop(app: Any, _loop: Any = None) -> None:
             await self._stop()
 
         listeners.listener("before_server_start")(start)

@@ -16,6 +16,8 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
+from connectors.omnidesk.channel.rasa_versions import socketio_server
+
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[UserMessage], Awaitable[Any]]
@@ -133,15 +135,6 @@ def keep_log_level() -> None:
 # -- the socket.io server (Rasa 3.6: ``sio``) -----------------------------------------
 
 
-def socketio_server(channel: SocketIOInput) -> Any:
-    """The wrapped channel's python-socketio AsyncServer, or None before its blueprint.
-
-    The one place the connector reads the attribute, so a Rasa version that
-    names it differently is handled here alone.
-    """
-    return channel.sio
-
-
 # -- socket.io across instances (Rasa 3.6 builds its AsyncServer without a manager) ----
 
 
@@ -200,7 +193,10 @@ def await_session_room(
     5.9 on, ``AsyncServer.enter_room`` is a coroutine, so with
     ``session_persistence: true`` the socket never joins its session's room and
     no bot or agent message reaches the widget. The handler below is Rasa's,
-    with the room entered for real on either version.
+    with the room entered for real on either version. Rasa Pro's own handler
+    (``SocketIOInput.handle_session_request``) awaits the room but enters it in
+    the default namespace; it is replaced there too, for the namespace and for
+    the two hooks below.
 
     ``on_joined`` hears which conversation a socket now stands for (its session
     id with session_persistence, else its own sid, on connect) once it can be
