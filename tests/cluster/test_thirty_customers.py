@@ -404,7 +404,7 @@ class Run:
         await asyncio.gather(*(self.escalate(p, escalating) for p in self.people))
         self._phase("escalated")
         await asyncio.gather(*(self.half(p, 1, HALF) for p in self.people))
-        await self.settle(HALF)
+        await self.settle()
         self._phase("first half")
         # Nothing in flight either way now: replica A dies, the agent writes on.
         await asyncio.to_thread(self.cluster.kill_replica, "rasa-a", signal.SIGKILL)
@@ -415,7 +415,7 @@ class Run:
                 person.away = True
         self._phase("replica A killed")
         await asyncio.gather(*(self.half(p, HALF + 1, TURNS, after_kill=True) for p in self.people))
-        await self.settle(TURNS)
+        await self.settle()
         self._phase("second half")
         await asyncio.gather(*(self.end(p) for p in self.people))
         self._phase("chats ended")
@@ -530,7 +530,7 @@ class Run:
             await asyncio.sleep(0.5)
         return False
 
-    async def settle(self, turns: int) -> None:
+    async def settle(self) -> None:
         """Wait (bounded) until every turn and agent message sent so far has arrived."""
 
         async def arrived() -> bool:
