@@ -191,15 +191,25 @@ function select(kind, id) {
 
 // ---- live state ------------------------------------------------------------------------
 
+// Live events that arrive while reload() waits for its answers: replayed on top of
+// them, so a chat that appears in that moment is not wiped by an older list.
+let eventsDuringReload = null;
+
 async function reload() {
-  const [chatData, ticketData, status] = await Promise.all([
-    api("GET", "/_sandbox/chats"), api("GET", "/_sandbox/tickets"), api("GET", "/_sandbox/status")]);
-  chats.clear();
-  for (const chat of chatData.chats) chats.set(chat.chat_session_id, chat);
-  tickets.clear();
-  for (const ticket of ticketData.tickets) tickets.set(ticket.ticket_id, ticket);
-  showAgents(status.agents_online);
-  showProfile(status.agent_name, status.agent_picture);
+  eventsDuringReload = [];
+  try {
+    const [chatData, ticketData, status] = await Promise.all([
+      api("GET", "/_sandbox/chats"), api("GET", "/_sandbox/tickets"), api("GET", "/_sandbox/status")]);
+    chats.clear();
+    for (const chat of chatData.chats) chats.set(chat.chat_session_id, chat);
+    tickets.clear();
+    for (const ticket of ticketData.tickets) tickets.set(ticket.ticket_id, ticket);
+    showAgents(status.agents_online);
+    showProfile(status.agent_name, status.agent_picture);
+    for (const event of eventsDuringReload) apply(event);
+  } finally {
+    eventsDuringReload = null;
+  }
   render();
 }
 
@@ -217,6 +227,14 @@ function showProfile(name, picture) {
   if (picture) preview.src = picture;
 }
 
+function apply(event) {
+  if (event.type === "chat") chats.set(event.chat.chat_session_id, event.chat);
+  else if (event.type === "chat_dropped") chats.delete(event.chat_session_id);
+  else if (event.type === "ticket") tickets.set(event.ticket.ticket_id, event.ticket);
+  else if (event.type === "agents") showAgents(event.online);
+  else if (event.type === "profile") showProfile(event.name, event.picture);
+}
+
 function connect() {
   const source = new EventSource("/_sandbox/events");
   source.addEventListener("hello", () => {
@@ -226,12 +244,13 @@ function connect() {
   });
   source.onmessage = (message) => {
     const event = JSON.parse(message.data);
-    if (event.type === "chat") chats.set(event.chat.chat_session_id, event.chat);
-    else if (event.type === "chat_dropped") chats.delete(event.chat_session_id);
-    else if (event.type === "ticket") tickets.set(event.ticket.ticket_id, event.ticket);
-    else if (event.type === "agents") showAgents(event.online);
-    else if (event.type === "profile") showProfile(event.name, event.picture);
-    else if (event.type === "reset") { chats.clear(); tickets.clear(); selected = null; reload(); return; }
+    if (event.type === "reset") {
+      chats.clear(); tickets.clear(); selected = null;
+      reload().catch((e) => showError("loading", e));
+      return;
+    }
+    if (eventsDuringReload) eventsDuringReload.push(event);
+    apply(event);
     render();
   };
   source.onerror = () => {

@@ -140,7 +140,9 @@ class FakeOmnidesk:
         reply = queue.popleft() if queue else Reply()
         if reply.drop:
             assert request.transport is not None
-            request.transport.close()
+            # abort(), not close(): close() lets a newer aiohttp server still write
+            # the answer below before the connection goes.
+            request.transport.abort()
             return web.Response()
         if reply.hang:
             with contextlib.suppress(asyncio.TimeoutError):
