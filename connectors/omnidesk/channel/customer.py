@@ -18,7 +18,7 @@ from rasa.core.channels.socketio import SocketIOInput
 
 from connectors.omnidesk.channel import rasa_versions
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.outbox import Presence
+from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink
 from connectors.omnidesk.handoff import (
     ControlPayloadError,

@@ -30,7 +30,9 @@ from sanic import Blueprint
 from connectors.omnidesk.channel import rasa_compat, rasa_versions
 from connectors.omnidesk.channel.customer import WrappedOutput, line_for, send_handoff_details
 from connectors.omnidesk.channel.files import AgentFileStore
-from connectors.omnidesk.channel.outbox import Outbox, Presence, create_outbox_store
+from connectors.omnidesk.channel.outbox import Outbox
+from connectors.omnidesk.channel.outbox_store import create_outbox_store
+from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.rasa_bot import RasaBot
 from connectors.omnidesk.channel.rasa_compat import Handler
 from connectors.omnidesk.channel.relay import Relay
