@@ -19,18 +19,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import (
-    Any,
-    Dict,
-    List,
-    Mapping,
-    NamedTuple,
-    Optional,
-    Sequence,
-    Tuple,
-    Union,
-    cast,
-)
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
@@ -49,10 +38,7 @@ from connectors.omnidesk.errors import (
 )
 from connectors.omnidesk.retry import RandomSource, Retrying, Sleep
 from connectors.omnidesk.settings import OmnideskSettings
-from connectors.omnidesk.transport import (
-    AiohttpTransport,
-    Transport,
-)
+from connectors.omnidesk.transport import AiohttpTransport, Transport
 
 logger = logging.getLogger(__name__)
 
