@@ -101,30 +101,15 @@ class Routes:
 
         # strict_slashes: a path is served as written, ".../endSession/" is a 404.
         routes.add_route(health, "/", methods=["GET"], name="omnidesk_health")
-        routes.add_route(
-            hook,
-            "/hook/<token:str>/<hookpoint:str>",
-            methods=["POST"],
-            stream=True,
-            name="omnidesk_hook",
-            strict_slashes=True,
-        )
-        routes.add_route(
-            upload,
-            "/upload",
-            methods=["POST"],
-            stream=True,
-            name="omnidesk_upload",
-            strict_slashes=True,
-        )
-        routes.add_route(
-            event,
-            "/event",
-            methods=["POST"],
-            stream=True,
-            name="omnidesk_event",
-            strict_slashes=True,
-        )
+        # The posts are streamed: each reads its body itself, under its own cap (edge.py).
+        for handler, path, name in (
+            (hook, "/hook/<token:str>/<hookpoint:str>", "omnidesk_hook"),
+            (upload, "/upload", "omnidesk_upload"),
+            (event, "/event", "omnidesk_event"),
+        ):
+            routes.add_route(
+                handler, path, methods=["POST"], stream=True, name=name, strict_slashes=True
+            )
         routes.add_route(
             files,
             "/files/<token:str>/<filename:str>",
