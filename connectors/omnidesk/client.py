@@ -37,7 +37,7 @@ from connectors.omnidesk.errors import (
     read_answer,
 )
 from connectors.omnidesk.retry import RandomSource, Retrying, Sleep
-from connectors.omnidesk.settings import OmnideskSettings
+from connectors.omnidesk.settings import OmnideskSettings, Secret
 from connectors.omnidesk.transport import AiohttpTransport, Transport
 
 logger = logging.getLogger(__name__)
@@ -388,20 +388,27 @@ class OmnideskClient:
         """Send one call: its URL and form here, retries in retry.py, the answer's meaning in errors.py."""
         if self._closed:
             raise RuntimeError("OmnideskClient is closed; make a new one")
-        settings = self._settings
-        query = dict(params or {})
-        if settings.api_key is not None:
-            query["apiKey"] = settings.api_key.reveal()
-        if query:
-            url = str(URL(url).with_query(query))
-        headers = {"User-Agent": USER_AGENT}
-        body = b""
-        if parts:
-            body, headers["Content-Type"] = await _multipart(parts)
+        url, headers, body = await _prepared(url, params, self._settings.api_key, parts)
         status, answer = await self._retrying.send(
             call, method, url, headers, body, chat_session_id
         )
         return read_answer(call, status, answer, self._secrets.redact)
+
+
+async def _prepared(
+    url: str, params: Optional[Mapping[str, str]], api_key: Optional[Secret], parts: Sequence[_Part]
+) -> Tuple[str, Dict[str, str], bytes]:
+    """A call's URL (with ``?apiKey=`` when one is configured), headers and body."""
+    query = dict(params or {})
+    if api_key is not None:
+        query["apiKey"] = api_key.reveal()
+    if query:
+        url = str(URL(url).with_query(query))
+    headers = {"User-Agent": USER_AGENT}
+    body = b""
+    if parts:
+        body, headers["Content-Type"] = await _multipart(parts)
+    return url, headers, body
 
 
 class _Collect:
