@@ -85,7 +85,7 @@ async def test_omnidesk_failing_tells_the_customer_and_logs_the_cause(
     async with callback_setup() as setup:
         chat = await setup.hand_over("cust-5")
         setup.server.sandbox.inject_fault("notifyUserNewChatMessage", status=500, count=10)
-        with caplog.at_level("ERROR", logger="connectors.omnidesk.channel.relay"):
+        with caplog.at_level("ERROR", logger="connectors.omnidesk.channel.turns"):
             await setup.say("cust-5", "are you there?")
         told = await setup.customer.wait_for(
             lambda r: [m for m in r if "did not reach the agent" in m.get("text", "")]

@@ -4,7 +4,7 @@ from typing import Any
 
 from rasa.core.channels.channel import UserMessage
 
-from connectors.omnidesk.channel.input import _mark_with_bot
+from connectors.omnidesk.channel.incoming import mark_with_bot
 from tests.channel.conftest import callback_setup
 
 
@@ -18,7 +18,7 @@ def test_a_clients_own_omnidesk_metadata_is_replaced_not_trusted() -> None:
     message = UserMessage(
         "hi", sender_id="x", metadata={"omnidesk": {"with_agent": True}, "url": "https://a.b"}
     )
-    _mark_with_bot(message)
+    mark_with_bot(message)
     assert message.metadata == {"omnidesk": {"with_agent": False}, "url": "https://a.b"}
 
 

@@ -18,9 +18,11 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from sanic import Blueprint, response
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.outbox import Outbox, ToCustomer, create_outbox_store
+from connectors.omnidesk.channel.outbox import Outbox
+from connectors.omnidesk.channel.outbox_store import create_outbox_store
 from connectors.omnidesk.channel.sides import FileLink
 from connectors.omnidesk.channel.switchboard import create_switchboard
+from connectors.omnidesk.channel.to_customer import ToCustomer
 from omnidesk_sandbox.testing import Sandbox
 from tests.channel.conftest import ChannelServer, callback_setup, channel_server
 from tests.channel.test_socketio_relay import PERSISTENT, Widget

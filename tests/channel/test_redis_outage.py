@@ -65,7 +65,7 @@ async def test_a_relayed_turn_is_not_given_to_the_bot_when_redis_stays_down(
 ) -> None:
     async with callback_setup(switchboard_url=redis_server.url) as setup:
         await setup.hand_over("down-4")
-        setup.server.relay.outage_retry_seconds = 1.5
+        setup.server.relay.turns.outage_retry_seconds = 1.5
         redis_server.stop()
         assert await setup.say("down-4", "lost cause") == 200
         texts = setup.customer.texts()

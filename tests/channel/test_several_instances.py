@@ -55,7 +55,7 @@ def test_a_redis_switchboard_without_a_files_dir_is_refused() -> None:
 async def test_a_redis_switchboard_with_rasas_in_memory_lock_store_is_warned_about(
     redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level("WARNING", logger="connectors.omnidesk.channel.input"):
+    with caplog.at_level("WARNING", logger="connectors.omnidesk.channel.startup"):
         async with callback_setup(switchboard_url=redis_url, files_dir=str(tmp_path)):
             pass
     assert any("lock store is in memory" in r.getMessage() for r in caplog.records)

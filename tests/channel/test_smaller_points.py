@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from connectors.omnidesk.action.escalation import build_escalation
-from connectors.omnidesk.channel.input import _warn_if_plain_http
+from connectors.omnidesk.channel.startup import warn_if_plain_http
 from tests.channel.conftest import callback_setup
 
 
@@ -44,11 +44,11 @@ def test_a_plain_http_public_url_on_a_public_host_is_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        _warn_if_plain_http("http://127.0.0.1:5005")
-        _warn_if_plain_http("http://10.1.2.3")
-        _warn_if_plain_http("https://bot.example.com")
+        warn_if_plain_http("http://127.0.0.1:5005")
+        warn_if_plain_http("http://10.1.2.3")
+        warn_if_plain_http("https://bot.example.com")
         assert not caplog.records
-        _warn_if_plain_http("http://bot.example.com")
+        warn_if_plain_http("http://bot.example.com")
     assert "https" in caplog.records[0].getMessage()
 
 

@@ -18,7 +18,7 @@ from rasa.core.channels.socketio import SocketIOInput
 
 from connectors.omnidesk.channel import rasa_versions
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.outbox import Presence
+from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink
 from connectors.omnidesk.handoff import (
     ControlPayloadError,
@@ -281,3 +281,30 @@ def line_for(channel: InputChannel, name_prefix: bool, presence: Presence) -> Cu
     if isinstance(channel, CallbackInput):
         return CallbackLine(channel)
     return PlainLine(channel, name_prefix)
+
+
+async def hand_customer_token(
+    channel: Optional[InputChannel], conversation_id: str, customer_token: str, routes_url: str
+) -> None:
+    """Give the customer's channel the token its calls to /upload and /event carry.
+
+    ``routes_url`` is the connector's own routes' base URL. A failure is logged:
+    the chat goes on, only the customer's files and typing cannot reach the agent.
+    """
+    if channel is None:
+        return
+    details = {
+        "customer_token": customer_token,
+        "upload_url": f"{routes_url}/upload",
+        "event_url": f"{routes_url}/event",
+    }
+    try:
+        await send_handoff_details(channel, conversation_id, details)
+    except Exception as error:
+        # The chat goes on; only the customer's files and typing cannot reach the agent.
+        logger.warning(
+            "Could not hand conversation %s its customer token: %s: %s",
+            conversation_id,
+            type(error).__name__,
+            error,
+        )

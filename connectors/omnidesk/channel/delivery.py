@@ -16,14 +16,15 @@ from connectors.omnidesk.channel.hookpoints import (
     AgentTyping,
     AgentUpload,
 )
-from connectors.omnidesk.channel.outbox import DELIVERY_TIMEOUT, Outbox, ToCustomer, send_to
+from connectors.omnidesk.channel.outbox import Outbox
 from connectors.omnidesk.channel.record import TurnRecord
 from connectors.omnidesk.channel.sides import FileLink, RecordEntry
 from connectors.omnidesk.channel.switchboard import Handoff, Switchboard
+from connectors.omnidesk.channel.to_customer import ToCustomer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DELIVERY_TIMEOUT", "AgentDelivery", "ToCustomer", "send_to"]
+__all__ = ["AgentDelivery"]
 
 
 class AgentDelivery:

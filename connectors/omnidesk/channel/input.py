@@ -5,208 +5,51 @@ start-up, ``blueprint`` wraps the customer's own channels (socketio, callback,
 or any channel that can send outside a request) and serves their routes at
 their usual URLs beside the connector's own (routes.py), and the listeners
 build and close the running parts. It routes a customer turn by asking the
-relay once; relay.py decides. docs/channel.md is its reference.
+relay once; relay.py decides. The start-up checks live in startup.py, what
+happens to a turn before it is routed in incoming.py. docs/channel.md is its
+reference.
 """
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
 
-import rasa.shared.utils.common
-from rasa.core.channels import BUILTIN_CHANNELS
-from rasa.core.channels.channel import (
-    CollectingOutputChannel,
-    InputChannel,
-    OutputChannel,
-    UserMessage,
-)
+from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
 from connectors.omnidesk.channel import rasa_compat, rasa_versions
-from connectors.omnidesk.channel.customer import WrappedOutput, line_for, send_handoff_details
+from connectors.omnidesk.channel.customer import WrappedOutput, hand_customer_token, line_for
 from connectors.omnidesk.channel.files import AgentFileStore
-from connectors.omnidesk.channel.outbox import Outbox, Presence, create_outbox_store
+from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text, wait_for_turns_before
+from connectors.omnidesk.channel.outbox import Outbox
+from connectors.omnidesk.channel.outbox_store import create_outbox_store
+from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.rasa_bot import RasaBot
 from connectors.omnidesk.channel.rasa_compat import Handler
 from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.routes import Routes
 from connectors.omnidesk.channel.sides import CustomerLine
+from connectors.omnidesk.channel.startup import (
+    CHANNEL_NAME,
+    ChannelConfigError,
+    build_customer_channel,
+    can_push,
+    check_deployment,
+    warn_if_plain_http,
+    warn_lock_store,
+)
 from connectors.omnidesk.channel.sweeper import Sweeper, interval_for
 from connectors.omnidesk.channel.switchboard import SwitchboardError, create_switchboard
 from connectors.omnidesk.client import OmnideskClient
-from connectors.omnidesk.handoff import METADATA_KEY, METADATA_WITH_AGENT, HandoffStarted
-from connectors.omnidesk.rules import valid_text
+from connectors.omnidesk.handoff import HandoffStarted
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_NAME = "omnidesk"
-# How often a turn waiting for Rasa's lock looks again (Rasa's own default is 1 s).
-LOCK_POLL_SECONDS = 0.05
-
-
-class ChannelConfigError(ValueError):
-    """credentials.yml's entry for the Omnidesk channel is wrong; says which key and why."""
-
-
-# -- building the wrapped channels -----------------------------------------------
-
-
-def _build_customer_channel(key: Any, credentials: Any) -> InputChannel:
-    if not isinstance(key, str) or not key:
-        raise ChannelConfigError(
-            f"customer_channels: {key!r} is not a channel name; use a built-in name such as "
-            "socketio or callback, or a module path to an InputChannel class"
-        )
-    if credentials is not None and not isinstance(credentials, Mapping):
-        raise ChannelConfigError(
-            f"customer_channels.{key}: must be a mapping of that channel's credentials, "
-            f"got {type(credentials).__name__}"
-        )
-    if key == CHANNEL_NAME or key.endswith(".OmnideskInput"):
-        raise ChannelConfigError(
-            f"customer_channels.{key}: the Omnidesk channel cannot wrap itself"
-        )
-    if key in BUILTIN_CHANNELS:
-        channel_class: Any = BUILTIN_CHANNELS[key]
-    else:
-        try:
-            channel_class = rasa.shared.utils.common.class_from_module_path(key)
-        except (AttributeError, ImportError, ValueError) as error:
-            raise ChannelConfigError(
-                f"customer_channels.{key}: not a built-in channel ({', '.join(sorted(BUILTIN_CHANNELS))}) "
-                f"and not an importable InputChannel class ({error})"
-            ) from error
-        if not (isinstance(channel_class, type) and issubclass(channel_class, InputChannel)):
-            raise ChannelConfigError(f"customer_channels.{key}: is not an InputChannel class")
-    try:
-        channel: InputChannel = channel_class.from_credentials(
-            dict(credentials) if credentials else None
-        )
-    except Exception as error:
-        raise ChannelConfigError(
-            f"customer_channels.{key}: the channel rejected its credentials: "
-            f"{type(error).__name__}: {error}"
-        ) from error
-    return channel
-
-
-def _can_push(channel: InputChannel) -> bool:
-    """Whether ``channel`` can send a message outside the request that brought a turn."""
-    if isinstance(channel, SocketIOInput):
-        # Its output channel exists once its blueprint has been built.
-        return True
-    output = channel.get_output_channel()
-    if output is None:
-        return False
-    return not (
-        type(output) is CollectingOutputChannel
-        # Only CollectingOutputChannel and its subclasses have _persist_message;
-        # telegram's or slack's output channel has none and can push.
-        or getattr(type(output), "_persist_message", None)
-        is CollectingOutputChannel._persist_message
-    )
-
-
-def _check_deployment(settings: OmnideskSettings, env: Mapping[str, str]) -> None:
-    """Refuse settings that only work in one process when Rasa runs in several."""
-    redis = not settings.switchboard_url.startswith("memory")
-    workers = env.get("SANIC_WORKERS", "1").strip()
-    if not redis and workers.isdigit() and int(workers) > 1:
-        raise ChannelConfigError(
-            f"switchboard_url: memory:// with SANIC_WORKERS={workers}: each worker would keep "
-            "its own handoffs, and an agent's reply would reach a worker that does not know "
-            "the chat. Set switchboard_url (OMNIDESK_SWITCHBOARD_URL) to redis://host:6379/0, "
-            "or SANIC_WORKERS to 1."
-        )
-    if redis and settings.files_dir is None:
-        raise ChannelConfigError(
-            "files_dir: required with a Redis switchboard: agent files must be on storage "
-            "every Rasa instance reads, or a link sent by one instance 404s on the others. "
-            "Set files_dir (OMNIDESK_FILES_DIR) to a shared directory, e.g. "
-            "/var/lib/rasa-omnidesk/files on a shared volume."
-        )
-
-
-def _warn_lock_store(app: Any, settings: OmnideskSettings) -> None:
-    """A Redis switchboard means several instances; Rasa's lock store must be shared too."""
-    if settings.switchboard_url.startswith("memory"):
-        return
-    agent = getattr(app.ctx, "agent", None)
-    lock_store = getattr(agent, "lock_store", None)
-    if type(lock_store).__name__ == "InMemoryLockStore":
-        logger.warning(
-            "The switchboard is Redis (several Rasa instances) but Rasa's lock store is in "
-            "memory: two instances may run one conversation's turns at once. Set lock_store "
-            "in endpoints.yml to type: redis (Rasa Pro: concurrent_redis); see "
-            "docs/configuration.md, Several Rasa instances."
-        )
-
-
-def _valid(value: Any, depth: int = 0) -> Any:
-    """``value`` with every string in it made valid Unicode (lone surrogates become U+FFFD)."""
-    if isinstance(value, str):
-        return valid_text(value)
-    if depth > 20:
-        return value
-    if isinstance(value, dict):
-        return {_valid(key, depth + 1): _valid(item, depth + 1) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_valid(item, depth + 1) for item in value]
-    return value
-
-
-def _repair_text(message: UserMessage) -> None:
-    """Repair the turn's text and metadata before the tracker or the agent sees them.
-
-    A customer's JSON may carry ``"\\ud800"``: valid JSON, but no UTF-8 string.
-    Kept as is, it breaks the tracker store, the transcript and the multipart
-    body of every later escalation; repaired here, it shows as U+FFFD.
-    """
-    if isinstance(message.text, str):
-        message.text = valid_text(message.text)
-    if isinstance(message.metadata, dict):
-        message.metadata = _valid(message.metadata)
-
-
-def _warn_if_plain_http(public_url: str) -> None:
-    """Say so when the hookpoints' tokens would cross a network in clear text.
-
-    A warning, not a refusal: http:// is right on loopback, in a private network
-    behind a TLS proxy, and with the sandbox. docs/security.md says why.
-    """
-    parts = urlsplit(public_url)
-    if parts.scheme != "http":
-        return
-    host = parts.hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-        local = address.is_loopback or address.is_private
-    except ValueError:
-        local = host == "localhost" or host.endswith(".localhost")
-    if not local:
-        logger.warning(
-            "OMNIDESK_PUBLIC_URL is http:// on a public host (%s): the hookpoint tokens in "
-            "chatServer travel in clear text. Serve Rasa over https.",
-            host,
-        )
-
-
-def _mark_with_bot(message: UserMessage) -> None:
-    """Put the channel's own view of the handoff into the turn: this one goes to the bot.
-
-    The action trusts it over the ``handoff_active`` slot, which can outlive a
-    handoff (a failed end, a restart with memory://, lost Redis keys). A client's
-    own ``omnidesk`` metadata is replaced, never trusted.
-    """
-    metadata = dict(message.metadata) if isinstance(message.metadata, dict) else {}
-    metadata[METADATA_KEY] = {METADATA_WITH_AGENT: False}
-    message.metadata = metadata
+__all__ = ["CHANNEL_NAME", "ChannelConfigError", "OmnideskInput"]
 
 
 class OmnideskInput(InputChannel):  # type: ignore[misc]
@@ -233,8 +76,8 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             )
         except SettingsError as error:
             raise ChannelConfigError(str(error)) from error
-        _check_deployment(settings, os.environ)
-        channels = [_build_customer_channel(key, value) for key, value in customer.items()]
+        check_deployment(settings, os.environ)
+        channels = [build_customer_channel(key, value) for key, value in customer.items()]
         return cls(settings, channels)
 
     def __init__(self, settings: OmnideskSettings, customer_channels: List[InputChannel]) -> None:
@@ -246,7 +89,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             raise ChannelConfigError(
                 f"customer_channels: more than one channel named {', '.join(duplicates)}"
             )
-        refused = [str(c.name()) for c in customer_channels if not _can_push(c)]
+        refused = [str(c.name()) for c in customer_channels if not can_push(c)]
         if refused:
             raise ChannelConfigError(
                 f"customer_channels: {', '.join(refused)} cannot send a message outside the "
@@ -291,32 +134,13 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         except SwitchboardError as error:
             await self.relay.handoff_not_registered(conversation_id, channel, started, error)
             return False
-        await self._hand_customer_token(conversation_id, channel, started)
+        await hand_customer_token(
+            self._channel_named(channel),
+            conversation_id,
+            self.settings.customer_token(started.chat_session_id),
+            f"{self.settings.public_url}{self.route_prefix}",
+        )
         return True
-
-    async def _hand_customer_token(
-        self, conversation_id: str, channel_name: str, started: HandoffStarted
-    ) -> None:
-        """Give the customer's channel the token its calls to /upload and /event carry."""
-        channel = self._channel_named(channel_name)
-        if channel is None:
-            return
-        base = f"{self.settings.public_url}{self.route_prefix}"
-        details = {
-            "customer_token": self.settings.customer_token(started.chat_session_id),
-            "upload_url": f"{base}/upload",
-            "event_url": f"{base}/event",
-        }
-        try:
-            await send_handoff_details(channel, conversation_id, details)
-        except Exception as error:
-            # The chat goes on; only the customer's files and typing cannot reach the agent.
-            logger.warning(
-                "Could not hand conversation %s its customer token: %s: %s",
-                conversation_id,
-                type(error).__name__,
-                error,
-            )
 
     def wrap_output(self, output: OutputChannel, channel: str) -> WrappedOutput:
         return WrappedOutput(output, channel, self._on_handoff_started)
@@ -342,46 +166,17 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         channel_name = str(channel.name())
 
         async def handle(message: UserMessage) -> Any:
-            _repair_text(message)
+            repair_text(message)
             message.output_channel = self.wrap_output(message.output_channel, channel_name)
             relay = self.relay
             if relay is not None:
-                await self._wait_for_turns_before(message.sender_id)
+                await wait_for_turns_before(self._app, message.sender_id)
                 if await relay.customer_turn(message.sender_id, message.text, channel_name):
                     return None
-            _mark_with_bot(message)
+            mark_with_bot(message)
             return await on_new_message(message)
 
         return handle
-
-    async def _wait_for_turns_before(self, conversation_id: str) -> None:
-        """Let the conversation's turns under way finish before this one is routed.
-
-        The turn that escalates holds Rasa's lock while the action opens the
-        Omnidesk chat (seconds, up to the retry budget), and registers the
-        handoff before it lets go. Taking the lock here, and only then reading
-        the switchboard, sends a turn typed meanwhile to the agent once the
-        chat is open, or to the bot when the escalation failed. The lock is let
-        go again before the turn goes anywhere: Rasa's handler takes it itself,
-        and the end of a chat (the leave command) writes the tracker under it.
-        docs/architecture.md ("Routing a turn under Rasa's lock") says why.
-        """
-        agent = getattr(getattr(self._app, "ctx", None), "agent", None)
-        lock_store = getattr(agent, "lock_store", None)
-        if lock_store is None:
-            return
-        try:
-            async with lock_store.lock(conversation_id, wait_time_in_seconds=LOCK_POLL_SECONDS):
-                pass
-        except Exception as error:
-            # Rasa's LockError (an expired ticket) or an unreachable lock store:
-            # the turn is routed on what the switchboard says now.
-            logger.warning(
-                "Could not take Rasa's lock for conversation %s before routing its turn: %s: %s",
-                conversation_id,
-                type(error).__name__,
-                error,
-            )
 
     def _set_route_prefix(self, prefix: str) -> None:
         self.route_prefix = prefix
@@ -431,7 +226,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
     async def _start(self, app: Any, on_new_message: Handler) -> None:
         rasa_compat.install_secret_filter()
-        _warn_lock_store(app, self.settings)
+        warn_lock_store(app, self.settings)
         self._app = app
         switchboard = create_switchboard(self.settings.switchboard_url)
         client = OmnideskClient(self.settings)
@@ -458,7 +253,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.sweeper = Sweeper(self.relay, self.settings)
         rasa_compat.register_wrapped_channels(app, self.customer_channels, self.output_for)
         self._sweeping = asyncio.ensure_future(self.sweeper.run(interval_for(self.settings)))
-        _warn_if_plain_http(self.settings.public_url)
+        warn_if_plain_http(self.settings.public_url)
         logger.info(
             "Omnidesk channel started: wrapping %s; hookpoints at %s; switchboard %s.",
             ", ".join(str(c.name()) for c in self.customer_channels),

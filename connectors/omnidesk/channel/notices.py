@@ -8,7 +8,7 @@ conversation, and the caller goes on.
 
 import asyncio
 import logging
-from typing import Dict
+from typing import Dict, Mapping
 
 from connectors.omnidesk.channel.sides import BotSide, CustomerLine
 
@@ -62,3 +62,11 @@ class Notices:
                 type(error).__name__,
                 error,
             )
+
+    async def tell_on(
+        self, lines: Mapping[str, CustomerLine], channel: str, conversation_id: str, name: str
+    ) -> None:
+        """``tell`` on the customer's channel, when the connector has a line to it."""
+        line = lines.get(channel)
+        if line is not None:
+            await self.tell(line, conversation_id, name)

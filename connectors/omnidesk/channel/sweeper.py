@@ -128,11 +128,12 @@ class Sweeper:
             and at - handoff.started_at >= wait
             and await self.relay.switchboard.claim_wait_notice(handoff.conversation_id)
         ):
-            line = self.relay.lines.get(handoff.channel)
-            if line is not None:
-                await self.relay.notices.tell(
-                    line, handoff.conversation_id, "utter_omnidesk_agent_wait"
-                )
+            await self.relay.notices.tell_on(
+                self.relay.lines,
+                handoff.channel,
+                handoff.conversation_id,
+                "utter_omnidesk_agent_wait",
+            )
             logger.info(
                 "No agent reply yet in chat %s of conversation %s: customer told.",
                 handoff.chat_session_id,

@@ -1,0 +1,355 @@
+"""Where outbox entries, drainer leases and socket.io presence live.
+
+``OutboxStore`` is what the outbox (outbox.py), its drainer (drainer.py) and
+presence (presence.py) ask of storage: per-conversation ordered entries (as
+JSON strings), a fenced lease per conversation, the conversations with entries
+waiting, socket.io presence with an expiry, and a nudge to every instance when
+an entry is put. ``InMemoryOutboxStore`` keeps it in this process
+(``memory://``); ``RedisOutboxStore`` keeps it in the switchboard's Redis, a
+Stream per conversation (docs/architecture.md, "The outbox", says why).
+
+Nothing here imports rasa or sanic.
+"""
+
+import abc
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+from connectors.omnidesk.channel.switchboard import SwitchboardError
+
+logger = logging.getLogger(__name__)
+
+
+class OutboxStore(abc.ABC):
+    """Per-conversation ordered entries, the drainer lease, and socket.io presence."""
+
+    @abc.abstractmethod
+    async def put(self, conversation_id: str, raw: str) -> str:
+        """Append one entry; its id. Raises SwitchboardError when it could not be stored."""
+
+    @abc.abstractmethod
+    async def head(self, conversation_id: str, count: int) -> List[Tuple[str, str]]:
+        """The oldest ``count`` entries as (id, raw), oldest first."""
+
+    @abc.abstractmethod
+    async def remove(self, conversation_id: str, entry_id: str, token: str) -> bool:
+        """Remove an entry, only while ``token`` holds the lease; False when it does not."""
+
+    @abc.abstractmethod
+    async def lease(self, conversation_id: str, token: str, ttl: float) -> bool:
+        """Take or extend the conversation's drainer lease; False when another holds it."""
+
+    @abc.abstractmethod
+    async def release(self, conversation_id: str, token: str) -> None:
+        """Give the lease up, if ``token`` still holds it."""
+
+    @abc.abstractmethod
+    async def waiting(self) -> List[str]:
+        """The conversations that may have entries waiting."""
+
+    @abc.abstractmethod
+    async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
+        """A socket of ``recipient_id`` is connected; counts for ``ttl`` seconds."""
+
+    async def mark_present_many(self, held: List[Tuple[str, str]], ttl: float) -> None:
+        """``mark_present`` for each (recipient, socket id); one round trip where it can."""
+        for recipient_id, socket_id in held:
+            await self.mark_present(recipient_id, socket_id, ttl)
+
+    @abc.abstractmethod
+    async def mark_gone(self, recipient_id: str, socket_id: str) -> None:
+        """The socket disconnected."""
+
+    @abc.abstractmethod
+    async def present(self, recipient_id: str) -> bool:
+        """Whether a socket of ``recipient_id`` is connected on some instance."""
+
+    async def listen(self, on_nudge: Callable[[str], None]) -> None:
+        """Hear every instance's puts (``on_nudge(conversation_id)``) until cancelled."""
+        await asyncio.Event().wait()  # one process: puts are heard where they are made
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Release connections."""
+
+
+class InMemoryOutboxStore(OutboxStore):
+    """One process: entries in lists, leases and presence in dicts."""
+
+    def __init__(self) -> None:
+        self._entries: Dict[str, List[Tuple[str, str]]] = {}
+        self._leases: Dict[str, Tuple[str, float]] = {}
+        self._presence: Dict[str, Dict[str, float]] = {}
+        self._counter = 0
+
+    async def put(self, conversation_id: str, raw: str) -> str:
+        self._counter += 1
+        entry_id = f"{self._counter}"
+        self._entries.setdefault(conversation_id, []).append((entry_id, raw))
+        return entry_id
+
+    async def head(self, conversation_id: str, count: int) -> List[Tuple[str, str]]:
+        return list(self._entries.get(conversation_id, [])[:count])
+
+    def _holds(self, conversation_id: str, token: str) -> bool:
+        held = self._leases.get(conversation_id)
+        return held is not None and held[0] == token and held[1] > time.monotonic()
+
+    async def remove(self, conversation_id: str, entry_id: str, token: str) -> bool:
+        if not self._holds(conversation_id, token):
+            return False
+        entries = self._entries.get(conversation_id, [])
+        self._entries[conversation_id] = [e for e in entries if e[0] != entry_id]
+        if not self._entries[conversation_id]:
+            del self._entries[conversation_id]
+        return True
+
+    async def lease(self, conversation_id: str, token: str, ttl: float) -> bool:
+        held = self._leases.get(conversation_id)
+        if held is not None and held[0] != token and held[1] > time.monotonic():
+            return False
+        self._leases[conversation_id] = (token, time.monotonic() + ttl)
+        return True
+
+    async def release(self, conversation_id: str, token: str) -> None:
+        held = self._leases.get(conversation_id)
+        if held is not None and held[0] == token:
+            del self._leases[conversation_id]
+
+    async def waiting(self) -> List[str]:
+        return list(self._entries)
+
+    async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
+        self._presence.setdefault(recipient_id, {})[socket_id] = time.monotonic() + ttl
+
+    async def mark_gone(self, recipient_id: str, socket_id: str) -> None:
+        sockets = self._presence.get(recipient_id, {})
+        sockets.pop(socket_id, None)
+        if not sockets:
+            self._presence.pop(recipient_id, None)
+
+    async def present(self, recipient_id: str) -> bool:
+        now = time.monotonic()
+        return any(until > now for until in self._presence.get(recipient_id, {}).values())
+
+
+# Remove an entry only while the caller's token holds the lease (the fencing
+# check), and forget the conversation once its stream is empty.
+_REMOVE_SCRIPT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+if redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[3], ARGV[3])
+end
+return 1
+"""
+
+_LEASE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+# Presence scores are expiry times by Redis's own clock, so instances need not agree.
+_MARK_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_PRESENT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+_FORGET_EMPTY_SCRIPT = """
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+
+class RedisOutboxStore(OutboxStore):
+    """Redis: a Stream per conversation, a set of conversations with entries, leases, presence.
+
+    Keys (prefix ``omnidesk:``): ``outbox:<conversation>`` (Stream, expires
+    ``retention`` plus an hour after its last entry as a safety net; the
+    drainer drops and logs older entries first), ``outbox:waiting`` (set),
+    ``outbox-lease:<conversation>`` (string, PX), ``presence:<recipient>``
+    (sorted set: socket id scored by when it stops counting).
+    """
+
+    def __init__(
+        self, url: str, retention: float, prefix: str = "omnidesk:", timeout: float = 5.0
+    ) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis: Any = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        # Nudges arrive whenever someone puts: a quiet minute is no timeout there.
+        self._listener: Any = aioredis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=None,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+        )
+        self._prefix = prefix
+        self._key_ttl = int(retention) + 3600
+        self._remove = self._redis.register_script(_REMOVE_SCRIPT)
+        self._lease = self._redis.register_script(_LEASE_SCRIPT)
+        self._release = self._redis.register_script(_RELEASE_SCRIPT)
+        self._mark = self._redis.register_script(_MARK_SCRIPT)
+        self._present = self._redis.register_script(_PRESENT_SCRIPT)
+        self._forget_empty = self._redis.register_script(_FORGET_EMPTY_SCRIPT)
+
+    def _stream(self, conversation_id: str) -> str:
+        return f"{self._prefix}outbox:{conversation_id}"
+
+    def _lease_key(self, conversation_id: str) -> str:
+        return f"{self._prefix}outbox-lease:{conversation_id}"
+
+    def _waiting_key(self) -> str:
+        return f"{self._prefix}outbox:waiting"
+
+    def _presence_key(self, recipient_id: str) -> str:
+        return f"{self._prefix}presence:{recipient_id}"
+
+    async def _call(self, what: str, coroutine: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await coroutine
+        except (RedisError, OSError, asyncio.TimeoutError) as error:
+            raise SwitchboardError(
+                f"outbox {what} failed: {type(error).__name__}: {error}; "
+                "check that Redis at OMNIDESK_SWITCHBOARD_URL is reachable"
+            ) from error
+
+    def _nudge_channel(self) -> str:
+        return f"{self._prefix}outbox:nudge"
+
+    async def put(self, conversation_id: str, raw: str) -> str:
+        stream = self._stream(conversation_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(stream, {"e": raw})
+        pipe.sadd(self._waiting_key(), conversation_id)
+        pipe.expire(stream, self._key_ttl)
+        # The instance holding the customer's socket may be another one: tell them all.
+        pipe.publish(self._nudge_channel(), conversation_id)
+        results = await self._call("put", pipe.execute())
+        return str(results[0])
+
+    async def listen(self, on_nudge: Callable[[str], None]) -> None:
+        failing = False
+        while True:
+            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._nudge_channel())
+                if failing:
+                    logger.info("Outbox nudges heard again.")
+                    failing = False
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        on_nudge(str(message.get("data")))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not failing:
+                    logger.error(
+                        "Outbox nudges not heard (the poll still finds waiting messages): %s: %s",
+                        type(error).__name__,
+                        error,
+                    )
+                failing = True
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.close()
+
+    async def head(self, conversation_id: str, count: int) -> List[Tuple[str, str]]:
+        stream = self._stream(conversation_id)
+        rows = await self._call("read", self._redis.xrange(stream, "-", "+", count=count))
+        if not rows:
+            await self._call(
+                "forget",
+                self._forget_empty(keys=[stream, self._waiting_key()], args=[conversation_id]),
+            )
+        return [(str(entry_id), str(fields.get("e", ""))) for entry_id, fields in rows]
+
+    async def remove(self, conversation_id: str, entry_id: str, token: str) -> bool:
+        removed = await self._call(
+            "remove",
+            self._remove(
+                keys=[
+                    self._stream(conversation_id),
+                    self._lease_key(conversation_id),
+                    self._waiting_key(),
+                ],
+                args=[token, entry_id, conversation_id],
+            ),
+        )
+        return bool(int(removed))
+
+    async def lease(self, conversation_id: str, token: str, ttl: float) -> bool:
+        taken = await self._call(
+            "lease",
+            self._lease(keys=[self._lease_key(conversation_id)], args=[token, int(ttl * 1000)]),
+        )
+        return bool(int(taken))
+
+    async def release(self, conversation_id: str, token: str) -> None:
+        await self._call(
+            "release", self._release(keys=[self._lease_key(conversation_id)], args=[token])
+        )
+
+    async def waiting(self) -> List[str]:
+        members = await self._call("list", self._redis.smembers(self._waiting_key()))
+        return sorted(str(member) for member in members)
+
+    async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
+        await self._call(
+            "presence",
+            self._mark(keys=[self._presence_key(recipient_id)], args=[socket_id, int(ttl * 1000)]),
+        )
+
+    async def mark_present_many(self, held: List[Tuple[str, str]], ttl: float) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for recipient_id, socket_id in held:
+            await self._mark(
+                keys=[self._presence_key(recipient_id)],
+                args=[socket_id, int(ttl * 1000)],
+                client=pipe,
+            )
+        await self._call("presence", pipe.execute())
+
+    async def mark_gone(self, recipient_id: str, socket_id: str) -> None:
+        await self._call("presence", self._redis.zrem(self._presence_key(recipient_id), socket_id))
+
+    async def present(self, recipient_id: str) -> bool:
+        count = await self._call("presence", self._present(keys=[self._presence_key(recipient_id)]))
+        return int(count) > 0
+
+    async def close(self) -> None:
+        await self._redis.close()
+        await self._listener.close()
+
+
+def create_outbox_store(switchboard_url: str, retention: float) -> OutboxStore:
+    """In this process with ``memory://``; in the switchboard's Redis otherwise."""
+    if switchboard_url.startswith("memory://") or switchboard_url in {"", "memory"}:
+        return InMemoryOutboxStore()
+    return RedisOutboxStore(switchboard_url, retention)
