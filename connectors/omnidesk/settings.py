@@ -180,9 +180,11 @@ class OmnideskSettings:
     backoff_base: float = 0.5
     backoff_max: float = 8.0
     inactivity_timeout: float = 900.0
+    queue_timeout: float = 3600.0
     agent_wait_notice: float = 300.0
     record_interval: float = 30.0
     new_chat_grace: float = 0.3
+    outage_hold: float = 30.0
     leave_command: str = "/leave_human_chat"
     max_upload_bytes: int = 10 * 1024 * 1024
     allowed_upload_types: Tuple[str, ...] = DEFAULT_ALLOWED_UPLOAD_TYPES
@@ -694,9 +696,11 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
     _Spec("backoff_base", _positive),
     _Spec("backoff_max", _positive),
     _Spec("inactivity_timeout", _positive),
+    _Spec("queue_timeout", _positive),
     _Spec("agent_wait_notice", _non_negative, "{default} (or 0 to turn the notice off)"),
     _Spec("record_interval", _positive),
     _Spec("new_chat_grace", _positive),
+    _Spec("outage_hold", _non_negative),
     _Spec("leave_command", _non_empty),
     _Spec("max_upload_bytes", _integer(1, None, "must be a positive whole number of bytes")),
     _Spec("allowed_upload_types", _mime_types, "image/png,image/jpeg,application/pdf,image/*"),

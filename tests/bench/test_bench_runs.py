@@ -98,7 +98,12 @@ def test_every_ratio_and_target_is_reported(quick_run: Dict[str, Any]) -> None:
     ratios = quick_run["ratios"]
     assert len(ratios) >= 10
     for name, value in ratios.items():
+        if "_cpu_" in name and value is None:
+            # CPU time is counted in clock ticks (10 ms): a quick run's few turns may
+            # cost a hop less than one, and a ratio over nothing is not a figure.
+            continue
         assert isinstance(value, (int, float)) and value > 0, f"ratio {name} is {value!r}"
+    assert sum(value is not None for value in ratios.values()) >= 10
     targets = quick_run["targets"]
     assert len(targets) == TARGETS
     for target in targets:

@@ -110,6 +110,24 @@ async def test_customer_leaves_with_the_command_and_is_back_with_the_bot() -> No
 async def test_idle_chat_times_out_and_the_bot_takes_over() -> None:
     async with callback_setup(inactivity_timeout=0.3, agent_wait_notice=0) as setup:
         chat = await setup.hand_over("cust-7")
+        await setup.server.sandbox.agent_reply(chat, "How can I help?", name="Anna")
+        await setup.customer.wait_for(
+            lambda r: "Back with the bot (timed_out)." in [m.get("text") for m in r], timeout=5
+        )
+        assert setup.server.sandbox.chat(chat).ended
+
+
+async def test_a_customer_waiting_for_an_agent_is_not_timed_out_as_idle() -> None:
+    # Told "no one has picked up yet, you can keep waiting", the customer waits in
+    # silence: the inactivity timeout starts with the agent's first reply; until
+    # then only queue_timeout ends the chat.
+    async with callback_setup(
+        inactivity_timeout=0.3, queue_timeout=1.5, agent_wait_notice=0.1
+    ) as setup:
+        chat = await setup.hand_over("cust-7q")
+        await asyncio.sleep(1.0)
+        assert not setup.server.sandbox.chat(chat).ended
+        assert "Back with the bot (timed_out)." not in setup.customer.texts()
         await setup.customer.wait_for(
             lambda r: "Back with the bot (timed_out)." in [m.get("text") for m in r], timeout=5
         )

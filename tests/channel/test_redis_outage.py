@@ -63,9 +63,8 @@ async def test_a_relayed_turn_during_an_outage_is_kept_and_sent_when_redis_is_ba
 async def test_a_relayed_turn_is_not_given_to_the_bot_when_redis_stays_down(
     redis_server: RedisServer,
 ) -> None:
-    async with callback_setup(switchboard_url=redis_server.url) as setup:
+    async with callback_setup(switchboard_url=redis_server.url, outage_hold=1.5) as setup:
         await setup.hand_over("down-4")
-        setup.server.relay.turns.outage_retry_seconds = 1.5
         redis_server.stop()
         assert await setup.say("down-4", "lost cause") == 200
         texts = setup.customer.texts()

@@ -119,7 +119,7 @@ class Relay:
 
         With the switchboard unreachable, a conversation this process last saw
         with an agent keeps its turn: the customer is told of a delay and the
-        turn is retried for ``turns.outage_retry_seconds``; any other turn goes to the
+        turn is retried for ``outage_hold`` seconds; any other turn goes to the
         bot (docs/troubleshooting.md, "Redis is down", says what that risks).
         """
         try:

@@ -29,6 +29,7 @@ def interval_for(settings: OmnideskSettings) -> float:
     """A quarter of the shortest timing it serves, between 0.05 and 5 seconds."""
     shortest = min(
         settings.inactivity_timeout,
+        settings.queue_timeout,
         settings.record_interval,
         settings.agent_wait_notice or settings.inactivity_timeout,
     )
@@ -111,12 +112,19 @@ class Sweeper:
             logger.info("Removed %d agent files older than %g s.", removed, retention)
 
     async def _look_at(self, handoff: Handoff, at: float) -> None:
-        if at - handoff.last_activity >= self.settings.inactivity_timeout:
+        if handoff.agent_replied:
+            idle, limit, why = at - handoff.last_activity, self.settings.inactivity_timeout, "idle"
+        else:
+            # Still in Omnidesk's queue: the customer was told to wait, so their
+            # silence is no sign they left. Only queue_timeout ends such a chat.
+            idle, limit, why = at - handoff.started_at, self.settings.queue_timeout, "unanswered"
+        if idle >= limit:
             logger.info(
-                "Chat %s of conversation %s idle for %.0f s: ending it.",
+                "Chat %s of conversation %s %s for %.0f s: ending it.",
                 handoff.chat_session_id,
                 handoff.conversation_id,
-                at - handoff.last_activity,
+                why,
+                idle,
             )
             await self.relay.end_chat(handoff, HandoffOutcome.TIMED_OUT)
             return

@@ -37,8 +37,7 @@ CALL_GRACE = 1.0
 LEASE_MARGIN = 2.0
 
 # A turn of a conversation with an agent, kept while the switchboard is
-# unreachable: retried every OUTAGE_RETRY_INTERVAL s for OUTAGE_RETRY_SECONDS.
-OUTAGE_RETRY_SECONDS = 30.0
+# unreachable: retried every OUTAGE_RETRY_INTERVAL s for settings.outage_hold.
 OUTAGE_RETRY_INTERVAL = 1.0
 OUTAGE_LOG_INTERVAL = 10.0
 MAX_REMEMBERED = 10_000
@@ -81,7 +80,6 @@ class CustomerTurns:
         # Conversations this process last saw with an agent, for a switchboard outage.
         self._with_agent: Dict[str, float] = {}
         self._outage_logged_at = -OUTAGE_LOG_INTERVAL
-        self.outage_retry_seconds = OUTAGE_RETRY_SECONDS
 
     # -- a switchboard outage ----------------------------------------------------
 
@@ -104,14 +102,14 @@ class CustomerTurns:
         """A turn that met an unreachable switchboard; ``retry`` takes it again.
 
         A conversation last seen with an agent keeps its turn: the customer is
-        told of a delay and ``retry`` is called for ``outage_retry_seconds``;
+        told of a delay and ``retry`` is called for ``settings.outage_hold`` seconds;
         any other turn goes to the bot (False).
         """
         self._log_outage(error)
         if conversation_id not in self._with_agent:
             return False  # assumed with the bot
         await self.notices.tell_on(self.lines, channel, conversation_id, "utter_omnidesk_delayed")
-        deadline = time.monotonic() + self.outage_retry_seconds
+        deadline = time.monotonic() + self.settings.outage_hold
         while time.monotonic() < deadline:
             await asyncio.sleep(min(OUTAGE_RETRY_INTERVAL, max(0.0, deadline - time.monotonic())))
             try:
@@ -127,7 +125,7 @@ class CustomerTurns:
         logger.error(
             "Switchboard unreachable for %.0f s: a turn of conversation %s was not relayed; "
             "the customer was told.",
-            self.outage_retry_seconds,
+            self.settings.outage_hold,
             conversation_id,
         )
         await self.notices.tell_on(
