@@ -5,9 +5,9 @@ from typing import AsyncIterator
 
 import pytest
 
+from connectors.omnidesk.channel.redis_switchboard import RedisSwitchboard
 from connectors.omnidesk.channel.switchboard import (
     InMemorySwitchboard,
-    RedisSwitchboard,
     Switchboard,
     new_handoff,
 )

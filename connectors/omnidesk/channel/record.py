@@ -24,8 +24,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from connectors.omnidesk.channel.redis_switchboard import RedisSwitchboard
 from connectors.omnidesk.channel.sides import BotSide, RecordEntry
-from connectors.omnidesk.channel.switchboard import RedisSwitchboard, Switchboard, SwitchboardError
+from connectors.omnidesk.channel.switchboard import Switchboard, SwitchboardError
 
 logger = logging.getLogger(__name__)
 
