@@ -2,9 +2,9 @@
 
 Read on every customer turn, so every operation is O(1) and never touches the
 tracker. Two implementations share one async interface, modeled on Rasa's lock
-store: ``InMemorySwitchboard`` for a single process and ``RedisSwitchboard``
-(redis_switchboard.py)
-for several Rasa instances and for handoffs that survive a restart. Each
+store: ``InMemorySwitchboard`` here, for a single process, and
+``RedisSwitchboard`` (redis_switchboard.py), for several Rasa instances and for
+handoffs that survive a restart. Each
 mutation that two callers may race on (taking the next messageNumber, ending a
 handoff, sending the wait notice once) is atomic in both.
 
