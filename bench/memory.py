@@ -34,7 +34,9 @@ async def bytes_per_idle_handoff(count: int) -> Dict[str, Any]:
             )
         # A handoff that has seen a few turns: its record was replaced a few times.
         for conversation_id in conversation_ids:
-            await switchboard.take_message_number(conversation_id)
+            ticket = await switchboard.begin_turn(conversation_id, lease_seconds=5, now=now + 1)
+            assert ticket is not None
+            await switchboard.finish_turn(conversation_id, ticket.fence)
             await switchboard.touch(conversation_id, now=now + 1)
         gc.collect()
         after, _ = tracemalloc.get_traced_memory()

@@ -36,8 +36,19 @@ async def test_message_numbers_are_taken_once_each_under_concurrency(
     switchboard: Switchboard,
 ) -> None:
     await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "socketio", 2))
-    numbers = await asyncio.gather(*(switchboard.take_message_number("conv-1") for _ in range(30)))
-    assert sorted(n for n in numbers if n is not None) == list(range(2, 32))
+
+    async def one_turn() -> int:
+        # As the relay does: ask for the chat's turn until granted, give it back.
+        while True:
+            ticket = await switchboard.begin_turn("conv-1", lease_seconds=5)
+            assert ticket is not None
+            if ticket.message_number is not None:
+                assert await switchboard.finish_turn("conv-1", ticket.fence)
+                return ticket.message_number
+            await switchboard.wait_turn("conv-1", 1.0)
+
+    numbers = await asyncio.gather(*(one_turn() for _ in range(30)))
+    assert sorted(numbers) == list(range(2, 32))
 
 
 async def test_a_chat_ends_once_and_a_stale_end_leaves_a_newer_chat(
@@ -49,7 +60,7 @@ async def test_a_chat_ends_once_and_a_stale_end_leaves_a_newer_chat(
     assert await switchboard.end("conv-1", "rasa-aaaaaaaaaa") is None
     ended = await asyncio.gather(*(switchboard.end("conv-1") for _ in range(5)))
     assert [e.chat_session_id for e in ended if e is not None] == ["rasa-bbbbbbbbbb"]
-    assert await switchboard.take_message_number("conv-1") is None
+    assert await switchboard.begin_turn("conv-1", lease_seconds=5) is None
     assert await switchboard.all() == []
 
 

@@ -30,6 +30,12 @@ from connectors.omnidesk.channel.switchboard import (
 logger = logging.getLogger(__name__)
 
 
+# Redis layout: one hash per handoff (field "h" the JSON, field "n" the next
+# messageNumber as a counter HINCRBY can bump) and one key per chat id pointing
+# back to the conversation, plus a set of open conversations for the sweeper.
+# end_handoff ends the handoff at `key` (only if it is chat `only_chat`, when
+# that is not ''), returns {json, next number} or false. Both scripts use it, so
+# ending a handoff and starting one in its place are each one atomic step.
 _END_FUNCTION = """
 local function end_handoff(key, only_chat, chat_prefix, open_set, conversation)
   local raw = redis.call('HGET', key, 'h')
@@ -63,11 +69,6 @@ redis.call('SADD', ARGV[2], ARGV[3])
 return previous
 """
 )
-
-_TAKE_NUMBER_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('HINCRBY', KEYS[1], 'n', 1) - 1
-"""
 
 # The turn lease lives in the handoff's hash ('lf' the holder's fence, 'lx' its
 # expiry in ms on Redis's clock), so it goes with the handoff when that ends or
@@ -130,7 +131,6 @@ class RedisSwitchboard(Switchboard):
         self._prefix = prefix
         self._end = self._redis.register_script(_END_SCRIPT)
         self._start = self._redis.register_script(_START_SCRIPT)
-        self._take = self._redis.register_script(_TAKE_NUMBER_SCRIPT)
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
         self._begin_turn = self._redis.register_script(_BEGIN_TURN_SCRIPT)
         self._finish_turn = self._redis.register_script(_FINISH_TURN_SCRIPT)
@@ -229,12 +229,6 @@ class RedisSwitchboard(Switchboard):
         if handoff is None or handoff.chat_session_id != chat_session_id:
             return None
         return handoff
-
-    async def take_message_number(self, conversation_id: str) -> Optional[int]:
-        number = await self._call(
-            "take_message_number", self._take(keys=[self._key(conversation_id)])
-        )
-        return None if number is None else int(number)
 
     async def touch(
         self,

@@ -152,10 +152,6 @@ class Switchboard(abc.ABC):
         """The handoff of an Omnidesk chat, or None when that chat is not open."""
 
     @abc.abstractmethod
-    async def take_message_number(self, conversation_id: str) -> Optional[int]:
-        """Atomically return the next messageNumber and count it up (None: not in relay)."""
-
-    @abc.abstractmethod
     async def begin_turn(
         self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
     ) -> Optional[TurnTicket]:
@@ -269,14 +265,6 @@ class InMemorySwitchboard(Switchboard):
             return None
         return self._by_conversation.get(conversation_id)
 
-    async def take_message_number(self, conversation_id: str) -> Optional[int]:
-        handoff = self._by_conversation.get(conversation_id)
-        if handoff is None:
-            return None
-        number = handoff.next_message_number
-        self._by_conversation[conversation_id] = replace(handoff, next_message_number=number + 1)
-        return number
-
     async def begin_turn(
         self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
     ) -> Optional[TurnTicket]:
@@ -367,14 +355,6 @@ class InMemorySwitchboard(Switchboard):
 
     async def all(self) -> List[Handoff]:
         return list(self._by_conversation.values())
-
-
-# Redis layout: one hash per handoff (field "h" the JSON, field "n" the next
-# messageNumber as a counter HINCRBY can bump) and one key per chat id pointing
-# back to the conversation, plus a set of open conversations for the sweeper.
-# end_handoff ends the handoff at `key` (only if it is chat `only_chat`, when
-# that is not ''), returns {json, next number} or false. Both scripts use it, so
-# ending a handoff and starting one in its place are each one atomic step.
 
 
 def create_switchboard(url: str) -> Switchboard:
