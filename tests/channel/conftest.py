@@ -20,7 +20,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 import aiohttp
 import pytest
@@ -412,6 +412,20 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@asynccontextmanager
+async def callback_on_two_instances(
+    redis_url: str, sandbox: Sandbox, files_dir: str, **settings: Any
+) -> AsyncIterator[Tuple[CallbackReceiver, ChannelServer, ChannelServer]]:
+    """One callback backend, two channel servers sharing one Redis and one files_dir."""
+    shared = {"switchboard_url": redis_url, "files_dir": files_dir, **settings}
+    async with callback_receiver() as customer, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
+    ) as first, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
+    ) as second:
+        yield customer, first, second
 
 
 @pytest.fixture

@@ -13,7 +13,13 @@ import aiohttp
 import pytest
 
 from omnidesk_sandbox.testing import Sandbox
-from tests.channel.conftest import CallbackSetup, callback_receiver, channel_server, rasa_agent
+from tests.channel.conftest import (
+    CallbackSetup,
+    callback_on_two_instances,
+    callback_receiver,
+    channel_server,
+    rasa_agent,
+)
 from tests.channel.test_delivery_faults import FAST, count, end_and_read_tracker
 
 pytestmark = pytest.mark.redis
@@ -30,12 +36,11 @@ async def say(session: aiohttp.ClientSession, url: str, sender: str, text: str) 
 async def test_turns_sent_to_two_instances_at_once_reach_the_agent_once_in_order(
     redis_url: str, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    shared = {"switchboard_url": redis_url, "files_dir": str(tmp_path)}
-    async with callback_receiver() as customer, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
-    ) as first, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
-    ) as second:
+    async with callback_on_two_instances(redis_url, sandbox, str(tmp_path)) as (
+        customer,
+        first,
+        second,
+    ):
         chat = await CallbackSetup(server=first, customer=customer).hand_over("cust-1")
         await second.wait_with_agent("cust-1")
         sandbox.inject_fault("notifyUserNewChatMessage", latency_ms=5)
@@ -60,12 +65,11 @@ async def test_turns_sent_to_two_instances_at_once_reach_the_agent_once_in_order
 async def test_a_file_on_one_instance_shows_the_agent_named_on_the_other(
     redis_url: str, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    shared = {"switchboard_url": redis_url, "files_dir": str(tmp_path)}
-    async with callback_receiver() as customer, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
-    ) as first, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
-    ) as second:
+    async with callback_on_two_instances(redis_url, sandbox, str(tmp_path)) as (
+        customer,
+        first,
+        second,
+    ):
         chat = await CallbackSetup(server=first, customer=customer).hand_over("cust-2")
         await sandbox.agent_reply(chat, "Hello", name="Anna", picture="https://example.com/a.png")
         await customer.wait_for(lambda r: [m for m in r if m.get("text") == "Hello"])

@@ -8,9 +8,8 @@ import pytest
 from omnidesk_sandbox.testing import Sandbox
 from tests.channel.conftest import (
     CallbackSetup,
-    callback_receiver,
+    callback_on_two_instances,
     callback_setup,
-    channel_server,
     rasa_agent,
 )
 
@@ -28,12 +27,11 @@ async def test_turns_relayed_on_two_instances_reach_the_tracker_once_in_order(
     redis_url: str, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     agent = rasa_agent()  # one tracker store, as Rasa's SQL store would be
-    shared = {"switchboard_url": redis_url, "files_dir": str(tmp_path), "agent": agent}
-    async with callback_receiver() as customer, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
-    ) as first, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
-    ) as second:
+    async with callback_on_two_instances(redis_url, sandbox, str(tmp_path), agent=agent) as (
+        customer,
+        first,
+        second,
+    ):
         setup = CallbackSetup(server=first, customer=customer)
         chat = await setup.hand_over("cust-t")
         sandbox.chat(chat).chat_server = sandbox.chat(chat).chat_server.replace(

@@ -15,9 +15,8 @@ from tests.channel.conftest import (
     SECRET,
     SERVER_TOKEN,
     CallbackSetup,
-    callback_receiver,
+    callback_on_two_instances,
     callback_setup,
-    channel_server,
 )
 
 
@@ -65,12 +64,11 @@ async def test_a_redis_switchboard_with_rasas_in_memory_lock_store_is_warned_abo
 async def test_only_the_instance_holding_the_sweeper_lease_ends_idle_chats(
     redis_url: str, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    shared = {"switchboard_url": redis_url, "files_dir": str(tmp_path)}
-    async with callback_receiver() as customer, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
-    ) as first, channel_server(
-        {"callback": {"url": customer.url}}, sandbox=sandbox, **shared
-    ) as second:
+    async with callback_on_two_instances(redis_url, sandbox, str(tmp_path)) as (
+        customer,
+        first,
+        second,
+    ):
         await CallbackSetup(server=first, customer=customer).hand_over("cust-s")
         assert first.channel.sweeper is not None and second.channel.sweeper is not None
         await first.channel.sweeper.sweep()  # takes the lease; nothing is idle yet

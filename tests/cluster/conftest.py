@@ -28,7 +28,7 @@ import pytest_asyncio
 
 from tests.cluster.cluster import Cluster, nginx_program, postgres_bin_dir, redis_program
 from tests.conftest import require_program
-from tests.e2e.people import CallbackCustomer, Desk
+from tests.e2e.people import CallbackCustomer, Desk, ready_desk
 from tests.e2e.receiver import CallbackReceiver
 from tests.e2e.stack import ROOT
 
@@ -109,14 +109,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def desk(cluster: Cluster, http: aiohttp.ClientSession) -> AsyncIterator[Desk]:
     """The agent's desk on the cluster's sandbox, agents online and no faults, before and after."""
     cluster.check_alive()
-    agent_desk = Desk(cluster.sandbox_url, http)
-    await agent_desk.clear_faults()
-    await agent_desk.set_agents_online(True)
-    try:
+    async with ready_desk(cluster.sandbox_url, http) as agent_desk:
         yield agent_desk
-    finally:
-        await agent_desk.clear_faults()
-        await agent_desk.set_agents_online(True)
 
 
 @pytest.fixture

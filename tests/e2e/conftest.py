@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.e2e.people import CallbackCustomer, Desk, RasaApi, SocketCustomer
+from tests.e2e.people import CallbackCustomer, Desk, RasaApi, SocketCustomer, ready_desk
 from tests.e2e.receiver import CallbackReceiver
 from tests.e2e.stack import ROOT, Stack
 
@@ -72,14 +72,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def desk(stack: Stack, http: aiohttp.ClientSession) -> AsyncIterator[Desk]:
     """The agent's desk, with agents online and no faults, before and after the test."""
     stack.check_alive()
-    agent_desk = Desk(stack.sandbox_url, http)
-    await agent_desk.clear_faults()
-    await agent_desk.set_agents_online(True)
-    try:
+    async with ready_desk(stack.sandbox_url, http) as agent_desk:
         yield agent_desk
-    finally:
-        await agent_desk.clear_faults()
-        await agent_desk.set_agents_online(True)
 
 
 @pytest.fixture

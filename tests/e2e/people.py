@@ -14,7 +14,8 @@ import asyncio
 import base64
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 
 import aiohttp
 import socketio
@@ -325,3 +326,16 @@ class RasaApi:
 
     async def slot(self, conversation_id: str, name: str) -> Any:
         return (await self.tracker(conversation_id))["slots"].get(name)
+
+
+@asynccontextmanager
+async def ready_desk(sandbox_url: str, http: aiohttp.ClientSession) -> AsyncIterator[Desk]:
+    """The agent's desk with agents online and no faults, before and after the test."""
+    desk = Desk(sandbox_url, http)
+    await desk.clear_faults()
+    await desk.set_agents_online(True)
+    try:
+        yield desk
+    finally:
+        await desk.clear_faults()
+        await desk.set_agents_online(True)
