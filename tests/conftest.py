@@ -13,7 +13,6 @@ itself (channels, Agent, server, rasa_sdk) needs none.
 
 import os
 import shutil
-import socket
 from typing import Any, AsyncIterator, List, Optional
 
 import pytest
@@ -61,13 +60,6 @@ def require_program(program: str, package: str, path: Optional[str] = None) -> s
         pytest.fail(message + " -- it is required under CI=true")
     pytest.skip(message)
     raise AssertionError("unreachable")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (for servers that can't bind port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -21,7 +21,7 @@ import pytest
 from connectors.omnidesk import handoff
 from omnidesk_sandbox.testing import Sandbox
 from tests.actions.test_escalate_to_human import asked_for_a_person, request, slots_set
-from tests.conftest import free_port
+from tests.e2e.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0

@@ -34,7 +34,8 @@ from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import HandoffStarted, new_chat_session_id
 from connectors.omnidesk.settings import OmnideskSettings
 from omnidesk_sandbox.testing import Sandbox, running_sandbox
-from tests.conftest import free_port, require_program
+from tests.conftest import require_program
+from tests.e2e.stack import free_port
 
 SECRET = "test-hookpoint-secret-0123456789abcdef"
 ACCOUNT_TOKEN = "sandboxAccountToken1"

@@ -12,7 +12,7 @@ from tests.channel.conftest import (
     callback_receiver,
     channel_server,
 )
-from tests.conftest import free_port
+from tests.e2e.stack import free_port
 
 
 @pytest.mark.redis

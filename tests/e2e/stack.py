@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -129,11 +130,37 @@ def ensure_model() -> Path:
 # -- processes ------------------------------------------------------------------------
 
 
+def _ephemeral_range() -> Tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (rasa cannot bind port 0 and say so)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free now and stays free while a server starts.
+
+    Servers that cannot bind port 0 and say which port they got (rasa, redis, nginx) need a
+    port picked for them. Port 0 would give one from the kernel's ephemeral range, where
+    every outgoing connection (to Redis, PostgreSQL, the sandbox) also takes its source
+    port: seconds later, while Rasa loads its model, one of them can hold it and the bind
+    fails. So the pick comes from below that range, never twice in one test run, and is
+    checked by binding it.
+    """
+    low, _ = _ephemeral_range()
+    top = max(low - 1, 12000)
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(500):
+        port = rng.randrange(10000, top)
+        if port in _handed_out or not port_is_free(port):
+            continue
+        _handed_out.add(port)
+        return port
+    raise StackError("no free TCP port on 127.0.0.1 below the ephemeral range after 500 tries")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
