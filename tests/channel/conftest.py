@@ -352,6 +352,10 @@ class CallbackSetup:
         await self.customer.wait_for(
             lambda r: "Connecting you to a person." in self.customer.texts()
         )
+        # The handoff details go through the outbox, right after the handoff starts.
+        await self.customer.wait_for(
+            lambda r: any(m.get("recipient_id") == sender and "omnidesk_customer" in m for m in r)
+        )
         return started.chat_session_id
 
 

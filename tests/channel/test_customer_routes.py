@@ -27,6 +27,26 @@ async def test_the_app_backend_gets_a_customer_token_when_the_handoff_starts() -
         assert details["omnidesk_customer"]["upload_url"].endswith("/webhooks/omnidesk/upload")
 
 
+async def test_the_customer_token_reaches_an_app_backend_that_was_down_when_the_handoff_started() -> (
+    None
+):
+    async with callback_setup() as setup:
+        started = await setup.server.open_chat()
+        setup.server.escalate_on("escalate late-1", started)
+        setup.customer.answer_status = 503
+        await setup.say("late-1", "escalate late-1")
+        await setup.server.wait_with_agent("late-1")
+        await asyncio.sleep(0.5)
+        assert not any("omnidesk_customer" in m for m in setup.customer.received)
+        setup.customer.answer_status = 200
+        details = await setup.customer.wait_for(
+            lambda r: next((m for m in r if "omnidesk_customer" in m), None), timeout=15
+        )
+        assert details["omnidesk_customer"]["customer_token"] == (
+            setup.server.settings.customer_token(started.chat_session_id)
+        )
+
+
 async def test_a_guessed_conversation_id_without_its_token_pushes_nothing() -> None:
     async with callback_setup() as setup:
         chat = await setup.hand_over("victim-1")

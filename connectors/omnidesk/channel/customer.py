@@ -10,7 +10,7 @@ with the agent's name.
 """
 
 import logging
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional
 
 from rasa.core.channels.callback import CallbackInput
 from rasa.core.channels.channel import InputChannel, OutputChannel
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 OnHandoffStarted = Callable[[str, str, HandoffStarted], Awaitable[bool]]
 
 AGENT_TYPING_EVENT = "agent_typing"
+# What the customer's own channel hears when a handoff starts (docs/channel.md).
+CUSTOMER_EVENT_NAME = "omnidesk_customer"
 _CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "elements", "custom")
 
 
@@ -167,6 +169,10 @@ class SocketIOLine:
         await self._emit(AGENT_TYPING_EVENT, {"typing": typing}, recipient_id)
         return True
 
+    async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
+        await self._emit(CUSTOMER_EVENT_NAME, dict(details), recipient_id)
+        return True
+
 
 class CallbackLine:
     """callback: posts JSON to the app backend, like CallbackOutput, with errors raised.
@@ -195,6 +201,10 @@ class CallbackLine:
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         await self._post({"recipient_id": recipient_id, "typing": typing})
+        return True
+
+    async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
+        await self._post({"recipient_id": recipient_id, CUSTOMER_EVENT_NAME: dict(details)})
         return True
 
     async def reachable(self, recipient_id: str) -> bool:
@@ -240,38 +250,12 @@ class PlainLine:
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         return False
 
+    async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
+        # No widget could call the customer routes; the JSON would reach the customer as text.
+        return False
+
     async def reachable(self, recipient_id: str) -> bool:
         return True
-
-
-# What the customer's own channel hears when a handoff starts (docs/channel.md).
-CUSTOMER_EVENT_NAME = "omnidesk_customer"
-
-
-async def send_handoff_details(
-    channel: InputChannel, recipient_id: str, details: Dict[str, Any]
-) -> bool:
-    """Hand the customer's channel its handoff details (the customer token, the routes).
-
-    socket.io: an ``omnidesk_customer`` event to the customer's socket; callback: a
-    POST ``{"recipient_id", "omnidesk_customer": {...}}`` to the app backend. Other
-    channels have no widget to call the customer routes, and would show the JSON
-    to the customer as text: they get nothing (False).
-    """
-    if isinstance(channel, SocketIOInput):
-        sio = rasa_versions.socketio_server(channel)
-        if sio is None:
-            return False
-        await sio.emit(CUSTOMER_EVENT_NAME, details, room=recipient_id, namespace=channel.namespace)
-        return True
-    if isinstance(channel, CallbackInput):
-        await channel.callback_endpoint.request(
-            "post",
-            content_type="application/json",
-            json={"recipient_id": recipient_id, CUSTOMER_EVENT_NAME: details},
-        )
-        return True
-    return False
 
 
 def line_for(channel: InputChannel, name_prefix: bool, presence: Presence) -> CustomerLine:
@@ -281,30 +265,3 @@ def line_for(channel: InputChannel, name_prefix: bool, presence: Presence) -> Cu
     if isinstance(channel, CallbackInput):
         return CallbackLine(channel)
     return PlainLine(channel, name_prefix)
-
-
-async def hand_customer_token(
-    channel: Optional[InputChannel], conversation_id: str, customer_token: str, routes_url: str
-) -> None:
-    """Give the customer's channel the token its calls to /upload and /event carry.
-
-    ``routes_url`` is the connector's own routes' base URL. A failure is logged:
-    the chat goes on, only the customer's files and typing cannot reach the agent.
-    """
-    if channel is None:
-        return
-    details = {
-        "customer_token": customer_token,
-        "upload_url": f"{routes_url}/upload",
-        "event_url": f"{routes_url}/event",
-    }
-    try:
-        await send_handoff_details(channel, conversation_id, details)
-    except Exception as error:
-        # The chat goes on; only the customer's files and typing cannot reach the agent.
-        logger.warning(
-            "Could not hand conversation %s its customer token: %s: %s",
-            conversation_id,
-            type(error).__name__,
-            error,
-        )

@@ -21,7 +21,7 @@ from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
 from connectors.omnidesk.channel import rasa_compat, rasa_versions
-from connectors.omnidesk.channel.customer import WrappedOutput, hand_customer_token, line_for
+from connectors.omnidesk.channel.customer import WrappedOutput, line_for
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text, wait_for_turns_before
 from connectors.omnidesk.channel.outbox import Outbox
@@ -134,13 +134,36 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         except SwitchboardError as error:
             await self.relay.handoff_not_registered(conversation_id, channel, started, error)
             return False
-        await hand_customer_token(
-            self._channel_named(channel),
-            conversation_id,
-            self.settings.customer_token(started.chat_session_id),
-            f"{self.settings.public_url}{self.route_prefix}",
-        )
+        await self._hand_customer_token(conversation_id, channel, started.chat_session_id)
         return True
+
+    async def _hand_customer_token(self, conversation_id: str, channel: str, chat: str) -> None:
+        """Give the customer's channel the token its calls to /upload and /event carry.
+
+        It goes through the outbox like an agent message, so a socket that drops
+        or a callback backend that is briefly down still gets it. A failure to
+        store it is logged: the chat goes on, only the customer's files and
+        typing cannot reach the agent.
+        """
+        relay = self.relay
+        line = None if relay is None else relay.lines.get(channel)
+        if line is None:
+            return
+        routes_url = f"{self.settings.public_url}{self.route_prefix}"
+        details = {
+            "customer_token": self.settings.customer_token(chat),
+            "upload_url": f"{routes_url}/upload",
+            "event_url": f"{routes_url}/event",
+        }
+        try:
+            await line.send_details(conversation_id, details)
+        except Exception as error:
+            logger.warning(
+                "Could not hand conversation %s its customer token: %s: %s",
+                conversation_id,
+                type(error).__name__,
+                error,
+            )
 
     def wrap_output(self, output: OutputChannel, channel: str) -> WrappedOutput:
         return WrappedOutput(output, channel, self._on_handoff_started)

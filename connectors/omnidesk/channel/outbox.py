@@ -228,5 +228,9 @@ class OutboxLine:
         await self._put(recipient_id, ToCustomer("typing", typing=typing))
         return True
 
+    async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
+        await self._put(recipient_id, ToCustomer("details", details=dict(details)))
+        return True
+
     async def reachable(self, recipient_id: str) -> bool:
         return True

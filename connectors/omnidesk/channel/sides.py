@@ -8,7 +8,7 @@ know neither Sanic nor Rasa; they see the customer through ``CustomerLine``
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Mapping, Optional, Protocol, Sequence
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.switchboard import Handoff
@@ -37,6 +37,13 @@ class CustomerLine(Protocol):
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         """Show or hide the agent's typing; False when the channel cannot show it."""
+        ...
+
+    async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
+        """Hand the customer's channel its handoff details (the customer token, the routes).
+
+        False when the channel has no widget that could use them (plain channels).
+        """
         ...
 
     async def reachable(self, recipient_id: str) -> bool:

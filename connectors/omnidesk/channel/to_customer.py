@@ -1,6 +1,6 @@
 """What the connector sends a customer, as the outbox keeps it.
 
-``ToCustomer`` is one item (text, an agent file, typing) and ``send_to`` sends
+``ToCustomer`` is one item (text, an agent file, typing, the handoff's details) and ``send_to`` sends
 it on a customer's line; ``OutboxEntry`` is an item with what is needed to send
 it after the handoff is gone, and its JSON as the outbox stores it (outbox.py,
 outbox_store.py). Nothing here imports rasa or sanic.
@@ -21,16 +21,19 @@ DELIVERY_TIMEOUT = 10.0  # seconds one entry may take to reach the customer's ch
 
 @dataclass(frozen=True)
 class ToCustomer:
-    """One thing for the customer: text (agent's or a notice), an agent file, or typing."""
+    """One thing for the customer: text (agent's or a notice), an agent file, typing,
+    or the handoff's details (the customer token and the routes it opens)."""
 
-    kind: str  # "text" | "file" | "typing"
+    kind: str  # "text" | "file" | "typing" | "details"
     text: str = ""
     file: Optional[FileLink] = None
     typing: bool = False
     agent: Optional[AgentIdentity] = None
+    details: Optional[Mapping[str, str]] = None
 
     def describe(self) -> str:
-        return {"text": "message", "file": "agent file"}.get(self.kind, "agent typing")
+        names = {"text": "message", "file": "agent file", "details": "handoff details"}
+        return names.get(self.kind, "agent typing")
 
     def to_dict(self) -> Dict[str, Any]:
         data: Dict[str, Any] = {"kind": self.kind}
@@ -46,6 +49,8 @@ class ToCustomer:
             data["typing"] = self.typing
         if self.agent is not None:
             data["agent"] = {"name": self.agent.name, "picture": self.agent.picture}
+        if self.details is not None:
+            data["details"] = dict(self.details)
         return data
 
     def to_json(self) -> str:
@@ -55,6 +60,7 @@ class ToCustomer:
     def from_dict(cls, data: Mapping[str, Any]) -> "ToCustomer":
         file = data.get("file")
         agent = data.get("agent")
+        details = data.get("details")
         return cls(
             kind=str(data["kind"]),
             text=str(data.get("text", "")),
@@ -67,6 +73,11 @@ class ToCustomer:
             agent=(
                 AgentIdentity(name=agent.get("name"), picture=agent.get("picture"))
                 if isinstance(agent, Mapping)
+                else None
+            ),
+            details=(
+                {str(key): str(value) for key, value in details.items()}
+                if isinstance(details, Mapping)
                 else None
             ),
         )
@@ -82,6 +93,11 @@ async def send_to(line: CustomerLine, conversation_id: str, item: ToCustomer) ->
         await line.send_text(conversation_id, item.text, item.agent)
     elif item.kind == "file" and item.file is not None:
         await line.send_file(conversation_id, item.file, item.agent)
+    elif item.kind == "details" and item.details is not None:
+        if not await line.send_details(conversation_id, item.details):
+            logger.debug(
+                "The channel of conversation %s has no use for handoff details.", conversation_id
+            )
     elif not await line.send_typing(conversation_id, item.typing):
         logger.debug("The channel of conversation %s cannot show typing; dropped.", conversation_id)
 
