@@ -332,18 +332,6 @@ class OmnideskSettings:
             return None
         return self.switchboard_url
 
-    def accepts_upload_type(self, content_type: str) -> bool:
-        """Whether a file of ``content_type`` (parameters ignored) may be uploaded.
-
-        The answer of ``rules.check_upload_type`` with ``allowed_upload_types``:
-        what passes here, the client sends on.
-        """
-        try:
-            rules.check_upload_type(content_type, self.allowed_upload_types)
-        except rules.FieldRuleError:
-            return False
-        return True
-
     def __repr__(self) -> str:
         shown = []
         for spec_field in dataclasses.fields(self):

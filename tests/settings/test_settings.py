@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+from connectors.omnidesk import rules
 from connectors.omnidesk.settings import (
     DEFAULT_ALLOWED_UPLOAD_TYPES,
     SETTING_KEYS,
@@ -394,9 +395,12 @@ def test_upload_types_accept_a_wildcard_and_ignore_parameters():
         env_with(OMNIDESK_ALLOWED_UPLOAD_TYPES="image/*,application/pdf")
     )
 
-    assert settings.accepts_upload_type("image/heic")
-    assert settings.accepts_upload_type("Application/PDF; name=a.pdf")
-    assert not settings.accepts_upload_type("application/zip")
+    allowed = settings.allowed_upload_types
+    assert rules.check_upload_type("image/heic", allowed) == "image/heic"
+    assert rules.check_upload_type("Application/PDF; name=a.pdf", allowed) == "application/pdf"
+    with pytest.raises(rules.FieldRuleError) as refused:
+        rules.check_upload_type("application/zip", allowed)
+    assert refused.value.status == 415
 
 
 def test_every_setting_has_a_variable_and_the_table_is_complete():
