@@ -46,7 +46,8 @@ async def test_too_many_requests_waits_at_least_retry_after(
     await end_chat(make_scripted_client())
 
     first, second = scripted.requests
-    assert second.arrived - first.arrived >= 1.0
+    # The event loop's timer may fire a hair early by the wall clock the server reads.
+    assert second.arrived - first.arrived >= 0.95
     assert schedule.sleeps == [1.0]
 
 
