@@ -59,7 +59,7 @@ def status_is(code: int) -> Callable[[Probe], bool]:
 
 
 async def _readiness_follows(
-    redis_server: RedisServer, away: Callable[[], None], back: Callable[[], None]
+    redis_server: RedisServer, away: Callable[[], None], back: Callable[[], None], reason: str
 ) -> None:
     async with callback_setup(switchboard_url=redis_server.url) as setup:
         url = setup.server.url
@@ -72,7 +72,7 @@ async def _readiness_follows(
         _, body, _ = await probe_until(url, READY, status_is(503))
         assert body["status"] == "unavailable"
         assert body["switchboard"]["status"] == "error"
-        assert body["switchboard"]["reason"]
+        assert body["switchboard"]["reason"] == reason
         assert str(redis_server.port) not in str(body)  # no host or port for the outside
         assert (await probe(url, LIVE))[:2] == (200, {"status": "alive"})
         # The route every channel has keeps answering while the process serves.
@@ -91,13 +91,17 @@ async def test_readiness_is_503_while_redis_is_stopped_and_200_when_it_is_back(
     redis_server: RedisServer,
 ) -> None:
     # Started again on the same port, empty.
-    await _readiness_follows(redis_server, redis_server.stop, redis_server.start)
+    await _readiness_follows(
+        redis_server, redis_server.stop, redis_server.start, "connection failed"
+    )
 
 
 async def test_readiness_is_503_while_redis_hangs_and_answers_in_time(
     redis_server: RedisServer,
 ) -> None:
-    await _readiness_follows(redis_server, redis_server.pause, redis_server.resume)
+    await _readiness_follows(
+        redis_server, redis_server.pause, redis_server.resume, "no answer within 0.5 s"
+    )
 
 
 async def test_with_memory_switchboard_readiness_needs_no_redis() -> None:

@@ -219,16 +219,17 @@ class SwitchboardCheck:
         except asyncio.TimeoutError:
             reason = f"no answer within {self._timeout:g} s"
         except Exception as error:
-            reason = _redis_reason(error)
+            reason = _redis_reason(error, self._timeout)
         self._checked_at = self._monotonic()
         self._state.switchboard_checked(reason)
 
 
-def _redis_reason(error: BaseException) -> str:
+def _redis_reason(error: BaseException, timeout: float) -> str:
     """Why Redis did not answer, by the error's kind only: its text may name the host."""
     name = type(error).__name__
     if "Timeout" in name:
-        return "no answer (timeout)"
+        # redis-py's socket timeout, the same bound as the wait above.
+        return f"no answer within {timeout:g} s"
     if isinstance(error, (ConnectionError, OSError)) or "Connection" in name:
         return "connection failed"
     return f"error ({name})"
