@@ -198,6 +198,11 @@ class OmnideskSettings:
     # Delivery to the customer across instances (outbox, socket.io).
     outbox_retention: float = 86400.0
     socketio_redis_url: Optional[str] = None
+    # The readiness probe (channel/health.py): how long Redis's PING may take, how
+    # long its answer is reused, and how often a quiet instance asks Omnidesk.
+    readiness_timeout: float = 0.5
+    readiness_cache: float = 1.0
+    api_check_interval: float = 300.0
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OmnideskSettings":
@@ -711,6 +716,10 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
         "redis://localhost:6379/0 (default: the switchboard's)",
         show=lambda raw: _show(_mask_url_password(raw) if isinstance(raw, str) else raw),
     ),
+    # The readiness probe.
+    _Spec("readiness_timeout", _positive),
+    _Spec("readiness_cache", _non_negative, "{default} (0 asks Redis on every probe)"),
+    _Spec("api_check_interval", _non_negative, "{default} (0 turns the check off)"),
 )
 
 _SPECS: Dict[str, _Spec] = {spec.key: spec for spec in _SPEC_LIST}

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -401,9 +402,20 @@ class RedisServer:
                     raise
                 time.sleep(0.05)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it takes connections and never answers, as a hung Redis."""
+        assert self.process is not None, "redis-server is not running"
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the server; what it held is gone, as after a crash without persistence."""
         if self.process is not None:
+            # A frozen server only acts on SIGTERM once it runs again.
+            self.process.send_signal(signal.SIGCONT)
             self.process.terminate()
             self.process.wait(timeout=5)
             self.process = None

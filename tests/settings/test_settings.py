@@ -466,3 +466,25 @@ def test_a_password_in_the_redis_urls_query_is_masked_too() -> None:
     )
     assert _mask_url_password("memory://") == "memory://"
     assert _mask_url_password("redis://h/0") == "redis://h/0"
+
+
+def test_the_readiness_settings_are_read_and_checked():
+    settings = OmnideskSettings.from_env(
+        env_with(
+            OMNIDESK_READINESS_TIMEOUT="0.25",
+            OMNIDESK_READINESS_CACHE="0",
+            OMNIDESK_API_CHECK_INTERVAL="0",
+        )
+    )
+    assert (settings.readiness_timeout, settings.readiness_cache) == (0.25, 0)
+    assert settings.api_check_interval == 0  # the check off
+    error = error_for(
+        env_with(
+            OMNIDESK_READINESS_TIMEOUT="0",
+            OMNIDESK_READINESS_CACHE="-1",
+            OMNIDESK_API_CHECK_INTERVAL="5m",
+        )
+    )
+    assert error.keys == ("readiness_timeout", "readiness_cache", "api_check_interval")
+    assert "OMNIDESK_READINESS_TIMEOUT" in str(error)
+    assert "a valid value: 300" in str(error)

@@ -23,6 +23,7 @@ from sanic import Blueprint
 from connectors.omnidesk.channel import rasa_compat, rasa_versions
 from connectors.omnidesk.channel.customer import WrappedOutput, line_for
 from connectors.omnidesk.channel.files import AgentFileStore
+from connectors.omnidesk.channel.health import Health
 from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text, wait_for_turns_before
 from connectors.omnidesk.channel.outbox import Outbox
 from connectors.omnidesk.channel.outbox_store import create_outbox_store
@@ -102,7 +103,9 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.route_prefix = "/webhooks/" + CHANNEL_NAME
         self.relay: Optional[Relay] = None
         self.sweeper: Optional[Sweeper] = None
-        self.routes = Routes(settings, lambda: self.relay)
+        # Liveness and readiness: the switchboard's Redis and Omnidesk, as lately seen.
+        self.health = Health(settings)
+        self.routes = Routes(settings, lambda: self.relay, self.health)
         self._lines: Dict[str, CustomerLine] = {}
         self._sweeping: Optional[asyncio.Task[None]] = None
         # socket.io sessions connected here, kept where every instance sees them.
@@ -252,7 +255,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         warn_lock_store(app, self.settings)
         self._app = app
         switchboard = create_switchboard(self.settings.switchboard_url)
-        client = OmnideskClient(self.settings)
+        client = OmnideskClient(self.settings, transport=self.health.transport())
         files_dir = str(self.settings.files_dir) if self.settings.files_dir else None
         files = AgentFileStore(
             files_dir,
@@ -276,6 +279,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.sweeper = Sweeper(self.relay, self.settings)
         rasa_compat.register_wrapped_channels(app, self.customer_channels, self.output_for)
         self._sweeping = asyncio.ensure_future(self.sweeper.run(interval_for(self.settings)))
+        self.health.start()
         warn_if_plain_http(self.settings.public_url)
         logger.info(
             "Omnidesk channel started: wrapping %s; hookpoints at %s; switchboard %s.",
@@ -285,6 +289,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         )
 
     async def _stop(self) -> None:
+        await self.health.stop()
         if self._sweeping is not None:
             self._sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -6,7 +6,9 @@
   customer's file and typing/widget events while with an agent, served by
   ``CustomerRoutes`` (customer_routes.py).
 - ``GET /files/<token>/<name>``: the agent's files, as linked to the customer.
-- ``GET /``: health.
+- ``GET /``: ``{"status": "ok"}`` whenever the process serves (as before the probes).
+- ``GET /health/live`` and ``GET /health/ready``: the liveness and readiness
+  probes, answered by ``Health`` (health.py).
 
 Each route reads its body under its own cap, hands typed values to the relay
 and answers from one table (``answer_for``, edge.py): what went wrong decides
@@ -36,6 +38,7 @@ from connectors.omnidesk.channel.edge import (
     error_response,
     read_fields,
 )
+from connectors.omnidesk.channel.health import Health
 from connectors.omnidesk.channel.hookpoints import (
     HookpointInputError,
     UploadedFile,
@@ -62,15 +65,24 @@ HOOKPOINT_NAMES = (
 )
 
 
+# A probe's answer is about this moment: no proxy keeps it.
+_NOT_CACHED = {"Cache-Control": "no-store"}
+
 HOOKPOINT_ANSWERS = Answers(not_in_relay="sessionID: no open chat with this session id")
 
 
 class Routes:
     """The connector's routes; ``relay`` answers None until the channel has started."""
 
-    def __init__(self, settings: OmnideskSettings, relay: Callable[[], Optional[Relay]]) -> None:
+    def __init__(
+        self,
+        settings: OmnideskSettings,
+        relay: Callable[[], Optional[Relay]],
+        health: Optional[Health] = None,
+    ) -> None:
         self.settings = settings
         self._relay = relay
+        self.probes = health if health is not None else Health(settings)
         self.customer = CustomerRoutes(settings, self.relay)
 
     def relay(self) -> Relay:
@@ -87,6 +99,12 @@ class Routes:
         async def health(request: Request) -> HTTPResponse:
             return await self.health(request)
 
+        async def live(request: Request) -> HTTPResponse:
+            return await self.live(request)
+
+        async def ready(request: Request) -> HTTPResponse:
+            return await self.ready(request)
+
         async def hook(request: Request, token: str, hookpoint: str) -> HTTPResponse:
             return await self.hookpoint(request, token, hookpoint)
 
@@ -101,6 +119,11 @@ class Routes:
 
         # strict_slashes: a path is served as written, ".../endSession/" is a 404.
         routes.add_route(health, "/", methods=["GET"], name="omnidesk_health")
+        for probe, path, name in (
+            (live, "/health/live", "omnidesk_live"),
+            (ready, "/health/ready", "omnidesk_ready"),
+        ):
+            routes.add_route(probe, path, methods=["GET"], name=name, strict_slashes=True)
         # The posts are streamed: each reads its body itself, under its own cap (edge.py).
         for handler, path, name in (
             (hook, "/hook/<token:str>/<hookpoint:str>", "omnidesk_hook"),
@@ -133,6 +156,14 @@ class Routes:
 
     async def health(self, _: Request) -> HTTPResponse:
         return response.json({"status": "ok"})
+
+    async def live(self, _: Request) -> HTTPResponse:
+        status, body = self.probes.liveness()
+        return response.json(body, status=status, headers=_NOT_CACHED)
+
+    async def ready(self, _: Request) -> HTTPResponse:
+        status, body = await self.probes.readiness()
+        return response.json(body, status=status, headers=_NOT_CACHED)
 
     async def hookpoint(self, request: Request, token: str, hookpoint: str) -> HTTPResponse:
         if not _TOKEN_SHAPE.fullmatch(token):
