@@ -309,3 +309,44 @@ def test_the_refusal_response_is_in_the_domains() -> None:
     for path in ("domain.yml", "docs/domain-fragment.yml", "docs/flows-domain-fragment.yml"):
         text = (pathlib.Path(__file__).parents[2] / path).read_text(encoding="utf-8")
         assert "utter_omnidesk_channel_not_served" in yaml.safe_load(text)["responses"], path
+
+
+def triggered(events: List[Event]) -> List[Event]:
+    """The conversation, then Rasa's own turn for trigger_intent or a reminder."""
+    return [
+        *events,
+        ActionExecuted("action_listen"),
+        UserUttered.create_external("request_human", input_channel="socketio"),
+    ]
+
+
+async def test_an_intent_triggered_through_rasa_escalates_a_served_conversation(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    response = await executor.run(request(triggered(asked_for_a_person())))
+    assert response is not None
+    assert slots_set(response)["handoff_outcome"] == "started"
+    assert len(sandbox.chats) == 1
+
+
+async def test_an_intent_triggered_through_rasa_keeps_an_unserved_conversation_from_omnidesk(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    response = await executor.run(request(triggered(unserved("rest"))))
+    assert response is not None
+    assert responses(response) == ["utter_omnidesk_channel_not_served"]
+    assert sandbox.calls == []
+
+
+async def test_an_intent_triggered_through_rasa_trusts_the_slot_for_an_open_handoff(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    response = await executor.run(
+        request(
+            triggered(asked_for_a_person()),
+            {"handoff_active": True, "omnidesk_chat_session_id": "rasa-" + "d" * 32},
+        )
+    )
+    assert response is not None
+    assert sandbox.calls == []
+    assert responses(response) == ["utter_handoff_already_active"]

@@ -46,6 +46,10 @@ MAX_WARNED_CHANNELS = 64
 
 FIRST_MESSAGE_NUMBER = 1
 
+# What Rasa puts into the metadata of a turn it makes itself (trigger_intent,
+# reminders): rasa.shared.core.constants.IS_EXTERNAL.
+EXTERNAL_KEY = "is_external"
+
 
 class ActionServerSettingsError(ImportError):
     """The OMNIDESK_* settings are missing or malformed when the action server starts.
@@ -174,7 +178,22 @@ def _channel_serves(tracker: Tracker) -> bool:
     replies would find no one. The mark is the channel's own word, so the
     action server needs no copy of Rasa's credentials.yml.
     """
-    return handoff.channel_says_with_agent(_latest_metadata(tracker)) is not None
+    metadata = _latest_metadata(tracker)
+    if handoff.channel_says_with_agent(metadata) is not None:
+        return True
+    if isinstance(metadata, dict) and metadata.get(EXTERNAL_KEY) is True:
+        # trigger_intent or a reminder: Rasa makes a turn of its own, unmarked,
+        # on the conversation's latest input channel. That channel is the one of
+        # the latest turn the customer sent, marked by the connector if it
+        # served it (a relayed turn carries the connector's own metadata too).
+        for event in reversed(tracker.events):
+            if not isinstance(event, dict) or event.get("event") != "user":
+                continue
+            earlier = event.get("metadata")
+            if isinstance(earlier, dict) and earlier.get(EXTERNAL_KEY) is True:
+                continue
+            return isinstance(earlier, dict) and isinstance(earlier.get(handoff.METADATA_KEY), dict)
+    return False
 
 
 def _not_served(dispatcher: CollectingDispatcher, tracker: Tracker) -> List[EventType]:
@@ -207,11 +226,14 @@ def _already_with_agent(tracker: Tracker) -> bool:
     The channel marks every turn it hands to the bot (metadata
     ``omnidesk.with_agent``); a turn it hands to the bot is by definition not
     with an agent. The ``handoff_active`` slot can outlive a handoff, and
-    trusting it would lock the customer out of agents for good. A turn without
-    the mark never gets here (``_channel_serves``).
+    trusting it would lock the customer out of agents for good. An unmarked
+    turn gets here only when Rasa made it (trigger_intent, a reminder): the
+    channel has said nothing of it, so the slot decides.
     """
-    channel_view = handoff.channel_says_with_agent(_latest_metadata(tracker)) is True
+    channel_view = handoff.channel_says_with_agent(_latest_metadata(tracker))
     slot = tracker.get_slot(handoff.SLOT_HANDOFF_ACTIVE) is True
+    if channel_view is None:
+        return slot
     if slot and not channel_view:
         logger.warning(
             "handoff slot_stale conversation=%s: the slot says with an agent, the channel "
