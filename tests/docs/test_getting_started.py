@@ -36,8 +36,6 @@ from tests.docs.support import DOCS, ROOT
 from tests.e2e.people import Desk, apoll
 from tests.e2e.stack import BIN, Process, base_env, free_port, launch, log_tail, wait_http
 
-pytestmark = [pytest.mark.e2e, pytest.mark.rasa_cli, pytest.mark.timeout(1500)]
-
 PAGE = DOCS / "getting-started.md"
 # Where the page says the port is yours to choose.
 PAGE_PORTS = {"rasa": 5005, "actions": 5055, "sandbox": 5081, "receiver": 5034}
@@ -240,6 +238,11 @@ async def say(followed: Followed, sender: str, text: str) -> None:
     await asyncio.get_running_loop().run_in_executor(None, followed.say, sender, text)
 
 
+# The journey runs the rasa command line and real processes (skipped on Rasa Pro
+# without a license); the page's shape is checked on every Rasa line.
+@pytest.mark.e2e
+@pytest.mark.rasa_cli
+@pytest.mark.timeout(1500)
 async def test_the_page_reaches_a_live_agent_and_back(followed: Followed) -> None:
     customer = f"jane-{os.getpid()}"
 
