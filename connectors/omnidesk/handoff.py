@@ -33,7 +33,12 @@ METADATA_WITH_AGENT = "with_agent"
 
 
 def channel_says_with_agent(metadata: Optional[Mapping[str, Any]]) -> Optional[bool]:
-    """What a turn's metadata says of the handoff: True, False, or None when it says nothing."""
+    """What a turn's metadata says of the handoff: True, False, or None when it says nothing.
+
+    None means no OmnideskInput handed the turn to the bot: it came in through a
+    channel the connector does not serve (``rasa shell``, ``rest``, a channel
+    listed beside OmnideskInput instead of under its ``customer_channels``).
+    """
     ours = metadata.get(METADATA_KEY) if isinstance(metadata, Mapping) else None
     value = ours.get(METADATA_WITH_AGENT) if isinstance(ours, Mapping) else None
     return value if isinstance(value, bool) else None
@@ -46,6 +51,7 @@ class HandoffOutcome(str, enum.Enum):
     NO_AGENT = "no_agent"
     FAILED = "failed"
     ALREADY_WITH_AGENT = "already_with_agent"
+    CHANNEL_NOT_SERVED = "channel_not_served"
     ENDED_BY_AGENT = "ended_by_agent"
     ENDED_BY_CUSTOMER = "ended_by_customer"
     TIMED_OUT = "timed_out"

@@ -1,11 +1,14 @@
 """action_escalate_to_human, run by the action server's executor against a sandbox Omnidesk."""
 
+import logging
 import os
 import pathlib
 import subprocess
 import sys
 from typing import Any, Dict, List, Optional
 
+import pytest
+import yaml
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import (
     ActionExecuted,
@@ -42,6 +45,11 @@ def request(events: List[Event], slots: Optional[Dict[str, Any]] = None) -> Dict
     }
 
 
+# What OmnideskInput puts into every turn it hands to the bot (incoming.mark_with_bot),
+# beside the widget's own metadata.
+SERVED_TURN = {"url": "https://shop.example.com/help", "omnidesk": {"with_agent": False}}
+
+
 def asked_for_a_person(email: Optional[str] = "jane@example.com") -> List[Event]:
     return [
         ActionExecuted("action_session_start"),
@@ -51,7 +59,7 @@ def asked_for_a_person(email: Optional[str] = "jane@example.com") -> List[Event]
             "where is my *order*?",
             intent={"name": "ask_shipping", "confidence": 0.91},
             input_channel="socketio",
-            metadata={"url": "https://shop.example.com/help"},
+            metadata=SERVED_TURN,
         ),
         BotUttered("We ship within 1 to 2 working days."),
         ActionExecuted("action_listen"),
@@ -59,7 +67,7 @@ def asked_for_a_person(email: Optional[str] = "jane@example.com") -> List[Event]
             "I want to talk to a person",
             intent={"name": "request_human", "confidence": 0.99},
             input_channel="socketio",
-            metadata={"url": "https://shop.example.com/help"},
+            metadata=SERVED_TURN,
         ),
         *([SlotSet("customer_email", email)] if email else []),
         ActionExecuted("utter_handoff_connecting"),
@@ -149,7 +157,7 @@ async def test_a_conversation_already_with_an_agent_is_not_escalated_again(
 ) -> None:
     response = await executor.run(
         request(
-            asked_for_a_person(),
+            with_channel_mark(asked_for_a_person(), with_agent=True),
             {"handoff_active": True, "omnidesk_chat_session_id": "rasa-" + "b" * 32},
         )
     )
@@ -165,13 +173,15 @@ async def test_the_bot_not_understanding_makes_the_subject(
 ) -> None:
     events: List[Event] = [
         ActionExecuted("action_listen"),
-        UserUttered("blorp fizz", intent={"name": "nlu_fallback", "confidence": 0.5}),
+        UserUttered(
+            "blorp fizz", intent={"name": "nlu_fallback", "confidence": 0.5}, metadata=SERVED_TURN
+        ),
         BotUttered(
             "Would you like to talk to one of my colleagues?",
             data={"buttons": [{"title": "Yes, a person please", "payload": "/affirm"}]},
         ),
         ActionExecuted("action_listen"),
-        UserUttered("/affirm", intent={"name": "affirm", "confidence": 1.0}),
+        UserUttered("/affirm", intent={"name": "affirm", "confidence": 1.0}, metadata=SERVED_TURN),
     ]
 
     response = await executor.run(request(events))
@@ -254,3 +264,89 @@ async def test_the_channels_word_that_the_customer_is_with_an_agent_is_kept(
     assert response is not None
     assert sandbox.calls == []
     assert slots_set(response) == {"handoff_outcome": "already_with_agent"}
+
+
+def unserved(channel: str) -> List[Event]:
+    """The same conversation, typed into ``rasa shell`` (cmdline) or posted to ``rest``."""
+    return [
+        UserUttered(event.text, intent=event.intent, input_channel=channel)
+        if isinstance(event, UserUttered)
+        else event
+        for event in asked_for_a_person()
+    ]
+
+
+@pytest.mark.parametrize("channel", ["cmdline", "rest"])
+async def test_a_channel_the_connector_does_not_serve_gets_a_reason_and_no_chat(
+    executor: ActionExecutor,
+    sandbox: Sandbox,
+    channel: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="connectors.omnidesk.action.escalate_to_human")
+    first = await executor.run(request(unserved(channel)))
+    again = await executor.run(request(unserved(channel)))
+
+    for response in (first, again):
+        assert response is not None
+        assert responses(response) == ["utter_omnidesk_channel_not_served"]
+        assert not any(message.get("custom") for message in response["responses"])
+        assert slots_set(response) == {
+            "handoff_active": False,
+            "handoff_outcome": "channel_not_served",
+        }
+    # Nothing reached Omnidesk: no ticket, no chat waiting for an agent.
+    assert sandbox.calls == []
+    assert sandbox.chats == []
+    refusals = [r for r in caplog.records if "channel_not_served" in r.getMessage()]
+    assert [r.levelno for r in refusals] == [logging.WARNING, logging.INFO]
+    assert f"channel={channel}" in refusals[0].getMessage()
+    assert "customer_channels" in refusals[0].getMessage()
+
+
+def test_the_refusal_response_is_in_the_domains() -> None:
+    # The flows fragment's `controlled` mappings are Rasa Pro's: read it as YAML.
+    for path in ("domain.yml", "docs/domain-fragment.yml", "docs/flows-domain-fragment.yml"):
+        text = (pathlib.Path(__file__).parents[2] / path).read_text(encoding="utf-8")
+        assert "utter_omnidesk_channel_not_served" in yaml.safe_load(text)["responses"], path
+
+
+def triggered(events: List[Event]) -> List[Event]:
+    """The conversation, then Rasa's own turn for trigger_intent or a reminder."""
+    return [
+        *events,
+        ActionExecuted("action_listen"),
+        UserUttered.create_external("request_human", input_channel="socketio"),
+    ]
+
+
+async def test_an_intent_triggered_through_rasa_escalates_a_served_conversation(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    response = await executor.run(request(triggered(asked_for_a_person())))
+    assert response is not None
+    assert slots_set(response)["handoff_outcome"] == "started"
+    assert len(sandbox.chats) == 1
+
+
+async def test_an_intent_triggered_through_rasa_keeps_an_unserved_conversation_from_omnidesk(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    response = await executor.run(request(triggered(unserved("rest"))))
+    assert response is not None
+    assert responses(response) == ["utter_omnidesk_channel_not_served"]
+    assert sandbox.calls == []
+
+
+async def test_an_intent_triggered_through_rasa_trusts_the_slot_for_an_open_handoff(
+    executor: ActionExecutor, sandbox: Sandbox
+) -> None:
+    response = await executor.run(
+        request(
+            triggered(asked_for_a_person()),
+            {"handoff_active": True, "omnidesk_chat_session_id": "rasa-" + "d" * 32},
+        )
+    )
+    assert response is not None
+    assert sandbox.calls == []
+    assert responses(response) == ["utter_handoff_already_active"]

@@ -184,3 +184,29 @@ def test_a_conversation_that_already_holds_a_lone_surrogate_renders_as_valid_tex
     rendered = render_transcript(events, {"customer_name": "N\ud800"})
     assert rendered.encode("utf-8")
     assert "hi \ufffd" in rendered and "bot \ufffd" in rendered
+
+
+def test_an_image_response_shows_its_picture_once() -> None:
+    # The moodbot's utter_cheer_up (Rasa's initial project), turned into the
+    # event by Rasa itself: it copies the image into `attachment` as well.
+    from rasa.core.actions.action import create_bot_utterance
+
+    url = "https://i.imgur.com/nGF1K8f.jpg"
+    event = create_bot_utterance(
+        {"text": "Here is something to cheer you up:", "image": url}
+    ).as_dict()
+    assert event["data"]["image"] == event["data"]["attachment"] == url
+
+    transcript = render_transcript([user("I am sad", "mood_unhappy", T0), event])
+
+    assert transcript.count(escape_markdown(url)) == 1
+    assert f"_(image: {escape_markdown(url)})_" in transcript
+    assert "attachment" not in transcript
+
+
+def test_an_image_with_its_own_attachment_shows_both() -> None:
+    transcript = render_transcript(
+        [bot("Here:", T0, image="https://a.example/p.png", attachment="https://a.example/f.pdf")]
+    )
+    assert "_(image: https://a.example/p.png)_" in transcript
+    assert "_(attachment: https://a.example/f.pdf)_" in transcript

@@ -24,7 +24,8 @@ EXPECTED_WARNINGS = [
     ),
     re.compile(
         r"The utterance '(utter_handoff_connected|utter_handoff_no_agents|utter_handoff_failed|"
-        r"utter_handoff_already_active|utter_omnidesk_delivery_failed|utter_omnidesk_agent_wait|"
+        r"utter_handoff_already_active|utter_omnidesk_channel_not_served|utter_omnidesk_delivery_failed|"
+        r"utter_omnidesk_agent_wait|"
         r"utter_ask_customer_email|utter_default)' is not used in any story or rule"
     ),
 ]

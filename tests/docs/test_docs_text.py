@@ -232,9 +232,12 @@ def test_every_sandbox_option_the_docs_list_exists() -> None:
     missing = [option for option in listed if option not in result.stdout]
     assert not missing, f"docs/sandbox.md lists options the sandbox lacks: {missing}"
     commands = [b for b in blocks("sh") if "python -m omnidesk_sandbox" in b.text]
-    assert commands and all(
-        shlex.split(line.split("#")[0])[-1] == "omnidesk_sandbox"
-        for b in commands
-        for line in b.text.splitlines()
-        if "python -m omnidesk_sandbox" in line
-    )
+    assert commands
+    for block in commands:
+        for line in block.text.splitlines():
+            if "python -m omnidesk_sandbox" not in line:
+                continue
+            words = shlex.split(line.split("#")[0])
+            options = [w for w in words[words.index("omnidesk_sandbox") + 1 :] if w.startswith("-")]
+            unknown = [option for option in options if option not in result.stdout]
+            assert not unknown, f"{block.where()} uses sandbox options it lacks: {unknown}"

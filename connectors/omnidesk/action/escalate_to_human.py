@@ -1,5 +1,7 @@
 """action_escalate_to_human: hand the conversation to a live agent in Omnidesk.
 
+0. A turn that no OmnideskInput handed to the bot (``rasa shell``, ``rest``, an
+   unwrapped channel) is refused with a response: no Omnidesk call at all.
 1. The history goes to Omnidesk's chatbot log (a ticket, so someone follows up
    whatever happens next).
 2. requestChatConfig says whether an agent is online.
@@ -16,7 +18,7 @@ sandbox.
 """
 
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import EventType, SlotSet
@@ -35,8 +37,18 @@ UTTER_CONNECTED = "utter_handoff_connected"
 UTTER_NO_AGENTS = "utter_handoff_no_agents"
 UTTER_FAILED = "utter_handoff_failed"
 UTTER_ALREADY_ACTIVE = "utter_handoff_already_active"
+UTTER_NOT_SERVED = "utter_omnidesk_channel_not_served"
+
+# Input channels already warned about in this process; the warning says the fix
+# once per channel, later refusals log one short line each.
+_warned_channels: Set[str] = set()
+MAX_WARNED_CHANNELS = 64
 
 FIRST_MESSAGE_NUMBER = 1
+
+# What Rasa puts into the metadata of a turn it makes itself (trigger_intent,
+# reminders): rasa.shared.core.constants.IS_EXTERNAL.
+EXTERNAL_KEY = "is_external"
 
 
 class ActionServerSettingsError(ImportError):
@@ -73,6 +85,8 @@ class ActionEscalateToHuman(Action):  # type: ignore[misc]  # rasa_sdk is not ty
         domain: Dict[str, Any],
     ) -> List[Dict[str, Any]]:
         conversation = tracker.sender_id
+        if not _channel_serves(tracker):
+            return _not_served(dispatcher, tracker)
         if _already_with_agent(tracker):
             logger.info(
                 "handoff already_with_agent conversation=%s chat_session_id=%s",
@@ -149,17 +163,74 @@ async def _escalate(
     return chat_session_id
 
 
+def _latest_metadata(tracker: Tracker) -> Any:
+    latest = tracker.latest_message if isinstance(tracker.latest_message, dict) else {}
+    return latest.get("metadata")
+
+
+def _channel_serves(tracker: Tracker) -> bool:
+    """Whether an OmnideskInput handed the latest turn to the bot.
+
+    Every turn a wrapped channel hands to the bot carries the channel's mark
+    (metadata ``omnidesk.with_agent``, see ``incoming.mark_with_bot``). Without
+    it the turn came through a channel the connector does not serve: the
+    control payload would reach the customer as raw JSON and the agent's
+    replies would find no one. The mark is the channel's own word, so the
+    action server needs no copy of Rasa's credentials.yml.
+    """
+    metadata = _latest_metadata(tracker)
+    if handoff.channel_says_with_agent(metadata) is not None:
+        return True
+    if isinstance(metadata, dict) and metadata.get(EXTERNAL_KEY) is True:
+        # trigger_intent or a reminder: Rasa makes a turn of its own, unmarked,
+        # on the conversation's latest input channel. That channel is the one of
+        # the latest turn the customer sent, marked by the connector if it
+        # served it (a relayed turn carries the connector's own metadata too).
+        for event in reversed(tracker.events):
+            if not isinstance(event, dict) or event.get("event") != "user":
+                continue
+            earlier = event.get("metadata")
+            if isinstance(earlier, dict) and earlier.get(EXTERNAL_KEY) is True:
+                continue
+            return isinstance(earlier, dict) and isinstance(earlier.get(handoff.METADATA_KEY), dict)
+    return False
+
+
+def _not_served(dispatcher: CollectingDispatcher, tracker: Tracker) -> List[EventType]:
+    """Refuse the escalation: no Omnidesk call, no chat left waiting for an agent."""
+    channel = str(tracker.get_latest_input_channel() or "unknown")
+    if channel not in _warned_channels and len(_warned_channels) < MAX_WARNED_CHANNELS:
+        _warned_channels.add(channel)
+        logger.warning(
+            "handoff channel_not_served conversation=%s channel=%s: this turn did not come "
+            "through connectors.omnidesk.OmnideskInput, so no Omnidesk chat is opened. "
+            "Move the channel under customer_channels of OmnideskInput in credentials.yml "
+            "(rasa shell and rest cannot be served; see docs/troubleshooting.md).",
+            tracker.sender_id,
+            channel,
+        )
+    else:
+        logger.info(
+            "handoff channel_not_served conversation=%s channel=%s", tracker.sender_id, channel
+        )
+    dispatcher.utter_message(response=UTTER_NOT_SERVED)
+    return [
+        SlotSet(handoff.SLOT_HANDOFF_ACTIVE, False),
+        _outcome(handoff.HandoffOutcome.CHANNEL_NOT_SERVED),
+    ]
+
+
 def _already_with_agent(tracker: Tracker) -> bool:
     """Whether the conversation is with an agent now: the channel's word over the slot.
 
     The channel marks every turn it hands to the bot (metadata
     ``omnidesk.with_agent``); a turn it hands to the bot is by definition not
     with an agent. The ``handoff_active`` slot can outlive a handoff, and
-    trusting it would lock the customer out of agents for good. Without the
-    channel's mark (another channel, an older connector) the slot decides.
+    trusting it would lock the customer out of agents for good. An unmarked
+    turn gets here only when Rasa made it (trigger_intent, a reminder): the
+    channel has said nothing of it, so the slot decides.
     """
-    latest = tracker.latest_message if isinstance(tracker.latest_message, dict) else {}
-    channel_view = handoff.channel_says_with_agent(latest.get("metadata"))
+    channel_view = handoff.channel_says_with_agent(_latest_metadata(tracker))
     slot = tracker.get_slot(handoff.SLOT_HANDOFF_ACTIVE) is True
     if channel_view is None:
         return slot

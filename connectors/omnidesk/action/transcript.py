@@ -259,9 +259,15 @@ def _render_bot(event: Mapping[str, Any], timestamp: Optional[float], state: _St
     text = event.get("text")
     if isinstance(text, str) and text:
         parts.append(escape_markdown(text))
+    shown: List[Any] = []
     for key, label in (("image", "image"), ("attachment", "attachment")):
         value = data.get(key)
-        if isinstance(value, str) and value:
+        if not value or value in shown:
+            # Rasa copies an image into `attachment` when the response has none
+            # (rasa.core.actions.action.create_bot_utterance): one picture, shown once.
+            continue
+        shown.append(value)
+        if isinstance(value, str):
             parts.append(f"_({label}: {escape_markdown(value)})_")
         elif isinstance(value, Mapping):
             parts.append(f"_({label})_")
