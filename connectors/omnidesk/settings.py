@@ -198,6 +198,12 @@ class OmnideskSettings:
     # Delivery to the customer across instances (outbox, socket.io).
     outbox_retention: float = 86400.0
     socketio_redis_url: Optional[str] = None
+    # Observability (docs/metrics.md): the metrics route, the action server's
+    # metrics port, and the handoff steps' structured log lines.
+    metrics_enabled: bool = False
+    action_metrics_port: Optional[int] = None
+    log_format: str = "text"
+    log_message_text: bool = False
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OmnideskSettings":
@@ -561,6 +567,14 @@ def _redis_url(raw: Any) -> str:
     return value
 
 
+def _log_format(raw: Any) -> str:
+    rule = "must be text or json"
+    value = _text(raw, rule).lower()
+    if value not in ("text", "json"):
+        raise _Invalid(rule)
+    return value
+
+
 def _boolean(raw: Any) -> bool:
     try:
         return rules.parse_bool("", raw)
@@ -723,6 +737,15 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
         "redis://localhost:6379/0 (default: the switchboard's)",
         show=lambda raw: _show(_mask_url_password(raw) if isinstance(raw, str) else raw),
     ),
+    # Observability.
+    _Spec("metrics_enabled", _boolean),
+    _Spec(
+        "action_metrics_port",
+        _integer(1, 65535, "must be a TCP port number from 1 to 65535"),
+        "9105 (default: off)",
+    ),
+    _Spec("log_format", _log_format, "{default} (or json)"),
+    _Spec("log_message_text", _boolean),
 )
 
 _SPECS: Dict[str, _Spec] = {spec.key: spec for spec in _SPEC_LIST}
