@@ -16,13 +16,14 @@ sandbox.
 """
 
 import logging
+import os
 from typing import Any, Dict, List, Optional
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
-from connectors.omnidesk import handoff
+from connectors.omnidesk import handoff, handoff_events, metrics
 from connectors.omnidesk.action.escalation import Escalation, build_escalation
 from connectors.omnidesk.client import OmnideskClient, OmnideskError
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
@@ -49,11 +50,32 @@ class ActionServerSettingsError(ImportError):
 
 def check_settings_at_start() -> OmnideskSettings:
     try:
-        return OmnideskSettings.from_env()
+        settings = OmnideskSettings.from_env()
     except SettingsError as error:
         raise ActionServerSettingsError(
             f"{ACTION_NAME} cannot start: {error}. Set the OMNIDESK_* variables for "
             "`rasa run actions` as for `rasa run` (see docs/configuration.md)."
+        ) from error
+    handoff_events.configure(settings.log_format, settings.log_message_text)
+    serve_metrics(settings)
+    return settings
+
+
+def serve_metrics(settings: OmnideskSettings) -> None:
+    """The action server's metrics on ``action_metrics_port``, when set (docs/metrics.md).
+
+    rasa_sdk builds its own Sanic app with no hook for another route, so they get
+    a small server of their own, on the interface rasa_sdk itself binds
+    (``SANIC_HOST``, else all).
+    """
+    host = os.environ.get("SANIC_HOST") or "0.0.0.0"  # noqa: S104 -- as rasa_sdk binds
+    try:
+        metrics.serve_action_metrics(settings.action_metrics_port, host)
+    except OSError as error:
+        raise ActionServerSettingsError(
+            f"{ACTION_NAME} cannot start: action_metrics_port (OMNIDESK_ACTION_METRICS_PORT) "
+            f"{settings.action_metrics_port} on {host} cannot be served: {error}. Pick a free "
+            "port, or unset it to serve no metrics."
         ) from error
 
 
@@ -86,18 +108,19 @@ class ActionEscalateToHuman(Action):  # type: ignore[misc]  # rasa_sdk is not ty
         logger.info(
             "handoff connecting conversation=%s reason=%s", conversation, escalation.reason.value
         )
+        handoff_events.requested(conversation, escalation.reason.value, escalation.channel)
         try:
             settings = OmnideskSettings.from_env()
+            handoff_events.configure(settings.log_format, settings.log_message_text)
             chat_session_id = await _escalate(settings, escalation, conversation)
-        except SettingsError as error:
+        except (SettingsError, OmnideskError) as error:
             logger.error("handoff failed conversation=%s: %s", conversation, error)
-            return _failed(dispatcher)
-        except OmnideskError as error:
-            logger.error("handoff failed conversation=%s: %s", conversation, error)
+            handoff_events.ended(conversation, None, handoff.HandoffOutcome.FAILED.value, error)
             return _failed(dispatcher)
 
         if chat_session_id is None:
             logger.info("handoff no_agent conversation=%s", conversation)
+            handoff_events.ended(conversation, None, handoff.HandoffOutcome.NO_AGENT.value)
             dispatcher.utter_message(response=UTTER_NO_AGENTS)
             return [
                 SlotSet(handoff.SLOT_HANDOFF_ACTIVE, False),
@@ -146,6 +169,7 @@ async def _escalate(
             phone_number=customer.phone,
             url=escalation.page_url,
         )
+    handoff_events.chat_opened(conversation, chat_session_id, log.ticket_id)
     return chat_session_id
 
 

@@ -28,6 +28,15 @@ class ToCustomer:
     file: Optional[FileLink] = None
     typing: bool = False
     agent: Optional[AgentIdentity] = None
+    # A connector notice's text: "notice", or "end" for the end-of-chat message.
+    notice: str = ""
+
+    @property
+    def metric_kind(self) -> str:
+        """What omnidesk_agent_deliveries_total calls it: message, file, typing, notice, end."""
+        if self.notice:
+            return self.notice
+        return {"text": "message", "file": "file"}.get(self.kind, "typing")
 
     def describe(self) -> str:
         return {"text": "message", "file": "agent file"}.get(self.kind, "agent typing")
@@ -46,6 +55,8 @@ class ToCustomer:
             data["typing"] = self.typing
         if self.agent is not None:
             data["agent"] = {"name": self.agent.name, "picture": self.agent.picture}
+        if self.notice:
+            data["notice"] = self.notice
         return data
 
     def to_json(self) -> str:
@@ -69,6 +80,7 @@ class ToCustomer:
                 if isinstance(agent, Mapping)
                 else None
             ),
+            notice=str(data.get("notice", "")),
         )
 
     @classmethod
