@@ -66,17 +66,41 @@ def serve_metrics(settings: OmnideskSettings) -> None:
 
     rasa_sdk builds its own Sanic app with no hook for another route, so they get
     a small server of their own, on the interface rasa_sdk itself binds
-    (``SANIC_HOST``, else all).
+    (``SANIC_HOST``, else all), started in the process that runs the actions.
     """
+    if settings.action_metrics_port is None or not _runs_the_actions():
+        return
     host = os.environ.get("SANIC_HOST") or "0.0.0.0"  # noqa: S104 -- as rasa_sdk binds
     try:
         metrics.serve_action_metrics(settings.action_metrics_port, host)
     except OSError as error:
+        problem = (
+            f"action_metrics_port (OMNIDESK_ACTION_METRICS_PORT) {settings.action_metrics_port} "
+            f"on {host} cannot be served: {error}"
+        )
+        if os.environ.get(SANIC_WORKER_VARIABLE):
+            # One worker of several got the port first; this one's counts go unserved.
+            logger.error("%s; this worker's metrics are not served (run one worker).", problem)
+            return
         raise ActionServerSettingsError(
-            f"{ACTION_NAME} cannot start: action_metrics_port (OMNIDESK_ACTION_METRICS_PORT) "
-            f"{settings.action_metrics_port} on {host} cannot be served: {error}. Pick a free "
-            "port, or unset it to serve no metrics."
+            f"{ACTION_NAME} cannot start: {problem}. Pick a free port, or unset it to serve "
+            "no metrics."
         ) from error
+
+
+# Sanic 22 and later (Rasa Pro's rasa-sdk) import the actions in a main process
+# that only manages workers, then again in each worker, which sets this variable.
+SANIC_WORKER_VARIABLE = "SANIC_WORKER_NAME"
+
+
+def _runs_the_actions() -> bool:
+    """Whether this process serves the actions: a Sanic worker, or Sanic 21's one process."""
+    if os.environ.get(SANIC_WORKER_VARIABLE):
+        return True
+    import sanic
+
+    major = str(getattr(sanic, "__version__", "0")).split(".", 1)[0]
+    return major.isdigit() and int(major) < 22
 
 
 check_settings_at_start()
