@@ -106,6 +106,9 @@ class Routes:
         async def files(request: Request, token: str, filename: str) -> HTTPResponse:
             return await self.serve_file(request, token, filename)
 
+        async def metrics_page(request: Request) -> HTTPResponse:
+            return await self.metrics_page(request)
+
         # strict_slashes: a path is served as written, ".../endSession/" is a 404.
         routes.add_route(health, "/", methods=["GET"], name="omnidesk_health")
         # The posts are streamed: each reads its body itself, under its own cap (edge.py).
@@ -124,18 +127,9 @@ class Routes:
             name="omnidesk_files",
             strict_slashes=True,
         )
-        if self.settings.metrics_enabled:
-
-            async def metrics_page(request: Request) -> HTTPResponse:
-                return await self.metrics_page(request)
-
-            routes.add_route(
-                metrics_page,
-                "/metrics",
-                methods=["GET"],
-                name="omnidesk_metrics",
-                strict_slashes=True,
-            )
+        routes.add_route(
+            metrics_page, "/metrics", methods=["GET"], name="omnidesk_metrics", strict_slashes=True
+        )
 
     def _check_agent_file_type(self, upload: UploadedFile) -> None:
         """An agent's file goes to the customer only if its type is allowed, as a customer's is.
@@ -224,7 +218,13 @@ class Routes:
         return response.text("ok")
 
     async def metrics_page(self, _: Request) -> HTTPResponse:
-        """The Prometheus text format; open handoffs and waiting deliveries counted now."""
+        """The Prometheus text format; open handoffs and waiting deliveries counted now.
+
+        404 unless ``metrics_enabled``: the route is always there, so its path is
+        refused the same way whether the metrics are off or the path is wrong.
+        """
+        if not self.settings.metrics_enabled:
+            return error_response(404, "not found")
         relay = self._relay()
         if relay is not None:
             await metrics.ScrapeSources(
