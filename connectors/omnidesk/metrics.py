@@ -307,8 +307,9 @@ class ScrapeSources:
     ``open_handoffs`` and ``waiting_deliveries`` count in the switchboard and
     the outbox store; with Redis every replica counts the same keys, so each
     reports the cluster-wide number (dashboards take ``max()``, not ``sum()``).
-    A count that fails leaves its gauge at its last value and counts a
-    switchboard error.
+    A count that fails leaves its gauge at its last value; the switchboard
+    error is counted where Redis raised it, a count that hangs past
+    ``SCRAPE_COUNT_TIMEOUT`` here.
     """
 
     def __init__(self, open_handoffs: Count, waiting_deliveries: Count) -> None:
@@ -328,9 +329,11 @@ class ScrapeSources:
             try:
                 gauge.set(await asyncio.wait_for(count(), SCRAPE_COUNT_TIMEOUT))
             except Exception as error:
-                switchboard_error(operation)
+                if isinstance(error, asyncio.TimeoutError):
+                    # A Redis error is counted where it was raised; a hang is counted here.
+                    switchboard_error(operation)
                 logger.warning(
-                    "Metrics: %s could not be read at scrape time: %s: %s",
+                    "Metrics: %s could not be read at scrape time; it keeps its last value: %s: %s",
                     name,
                     type(error).__name__,
                     error,

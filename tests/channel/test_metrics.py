@@ -12,7 +12,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.omnidesk import metrics
-from tests.channel.conftest import SECRET, ChannelServer, channel_server
+from connectors.omnidesk.action.escalation import EscalationReason
+from tests.channel.conftest import SECRET, ChannelServer, RedisServer, channel_server
 from tests.channel.test_socketio_relay import SOCKETIO, Widget
 from tests.e2e.test_journey import png
 
@@ -193,3 +194,32 @@ def test_every_metric_of_the_contract_is_in_the_registry() -> None:
         name[: -len("_total")] if name.endswith("_total") else name for name in metrics.METRIC_NAMES
     }
     assert wanted <= registered
+
+
+async def test_a_scrape_during_a_redis_outage_answers_and_counts_the_switchboard_errors(
+    redis_server: RedisServer,
+) -> None:
+    async with channel_server(
+        SOCKETIO, metrics_enabled=True, switchboard_url=redis_server.url
+    ) as server:
+        before = await scrape(server)
+        assert value(before, "omnidesk_handoffs_open") == 0
+        redis_server.stop()
+        after = await scrape(server)
+        redis_server.start()
+
+    assert moved(before, after, "omnidesk_switchboard_errors_total", operation="count") >= 1
+    assert moved(before, after, "omnidesk_switchboard_errors_total", operation="outbox_list") >= 1
+    assert value(after, "omnidesk_handoffs_open") == 0
+
+
+def test_label_values_outside_the_known_sets_are_folded_into_other() -> None:
+    before = metrics.sample("omnidesk_handoffs_started_total", {"reason": "other"})
+    metrics.handoff_started("customer 4711 said something new")
+    assert metrics.sample("omnidesk_handoffs_started_total", {"reason": "other"}) == before + 1
+    assert metrics.status_label(None) == "error" and metrics.status_label(503) == "503"
+    assert metrics.fold("rasa-0123", metrics.HOOKPOINTS) == "other"
+
+
+def test_the_known_reasons_are_the_escalation_reasons() -> None:
+    assert {reason.value for reason in EscalationReason} == metrics.HANDOFF_REASONS
