@@ -133,10 +133,17 @@ async def test_the_action_server_serves_its_metrics_on_its_own_port(
             body = request(asked_for_a_person(), {"customer_email": email})
             async with session.post(f"{action_server}/webhook", json=body) as answer:
                 assert answer.status == 200, await answer.text()
+        # Omnidesk refuses the chatbot log: the escalation fails.
+        sandbox.inject_fault("chatbot", status=503)
+        body = request(asked_for_a_person(), {"customer_email": "three@example.com"})
+        async with session.post(f"{action_server}/webhook", json=body) as answer:
+            assert answer.status == 200, await answer.text()
     after = await scrape_url(metrics_url)
 
-    assert moved(before, after, "omnidesk_handoffs_started_total", reason="asked_for_person") == 2
+    assert moved(before, after, "omnidesk_handoffs_started_total", reason="asked_for_person") == 3
     assert moved(before, after, "omnidesk_handoffs_ended_total", outcome="no_agent") == 2
+    assert moved(before, after, "omnidesk_handoffs_ended_total", outcome="failed") == 1
+    assert moved(before, after, "omnidesk_api_calls_total", call="chatbot", status="503") >= 1
     assert moved(before, after, "omnidesk_api_calls_total", call="chatbot", status="200") == 2
     assert moved(before, after, "omnidesk_api_call_seconds_count", call="requestChatConfig") == 2
     # Only what the action server moves: no channel gauge reading 0 there.

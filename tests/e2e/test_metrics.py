@@ -103,3 +103,14 @@ async def test_a_real_handoff_moves_each_counter_in_the_process_that_saw_it(
     assert value(rasa_after, "omnidesk_handoffs_open") == value(
         rasa_before, "omnidesk_handoffs_open"
     )
+
+    # What happened to this one chat, from both logs: one line per step, both ids, no text.
+    rasa_log = (stack.log_dir / "rasa.log").read_text(errors="replace")
+    actions_log = (stack.log_dir / "actions.log").read_text(errors="replace")
+    conversation = f"conversation_id={socket_customer.id}"
+    assert f"handoff step=requested {conversation} reason=asked_for_person" in actions_log
+    assert f"handoff step=chat_opened {conversation} chat_session_id={chat_id}" in actions_log
+    for step in ("relay_started", "customer_turn_relayed", "agent_first_reply", "ended"):
+        assert f"handoff step={step} {conversation} chat_session_id={chat_id}" in rasa_log
+    assert "Where is my parcel?" not in rasa_log + actions_log
+    assert stack.hookpoint_secret not in rasa_log + actions_log
