@@ -21,6 +21,7 @@ import time
 from datetime import timezone
 from typing import Any, Awaitable, Callable, Dict, NamedTuple, Optional, Protocol, Tuple
 
+from connectors.omnidesk import metrics
 from connectors.omnidesk.errors import OmnideskUnavailable, Redact, json_object, omnidesk_message
 from connectors.omnidesk.settings import OmnideskSettings
 from connectors.omnidesk.transport import (
@@ -100,14 +101,18 @@ class Retrying:
                     connect=min(settings.connect_timeout, remaining),
                 )
                 request = Request(method, url, headers, body, timeout)
+                sent_at = time.monotonic()
                 try:
                     answer = await self._transport.handle_request(request)
                 except TransportTimeout:
+                    metrics.api_attempt(call, None, time.monotonic() - sent_at)
                     failure = Failure(f"no answer within {timeout.total:.3g} s")
                 except TransportError as error:
+                    metrics.api_attempt(call, None, time.monotonic() - sent_at)
                     failure = Failure(self._redact(str(error)))
                 else:
                     status = answer.status
+                    metrics.api_attempt(call, status, time.monotonic() - sent_at)
                     if status != 429 and status < 500:
                         return status, answer.body
                     failure = Failure(
@@ -117,6 +122,7 @@ class Retrying:
                         retry_after(answer.header("Retry-After")),
                     )
                 delay = self._delay_before_retry(call, attempt, failure, deadline)
+                metrics.api_retry(call)
                 logger.warning(
                     "Omnidesk %s attempt %d of %d failed (%s%s); retrying in %.2f s "
                     "[chat_session_id=%s]",

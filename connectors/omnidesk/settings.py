@@ -203,6 +203,12 @@ class OmnideskSettings:
     readiness_timeout: float = 0.5
     readiness_cache: float = 1.0
     api_check_interval: float = 300.0
+    # Observability (docs/metrics.md): the metrics route, the action server's
+    # metrics port, and the handoff steps' structured log lines.
+    metrics_enabled: bool = False
+    action_metrics_port: Optional[int] = None
+    log_format: str = "text"
+    log_message_text: bool = False
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OmnideskSettings":
@@ -554,6 +560,14 @@ def _redis_url(raw: Any) -> str:
     return value
 
 
+def _log_format(raw: Any) -> str:
+    rule = "must be text or json"
+    value = _text(raw, rule).lower()
+    if value not in ("text", "json"):
+        raise _Invalid(rule)
+    return value
+
+
 def _boolean(raw: Any) -> bool:
     try:
         return rules.parse_bool("", raw)
@@ -720,6 +734,15 @@ _SPEC_LIST: Tuple[_Spec, ...] = (
     _Spec("readiness_timeout", _positive),
     _Spec("readiness_cache", _non_negative, "{default} (0 asks Redis on every probe)"),
     _Spec("api_check_interval", _non_negative, "{default} (0 turns the check off)"),
+    # Observability.
+    _Spec("metrics_enabled", _boolean),
+    _Spec(
+        "action_metrics_port",
+        _integer(1, 65535, "must be a TCP port number from 1 to 65535"),
+        "9105 (default: off)",
+    ),
+    _Spec("log_format", _log_format, "{default} (or json)"),
+    _Spec("log_message_text", _boolean),
 )
 
 _SPECS: Dict[str, _Spec] = {spec.key: spec for spec in _SPEC_LIST}

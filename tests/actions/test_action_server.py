@@ -21,6 +21,7 @@ import pytest
 from connectors.omnidesk import handoff
 from omnidesk_sandbox.testing import Sandbox
 from tests.actions.test_escalate_to_human import asked_for_a_person, request, slots_set
+from tests.channel.test_metrics import moved, scrape_url
 from tests.e2e.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,3 +112,41 @@ async def test_rasa_sdk_serves_the_shipped_action_and_it_opens_the_chat(
     assert sandbox.chat(chat_session_id).email_address == "jane@example.com"
     control = [m["custom"] for m in response["responses"] if m.get("custom")]
     assert control == [handoff.HandoffStarted(chat_session_id, 2).to_json_message()]
+
+
+@pytest.fixture
+def action_metrics_port(omnidesk_env: None, monkeypatch: pytest.MonkeyPatch) -> int:
+    """OMNIDESK_ACTION_METRICS_PORT for the action server started after it."""
+    port = free_port()
+    monkeypatch.setenv("OMNIDESK_ACTION_METRICS_PORT", str(port))
+    return port
+
+
+async def test_the_action_server_serves_its_metrics_on_its_own_port(
+    action_metrics_port: int, action_server: str, sandbox: Sandbox
+) -> None:
+    metrics_url = f"http://127.0.0.1:{action_metrics_port}/metrics"
+    before = await scrape_url(metrics_url)
+    sandbox.set_agents_online(False)
+    async with aiohttp.ClientSession() as session:
+        for email in ("one@example.com", "two@example.com"):
+            body = request(asked_for_a_person(), {"customer_email": email})
+            async with session.post(f"{action_server}/webhook", json=body) as answer:
+                assert answer.status == 200, await answer.text()
+        # Omnidesk refuses the chatbot log: the escalation fails.
+        sandbox.inject_fault("chatbot", status=503)
+        body = request(asked_for_a_person(), {"customer_email": "three@example.com"})
+        async with session.post(f"{action_server}/webhook", json=body) as answer:
+            assert answer.status == 200, await answer.text()
+    after = await scrape_url(metrics_url)
+
+    assert moved(before, after, "omnidesk_handoffs_started_total", reason="asked_for_person") == 3
+    assert moved(before, after, "omnidesk_handoffs_ended_total", outcome="no_agent") == 2
+    assert moved(before, after, "omnidesk_handoffs_ended_total", outcome="failed") == 1
+    assert moved(before, after, "omnidesk_api_calls_total", call="chatbot", status="503") >= 1
+    assert moved(before, after, "omnidesk_api_calls_total", call="chatbot", status="200") == 2
+    assert moved(before, after, "omnidesk_api_call_seconds_count", call="requestChatConfig") == 2
+    # Only what the action server moves: no channel gauge reading 0 there.
+    names = {name for name, _ in after}
+    assert "omnidesk_handoffs_open" not in names
+    assert "omnidesk_switchboard_up" not in names

@@ -15,6 +15,7 @@ import aiohttp
 from connectors.omnidesk.channel.health import Health
 from connectors.omnidesk.settings import OmnideskSettings, Secret
 from tests.channel.conftest import ACCOUNT_TOKEN, SECRET, SERVER_TOKEN, RedisServer, callback_setup
+from tests.channel.test_metrics import scrape_url
 
 READY = "/webhooks/omnidesk/health/ready"
 LIVE = "/webhooks/omnidesk/health/live"
@@ -58,13 +59,20 @@ def status_is(code: int) -> Callable[[Probe], bool]:
     return lambda answer: answer[0] == code
 
 
+async def switchboard_up(base_url: str) -> float:
+    """The ``omnidesk_switchboard_up`` gauge as Prometheus scrapes it."""
+    samples = await scrape_url(base_url + "/webhooks/omnidesk/metrics")
+    return samples[("omnidesk_switchboard_up", frozenset())]
+
+
 async def _readiness_follows(
     redis_server: RedisServer, away: Callable[[], None], back: Callable[[], None], reason: str
 ) -> None:
-    async with callback_setup(switchboard_url=redis_server.url) as setup:
+    async with callback_setup(switchboard_url=redis_server.url, metrics_enabled=True) as setup:
         url = setup.server.url
         _, body, _ = await probe_until(url, READY, status_is(200))
         assert body["status"] == "ready"
+        assert await switchboard_up(url) == 1
         assert body["switchboard"]["status"] == "ok"
         assert body["switchboard"]["kind"] == "redis"
 
@@ -74,6 +82,7 @@ async def _readiness_follows(
         assert body["switchboard"]["status"] == "error"
         assert body["switchboard"]["reason"] == reason
         assert str(redis_server.port) not in str(body)  # no host or port for the outside
+        assert await switchboard_up(url) == 0  # what the SwitchboardDown alert reads
         assert (await probe(url, LIVE))[:2] == (200, {"status": "alive"})
         # The route every channel has keeps answering while the process serves.
         assert (await probe(url, "/webhooks/omnidesk/"))[0] == 200
@@ -82,6 +91,7 @@ async def _readiness_follows(
         _, body, _ = await probe_until(url, READY, status_is(200))
         assert body["switchboard"]["status"] == "ok"
         assert "reason" not in body["switchboard"]
+        assert await switchboard_up(url) == 1
         assert (await probe(url, LIVE))[0] == 200
         # And the channel does its work again: a handoff goes through Redis.
         await setup.hand_over("after-the-outage")
@@ -119,7 +129,7 @@ async def test_with_memory_switchboard_readiness_needs_no_redis() -> None:
 
 
 async def test_omnidesk_failing_shows_as_degraded_without_the_probe_calling_omnidesk() -> None:
-    async with callback_setup() as setup:
+    async with callback_setup(metrics_enabled=True) as setup:
         sandbox = setup.server.sandbox
         await setup.hand_over("degraded-1")
         sandbox.inject_fault("notifyUserNewChatMessage", status=503)
@@ -140,6 +150,9 @@ async def test_omnidesk_failing_shows_as_degraded_without_the_probe_calling_omni
         assert omnidesk["failures_in_a_row"] >= 2  # every attempt counts
         assert omnidesk["last_failure_at"].endswith("Z")
         assert SERVER_TOKEN not in str(body) and ACCOUNT_TOKEN not in str(body)
+        metrics_url = setup.server.url + "/webhooks/omnidesk/metrics"
+        # What the OmnideskUnreachable alert reads.
+        assert (await scrape_url(metrics_url))[("omnidesk_api_reachable", frozenset())] == 0
 
         sandbox.clear_faults()
         assert await setup.say("degraded-1", "now?") == 200
@@ -148,6 +161,7 @@ async def test_omnidesk_failing_shows_as_degraded_without_the_probe_calling_omni
         )
         assert body["omnidesk"]["status"] == "ok"
         assert "reason" not in body["omnidesk"]
+        assert (await scrape_url(metrics_url))[("omnidesk_api_reachable", frozenset())] == 1
 
 
 async def test_a_quiet_instance_asks_omnidesk_itself() -> None:

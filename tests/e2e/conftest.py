@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from tests.e2e.people import CallbackCustomer, Desk, RasaApi, SocketCustomer, ready_desk
 from tests.e2e.receiver import CallbackReceiver
-from tests.e2e.stack import ROOT, Stack
+from tests.e2e.stack import ROOT, Stack, free_port
 
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 
@@ -48,10 +48,16 @@ def callback_inbox() -> Iterator[CallbackReceiver]:
 
 @pytest.fixture(scope="session")
 def stack(callback_inbox: CallbackReceiver, artifacts: Path) -> Iterator[Stack]:
+    # Both processes serve their metrics: Rasa under /webhooks/omnidesk/metrics,
+    # the action server on a port of its own (test_metrics.py scrapes them).
+    metrics_env = {
+        "OMNIDESK_METRICS_ENABLED": "true",
+        "OMNIDESK_ACTION_METRICS_PORT": str(free_port()),
+    }
     started = Stack.start(
         log_dir=artifacts / "stack",
         callback_url=callback_inbox.url,
-        env=FAST_FAILURE_ENV,
+        env={**FAST_FAILURE_ENV, **metrics_env},
         # The browser test serves web/ from its own origin; its uploads need CORS.
         cors=["*"],
         timeout=180,

@@ -18,13 +18,14 @@ sandbox.
 """
 
 import logging
+import os
 from typing import Any, Dict, List, Optional, Set
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
-from connectors.omnidesk import handoff
+from connectors.omnidesk import handoff, handoff_events, metrics
 from connectors.omnidesk.action.escalation import Escalation, build_escalation
 from connectors.omnidesk.client import OmnideskClient, OmnideskError
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
@@ -61,12 +62,57 @@ class ActionServerSettingsError(ImportError):
 
 def check_settings_at_start() -> OmnideskSettings:
     try:
-        return OmnideskSettings.from_env()
+        settings = OmnideskSettings.from_env()
     except SettingsError as error:
         raise ActionServerSettingsError(
             f"{ACTION_NAME} cannot start: {error}. Set the OMNIDESK_* variables for "
             "`rasa run actions` as for `rasa run` (see docs/configuration.md)."
         ) from error
+    handoff_events.configure(settings.log_format, settings.log_message_text)
+    serve_metrics(settings)
+    return settings
+
+
+def serve_metrics(settings: OmnideskSettings) -> None:
+    """The action server's metrics on ``action_metrics_port``, when set (docs/metrics.md).
+
+    rasa_sdk builds its own Sanic app with no hook for another route, so they get
+    a small server of their own, on the interface rasa_sdk itself binds
+    (``SANIC_HOST``, else all), started in the process that runs the actions.
+    """
+    if settings.action_metrics_port is None or not _runs_the_actions():
+        return
+    host = os.environ.get("SANIC_HOST") or "0.0.0.0"  # noqa: S104 -- as rasa_sdk binds
+    try:
+        metrics.serve_action_metrics(settings.action_metrics_port, host)
+    except OSError as error:
+        problem = (
+            f"action_metrics_port (OMNIDESK_ACTION_METRICS_PORT) {settings.action_metrics_port} "
+            f"on {host} cannot be served: {error}"
+        )
+        if os.environ.get(SANIC_WORKER_VARIABLE):
+            # One worker of several got the port first; this one's counts go unserved.
+            logger.error("%s; this worker's metrics are not served (run one worker).", problem)
+            return
+        raise ActionServerSettingsError(
+            f"{ACTION_NAME} cannot start: {problem}. Pick a free port, or unset it to serve "
+            "no metrics."
+        ) from error
+
+
+# Sanic 22 and later (Rasa Pro's rasa-sdk) import the actions in a main process
+# that only manages workers, then again in each worker, which sets this variable.
+SANIC_WORKER_VARIABLE = "SANIC_WORKER_NAME"
+
+
+def _runs_the_actions() -> bool:
+    """Whether this process serves the actions: a Sanic worker, or Sanic 21's one process."""
+    if os.environ.get(SANIC_WORKER_VARIABLE):
+        return True
+    import sanic
+
+    major = str(getattr(sanic, "__version__", "0")).split(".", 1)[0]
+    return major.isdigit() and int(major) < 22
 
 
 check_settings_at_start()
@@ -100,18 +146,19 @@ class ActionEscalateToHuman(Action):  # type: ignore[misc]  # rasa_sdk is not ty
         logger.info(
             "handoff connecting conversation=%s reason=%s", conversation, escalation.reason.value
         )
+        handoff_events.requested(conversation, escalation.reason.value, escalation.channel)
         try:
             settings = OmnideskSettings.from_env()
+            handoff_events.configure(settings.log_format, settings.log_message_text)
             chat_session_id = await _escalate(settings, escalation, conversation)
-        except SettingsError as error:
+        except (SettingsError, OmnideskError) as error:
             logger.error("handoff failed conversation=%s: %s", conversation, error)
-            return _failed(dispatcher)
-        except OmnideskError as error:
-            logger.error("handoff failed conversation=%s: %s", conversation, error)
+            handoff_events.ended(conversation, None, handoff.HandoffOutcome.FAILED.value, error)
             return _failed(dispatcher)
 
         if chat_session_id is None:
             logger.info("handoff no_agent conversation=%s", conversation)
+            handoff_events.ended(conversation, None, handoff.HandoffOutcome.NO_AGENT.value)
             dispatcher.utter_message(response=UTTER_NO_AGENTS)
             return [
                 SlotSet(handoff.SLOT_HANDOFF_ACTIVE, False),
@@ -160,6 +207,7 @@ async def _escalate(
             phone_number=customer.phone,
             url=escalation.page_url,
         )
+    handoff_events.chat_opened(conversation, chat_session_id, log.ticket_id)
     return chat_session_id
 
 

@@ -9,6 +9,7 @@ in order once the customer's channel can take it.
 import logging
 import time
 
+from connectors.omnidesk import handoff_events
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.hookpoints import (
     AgentIdentity,
@@ -47,6 +48,7 @@ class AgentDelivery:
     async def message(self, message: AgentMessage) -> None:
         handoff = await self.switchboard.wait_for_chat(message.session_id, self.new_chat_grace)
         await self._put(handoff, ToCustomer("text", text=message.message, agent=message.agent))
+        _first_reply(handoff)
         # The handoff keeps the agent (switchboard.Handoff.agent_name): files come without one.
         named = bool(message.agent.name or message.agent.picture)
         await self.switchboard.touch(
@@ -79,6 +81,7 @@ class AgentDelivery:
             is_image=stored.content_type.startswith("image/"),
         )
         await self._put(handoff, ToCustomer("file", file=link, agent=agent))
+        _first_reply(handoff)
         await self.switchboard.touch(handoff.conversation_id, agent=True)
         await self.record.add(
             handoff.conversation_id,
@@ -116,3 +119,15 @@ class AgentDelivery:
     async def close(self) -> None:
         """Stop the outbox's poll; drainers under way finish (bounded)."""
         await self.outbox.close()
+
+
+def _first_reply(handoff: Handoff) -> None:
+    """The agent's first message or file of the handoff: how long the customer waited.
+
+    ``handoff`` is as read before this reply touched it. Two first replies landing
+    on two instances at once may both count; the histogram tolerates that.
+    """
+    if not handoff.agent_replied:
+        handoff_events.agent_first_reply(
+            handoff.conversation_id, handoff.chat_session_id, time.time() - handoff.started_at
+        )

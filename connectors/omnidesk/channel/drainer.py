@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Dict, Mapping, Optional, Set
 
+from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.outbox_store import OutboxStore
 from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.sides import CustomerLine
@@ -149,6 +150,7 @@ class Drainer:
                 age,
                 self.retention,
             )
+            _given_up(entry, "expired")
             return await self.store.remove(conversation_id, entry_id, token)
         if entry.item.kind == "typing" and age > TYPING_STALE:
             # The agent's typing of minutes ago, shown to a customer who came back, would lie.
@@ -164,6 +166,7 @@ class Drainer:
                 entry.chat_session_id,
                 entry.item.describe(),
             )
+            _given_up(entry, "channel_not_wrapped")
             return await self.store.remove(conversation_id, entry_id, token)
         if not await line.reachable(conversation_id):
             presence = self.presence
@@ -217,6 +220,7 @@ class Drainer:
             conversation_id,
             entry.chat_session_id,
         )
+        metrics.agent_delivery(entry.item.metric_kind, delivered=True)
         return True
 
     def _back_off(self, conversation_id: str) -> float:
@@ -242,3 +246,15 @@ class Drainer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+
+
+def _given_up(entry: OutboxEntry, reason: str) -> None:
+    """An entry taken off without reaching the customer: counted and logged as a failure."""
+    metrics.agent_delivery(entry.item.metric_kind, delivered=False)
+    handoff_events.failure(
+        "delivery",
+        entry.conversation_id,
+        entry.chat_session_id,
+        kind=entry.item.metric_kind,
+        reason=reason,
+    )

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from typing import Mapping, Set
 
+from connectors.omnidesk import handoff_events
 from connectors.omnidesk.channel.delivery import AgentDelivery
 from connectors.omnidesk.channel.hookpoints import EndSession
 from connectors.omnidesk.channel.notices import Notices
@@ -109,6 +110,7 @@ class ChatEnding:
             ended.conversation_id,
             ended.chat_session_id,
         )
+        handoff_events.ended(ended.conversation_id, ended.chat_session_id, outcome.value)
         try:
             handed_back = await self.bot.hand_back(ended, outcome)
         except Exception as error:
@@ -135,3 +137,4 @@ def _log_step_failure(what: str, handoff: Handoff, error: Exception) -> None:
         type(error).__name__,
         error,
     )
+    handoff_events.failure(f"end: {what}", handoff.conversation_id, handoff.chat_session_id, error)

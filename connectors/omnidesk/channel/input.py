@@ -20,6 +20,7 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
+from connectors.omnidesk import handoff_events
 from connectors.omnidesk.channel import rasa_compat, rasa_versions
 from connectors.omnidesk.channel.customer import WrappedOutput, line_for
 from connectors.omnidesk.channel.files import AgentFileStore
@@ -252,6 +253,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
     async def _start(self, app: Any, on_new_message: Handler) -> None:
         rasa_compat.install_secret_filter()
+        handoff_events.configure(self.settings.log_format, self.settings.log_message_text)
         warn_lock_store(app, self.settings)
         self._app = app
         switchboard = create_switchboard(self.settings.switchboard_url)

@@ -15,6 +15,7 @@ from connectors.omnidesk.channel.sides import BotSide, CustomerLine
 logger = logging.getLogger(__name__)
 
 NOTICE_TIMEOUT = 10.0  # seconds a notice may take to reach the customer's channel
+END_NOTICE = "utter_omnidesk_chat_ended"
 
 DEFAULT_TEXTS: Dict[str, str] = {
     "utter_omnidesk_delivery_failed": (
@@ -50,10 +51,15 @@ class Notices:
 
     async def tell(self, line: CustomerLine, conversation_id: str, name: str) -> None:
         """Send notice ``name`` to the customer; a failure is logged, never raised."""
+        # The outbox's line keeps what kind of notice it is, for the delivery metrics.
+        send_notice = getattr(line, "send_notice", None)
         try:
-            await asyncio.wait_for(
-                line.send_text(conversation_id, self.text(name)), timeout=NOTICE_TIMEOUT
-            )
+            if send_notice is not None:
+                kind = "end" if name == END_NOTICE else "notice"
+                sending = send_notice(conversation_id, self.text(name), kind)
+            else:
+                sending = line.send_text(conversation_id, self.text(name))
+            await asyncio.wait_for(sending, timeout=NOTICE_TIMEOUT)
         except Exception as error:
             logger.error(
                 "Could not tell the customer of conversation %s (%s): %s: %s",

@@ -232,5 +232,9 @@ class OutboxLine:
         await self._put(recipient_id, ToCustomer("details", details=dict(details)))
         return True
 
+    async def send_notice(self, recipient_id: str, text: str, kind: str) -> None:
+        """A connector notice (``kind`` "notice", or "end" for the end of the chat)."""
+        await self._put(recipient_id, ToCustomer("text", text=text, notice=kind))
+
     async def reachable(self, recipient_id: str) -> bool:
         return True

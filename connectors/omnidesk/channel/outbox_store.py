@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
+from connectors.omnidesk import metrics
 from connectors.omnidesk.channel.switchboard import SwitchboardError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class OutboxStore(abc.ABC):
     @abc.abstractmethod
     async def waiting(self) -> List[str]:
         """The conversations that may have entries waiting."""
+
+    @abc.abstractmethod
+    async def count_waiting(self) -> int:
+        """How many entries wait, in every conversation, for the metrics."""
 
     @abc.abstractmethod
     async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
@@ -120,6 +125,9 @@ class InMemoryOutboxStore(OutboxStore):
 
     async def waiting(self) -> List[str]:
         return list(self._entries)
+
+    async def count_waiting(self) -> int:
+        return sum(len(entries) for entries in self._entries.values())
 
     async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
         self._presence.setdefault(recipient_id, {})[socket_id] = time.monotonic() + ttl
@@ -234,6 +242,7 @@ class RedisOutboxStore(OutboxStore):
         try:
             return await coroutine
         except (RedisError, OSError, asyncio.TimeoutError) as error:
+            metrics.switchboard_error(f"outbox_{what}")
             raise SwitchboardError(
                 f"outbox {what} failed: {type(error).__name__}: {error}; "
                 "check that Redis at OMNIDESK_SWITCHBOARD_URL is reachable"
@@ -319,6 +328,16 @@ class RedisOutboxStore(OutboxStore):
     async def waiting(self) -> List[str]:
         members = await self._call("list", self._redis.smembers(self._waiting_key()))
         return sorted(str(member) for member in members)
+
+    async def count_waiting(self) -> int:
+        conversations = await self.waiting()
+        if not conversations:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for conversation_id in conversations:
+            pipe.xlen(self._stream(conversation_id))
+        lengths = await self._call("count", pipe.execute())
+        return sum(int(length) for length in lengths)
 
     async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
         await self._call(

@@ -16,6 +16,7 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
+from connectors.omnidesk import handoff_events
 from connectors.omnidesk.channel.rasa_versions import socketio_server
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ _FORM_ERROR_FILTER = FormErrorFilter()
 
 
 def install_secret_filter() -> None:
-    for name in ("sanic.access", "sanic.error", "sanic.root"):
+    """Sanic's loggers and the handoff steps' structured lines go through the secret filter."""
+    for name in ("sanic.access", "sanic.error", "sanic.root", handoff_events.LOGGER_NAME):
         target = logging.getLogger(name)
         if _SECRET_FILTER not in target.filters:
             target.addFilter(_SECRET_FILTER)

@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from typing import Any, Dict, List, Optional
 
+from connectors.omnidesk import metrics
 from connectors.omnidesk.channel.switchboard import (
     Handoff,
     Switchboard,
@@ -164,6 +165,7 @@ class RedisSwitchboard(Switchboard):
         try:
             return await coroutine
         except (RedisError, OSError, asyncio.TimeoutError) as error:
+            metrics.switchboard_error(what)
             raise SwitchboardError(
                 f"switchboard {what} failed: {type(error).__name__}: {error}; "
                 "check that Redis at OMNIDESK_SWITCHBOARD_URL is reachable"
@@ -279,6 +281,9 @@ class RedisSwitchboard(Switchboard):
             ),
         )
         return _ended_handoff(ended)
+
+    async def count_open(self) -> int:
+        return int(await self._call("count", self._redis.scard(self._open_set())))
 
     async def all(self) -> List[Handoff]:
         members = await self._call("list", self._redis.smembers(self._open_set()))

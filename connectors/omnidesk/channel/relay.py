@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Mapping, Optional
 
+from connectors.omnidesk import handoff_events
 from connectors.omnidesk.channel.delivery import AgentDelivery
 from connectors.omnidesk.channel.ending import ChatEnding
 from connectors.omnidesk.channel.files import AgentFileStore
@@ -103,6 +104,7 @@ class Relay:
             channel,
             handoff.chat_session_id,
         )
+        handoff_events.relay_started(conversation_id, handoff.chat_session_id, channel)
 
     # -- customer to agent -----------------------------------------------------
 
@@ -230,6 +232,7 @@ class Relay:
             started.chat_session_id,
             error,
         )
+        handoff_events.ended(conversation_id, started.chat_session_id, "failed", error)
         try:
             await self.client.notify_user_end_chat(chat_session_id=started.chat_session_id)
         except OmnideskError as end_error:

@@ -9,6 +9,7 @@
 - ``GET /``: ``{"status": "ok"}`` whenever the process serves (as before the probes).
 - ``GET /health/live`` and ``GET /health/ready``: the liveness and readiness
   probes, answered by ``Health`` (health.py).
+- ``GET /metrics``: the Prometheus metrics, when ``metrics_enabled`` (docs/metrics.md).
 
 Each route reads its body under its own cap, hands typed values to the relay
 and answers from one table (``answer_for``, edge.py): what went wrong decides
@@ -25,7 +26,7 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
-from connectors.omnidesk import rules
+from connectors.omnidesk import metrics, rules
 from connectors.omnidesk.channel.customer_routes import CustomerRoutes
 from connectors.omnidesk.channel.edge import (
     MESSAGE_BODY_BYTES,
@@ -69,6 +70,12 @@ HOOKPOINT_NAMES = (
 _NOT_CACHED = {"Cache-Control": "no-store"}
 
 HOOKPOINT_ANSWERS = Answers(not_in_relay="sessionID: no open chat with this session id")
+
+
+class _Forged:
+    """Set by a hookpoint call refused for its token: the forged-call counter's case."""
+
+    refused = False
 
 
 class Routes:
@@ -117,6 +124,9 @@ class Routes:
         async def files(request: Request, token: str, filename: str) -> HTTPResponse:
             return await self.serve_file(request, token, filename)
 
+        async def metrics_page(request: Request) -> HTTPResponse:
+            return await self.metrics_page(request)
+
         # strict_slashes: a path is served as written, ".../endSession/" is a 404.
         routes.add_route(health, "/", methods=["GET"], name="omnidesk_health")
         for probe, path, name in (
@@ -139,6 +149,9 @@ class Routes:
             methods=["GET"],
             name="omnidesk_files",
             strict_slashes=True,
+        )
+        routes.add_route(
+            metrics_page, "/metrics", methods=["GET"], name="omnidesk_metrics", strict_slashes=True
         )
 
     def _check_agent_file_type(self, upload: UploadedFile) -> None:
@@ -166,8 +179,22 @@ class Routes:
         return response.json(body, status=status, headers=_NOT_CACHED)
 
     async def hookpoint(self, request: Request, token: str, hookpoint: str) -> HTTPResponse:
+        """Answer one hookpoint call; every answer is counted, forged tokens apart."""
+        forged = _Forged()
+        try:
+            answer = await self._hookpoint(request, token, hookpoint, forged)
+        except Exception:
+            metrics.hookpoint_answer(hookpoint, 500)
+            raise
+        metrics.hookpoint_answer(hookpoint, answer.status, forged=forged.refused)
+        return answer
+
+    async def _hookpoint(
+        self, request: Request, token: str, hookpoint: str, forged: "_Forged"
+    ) -> HTTPResponse:
         if not _TOKEN_SHAPE.fullmatch(token):
             logger.warning("Hookpoint call with a malformed token refused (404).")
+            forged.refused = True
             return error_response(404, "not found")
         if hookpoint not in HOOKPOINT_NAMES:
             return error_response(404, "not found")
@@ -186,6 +213,7 @@ class Routes:
                 logger.warning(
                     "Hookpoint %s call with a token not of its chat refused (404).", hookpoint
                 )
+                forged.refused = True
                 return error_response(404, "not found")
             # An agent event is answered ok once it is in the customer's outbox;
             # the outbox delivers it when the customer's channel can take it.
@@ -219,6 +247,24 @@ class Routes:
                 logger.info("Hookpoint %s refused (%d): %s", hookpoint, status, message)
             return error_response(status, message)
         return response.text("ok")
+
+    async def metrics_page(self, _: Request) -> HTTPResponse:
+        """The Prometheus text format; open handoffs and waiting deliveries counted now.
+
+        404 unless ``metrics_enabled``: the route is always there, so its path is
+        refused the same way whether the metrics are off or the path is wrong.
+        """
+        if not self.settings.metrics_enabled:
+            return error_response(404, "not found")
+        relay = self._relay()
+        if relay is not None:
+            await metrics.ScrapeSources(
+                relay.switchboard.count_open, relay.delivery.outbox.store.count_waiting
+            ).refresh()
+        state = self.probes.state
+        metrics.set_health(state.switchboard_ok, state.omnidesk_ok)
+        body, content_type = metrics.render()
+        return response.raw(body, content_type=content_type)
 
     async def serve_file(self, _: Request, token: str, filename: str) -> HTTPResponse:
         relay = self._relay()

@@ -204,6 +204,10 @@ class Switchboard(abc.ABC):
     async def all(self) -> List[Handoff]:
         """Every open handoff, for the background sweeper (not the hot path)."""
 
+    async def count_open(self) -> int:
+        """How many handoffs are open, for the metrics (every instance sees the same)."""
+        return len(await self.all())
+
     async def claim_sweeper(self, holder: str, lease_seconds: float) -> bool:
         """True when ``holder`` may sweep now: the sweeper lease is free or already its own.
 
@@ -258,6 +262,9 @@ class InMemorySwitchboard(Switchboard):
 
     async def get(self, conversation_id: str) -> Optional[Handoff]:
         return self._by_conversation.get(conversation_id)
+
+    async def count_open(self) -> int:
+        return len(self._by_conversation)
 
     async def find_by_chat_session(self, chat_session_id: str) -> Optional[Handoff]:
         conversation_id = self._by_chat.get(chat_session_id)

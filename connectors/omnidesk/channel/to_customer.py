@@ -30,6 +30,16 @@ class ToCustomer:
     typing: bool = False
     agent: Optional[AgentIdentity] = None
     details: Optional[Mapping[str, str]] = None
+    # A connector notice's text: "notice", or "end" for the end-of-chat message.
+    notice: str = ""
+
+    @property
+    def metric_kind(self) -> str:
+        """What omnidesk_agent_deliveries_total calls it: message, file, typing, notice, end."""
+        if self.notice:
+            return self.notice
+        # The handoff's details are the connector's own, like a notice.
+        return {"text": "message", "file": "file", "details": "notice"}.get(self.kind, "typing")
 
     def describe(self) -> str:
         names = {"text": "message", "file": "agent file", "details": "handoff details"}
@@ -51,6 +61,8 @@ class ToCustomer:
             data["agent"] = {"name": self.agent.name, "picture": self.agent.picture}
         if self.details is not None:
             data["details"] = dict(self.details)
+        if self.notice:
+            data["notice"] = self.notice
         return data
 
     def to_json(self) -> str:
@@ -80,6 +92,7 @@ class ToCustomer:
                 if isinstance(details, Mapping)
                 else None
             ),
+            notice=str(data.get("notice", "")),
         )
 
     @classmethod

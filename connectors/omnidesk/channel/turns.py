@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Awaitable, Callable, Dict, Mapping, Optional
 
-from connectors.omnidesk import rules
+from connectors.omnidesk import handoff_events, rules
 from connectors.omnidesk.channel.notices import Notices
 from connectors.omnidesk.channel.record import TurnRecord
 from connectors.omnidesk.channel.sides import CustomerLine, RecordEntry
@@ -56,6 +56,14 @@ def log_refused(what: str, handoff: Handoff, error: OmnideskError) -> None:
         getattr(error, "call", "?"),
         getattr(error, "status", None),
         getattr(error, "omnidesk_message", None),
+    )
+    handoff_events.failure(
+        what,
+        handoff.conversation_id,
+        handoff.chat_session_id,
+        error,
+        call=getattr(error, "call", None),
+        status=getattr(error, "status", None),
     )
 
 
@@ -246,6 +254,12 @@ class CustomerTurns:
                 handoff.chat_session_id,
                 self.settings.retry_budget,
             )
+            handoff_events.failure(
+                "customer message",
+                handoff.conversation_id,
+                handoff.chat_session_id,
+                reason="retry budget spent",
+            )
         finally:
             await self._finish_turn(handoff, fence)
         if delivered:
@@ -254,6 +268,9 @@ class CustomerTurns:
                 sent_number if sent_number is not None else "(unnumbered)",
                 handoff.conversation_id,
                 handoff.chat_session_id,
+            )
+            handoff_events.customer_turn_relayed(
+                handoff.conversation_id, handoff.chat_session_id, sent_number, text
             )
         return delivered
 
