@@ -20,6 +20,7 @@ import aiohttp
 
 from bench.load import Figures, Turn, measure_paced, measure_sessions
 from bench.receiver import Receiver
+from connectors.omnidesk import handoff
 
 ESCALATE_ACTION = "action_escalate_to_human"
 CHAT_SESSION_SLOT = "omnidesk_chat_session_id"
@@ -146,7 +147,11 @@ class Product:
         return len(body.get("events") or [])
 
     async def seed_history(self, sender: str, events: int) -> None:
-        """Give a conversation ``events`` tracker events of ordinary bot turns, in one call."""
+        """Give a conversation ``events`` tracker events of ordinary bot turns, in one call.
+
+        The user turns are as the wrapped callback channel writes them, with the
+        connector's mark (the action opens chats only for turns that carry it).
+        """
         now = time.time() - events * 0.01
         batch: List[Dict[str, Any]] = []
         turn = 0
@@ -162,6 +167,7 @@ class Product:
                         "text": f"question {turn} about my order",
                     },
                     "input_channel": "callback",
+                    "metadata": {handoff.METADATA_KEY: {handoff.METADATA_WITH_AGENT: False}},
                     "timestamp": at,
                 }
             )
