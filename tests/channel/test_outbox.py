@@ -20,8 +20,8 @@ from sanic import Blueprint, response
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox import Outbox
 from connectors.omnidesk.channel.outbox_store import create_outbox_store
+from connectors.omnidesk.channel.redis_switchboard import create_switchboard
 from connectors.omnidesk.channel.sides import FileLink
-from connectors.omnidesk.channel.switchboard import create_switchboard
 from connectors.omnidesk.channel.to_customer import ToCustomer
 from omnidesk_sandbox.testing import Sandbox
 from tests.channel.conftest import ChannelServer, callback_setup, channel_server

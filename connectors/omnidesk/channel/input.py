@@ -31,6 +31,7 @@ from connectors.omnidesk.channel.outbox_store import create_outbox_store
 from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.rasa_bot import RasaBot
 from connectors.omnidesk.channel.rasa_compat import Handler
+from connectors.omnidesk.channel.redis_switchboard import create_switchboard
 from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.routes import Routes
 from connectors.omnidesk.channel.sides import CustomerLine
@@ -44,7 +45,7 @@ from connectors.omnidesk.channel.startup import (
     warn_lock_store,
 )
 from connectors.omnidesk.channel.sweeper import Sweeper, interval_for
-from connectors.omnidesk.channel.switchboard import SwitchboardError, create_switchboard
+from connectors.omnidesk.channel.switchboard import SwitchboardError
 from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import HandoffStarted
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError

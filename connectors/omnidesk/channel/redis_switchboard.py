@@ -6,7 +6,8 @@ round trip before the Omnidesk call), ending a handoff (exactly one of two
 racing ends wins), starting one in place of another, claiming the one-time wait
 notice and the sweeper's lease. The handoff is a hash per conversation: its
 JSON, and beside it the counters the scripts change. switchboard.py has the
-interface and the in-memory twin.
+interface and the in-memory twin; ``create_switchboard`` here picks one of the
+two by the ``switchboard_url`` setting.
 
 Nothing here imports rasa or sanic.
 """
@@ -21,6 +22,7 @@ from typing import Any, Dict, List, Optional
 from connectors.omnidesk import metrics
 from connectors.omnidesk.channel.switchboard import (
     Handoff,
+    InMemorySwitchboard,
     Switchboard,
     SwitchboardError,
     TurnTicket,
@@ -349,3 +351,14 @@ def _ended_handoff(ended: Any) -> Optional[Handoff]:
     raw, number = ended
     handoff = Handoff.from_json(raw)
     return replace(handoff, next_message_number=int(number) if number is not None else 1)
+
+
+def create_switchboard(url: str) -> Switchboard:
+    """The switchboard settings.switchboard_url names: ``memory://`` or ``redis://...``."""
+    if url.startswith("memory://") or url in {"", "memory"}:
+        return InMemorySwitchboard()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisSwitchboard(url)
+    raise SwitchboardError(
+        "switchboard_url must be memory:// or a Redis URL such as redis://localhost:6379/0"
+    )

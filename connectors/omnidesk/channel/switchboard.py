@@ -362,17 +362,3 @@ class InMemorySwitchboard(Switchboard):
 
     async def all(self) -> List[Handoff]:
         return list(self._by_conversation.values())
-
-
-def create_switchboard(url: str) -> Switchboard:
-    """The switchboard settings.switchboard_url names: ``memory://`` or ``redis://...``."""
-    if url.startswith("memory://") or url in {"", "memory"}:
-        return InMemorySwitchboard()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        # Here, not at the top: redis_switchboard.py builds on this module.
-        from connectors.omnidesk.channel.redis_switchboard import RedisSwitchboard
-
-        return RedisSwitchboard(url)
-    raise SwitchboardError(
-        "switchboard_url must be memory:// or a Redis URL such as redis://localhost:6379/0"
-    )
