@@ -138,9 +138,15 @@ def relay_started(conversation_id: str, chat_session_id: str, channel: str) -> N
 def customer_turn_relayed(
     conversation_id: str, chat_session_id: str, message_number: Optional[int], text: str
 ) -> None:
+    """One line per message, so at DEBUG as Rasa logs its own per-message lines.
+
+    At INFO it went through Rasa's log handler on every relayed turn and added a
+    tenth to a relayed turn's latency (docs/benchmarks.md); the handoff's steps
+    stay at INFO, and ``rasa run --debug`` shows these too.
+    """
     metrics.customer_turn_relayed()
     _line(
-        logging.INFO,
+        logging.DEBUG,
         CUSTOMER_TURN_RELAYED,
         conversation_id=conversation_id,
         chat_session_id=chat_session_id,

@@ -22,7 +22,8 @@ CUSTOMER_WORDS = "my parcel number is 4711"
 
 async def run_handoff(caplog: Any, **settings: Any) -> Dict[str, Any]:
     """One handoff with a customer turn, an agent reply and the agent's end; its lines."""
-    caplog.set_level(logging.INFO, logger=handoff_events.LOGGER_NAME)
+    # DEBUG: the per-message customer_turn_relayed lines are DEBUG, the steps INFO.
+    caplog.set_level(logging.DEBUG, logger=handoff_events.LOGGER_NAME)
     async with channel_server(SOCKETIO, **settings) as server:
         widget = Widget()
         sid = await widget.connect(server.url)
@@ -48,10 +49,15 @@ async def run_handoff(caplog: Any, **settings: Any) -> Dict[str, Any]:
         for record in caplog.records
         if record.name == handoff_events.LOGGER_NAME
     ]
+    levels = {
+        record.getMessage().split(" ", 2)[1]: record.levelname
+        for record in caplog.records
+        if record.name == handoff_events.LOGGER_NAME and record.getMessage().startswith("handoff ")
+    }
     everything = "\n".join(record.getMessage() for record in caplog.records)
     for secret in (SECRET, token, customer_token, ACCOUNT_TOKEN, SERVER_TOKEN):
         assert secret not in everything
-    return {"lines": lines, "sid": sid, "chat": chat}
+    return {"lines": lines, "sid": sid, "chat": chat, "levels": levels}
 
 
 def steps_of(lines: List[str], sid: str) -> List[str]:
@@ -74,6 +80,13 @@ async def test_each_step_is_one_key_value_line_with_both_ids_and_no_message_text
         assert line.startswith("handoff step=")
         assert f"chat_session_id={chat}" in line
     assert "outcome=ended_by_agent" in lines[-1]
+    # The handoff's steps at INFO; the line per message at DEBUG, as Rasa's own.
+    assert seen["levels"] == {
+        "step=relay_started": "INFO",
+        "step=customer_turn_relayed": "DEBUG",
+        "step=agent_first_reply": "INFO",
+        "step=ended": "INFO",
+    }
     assert "message_number=2" in lines[1]
     assert not any(CUSTOMER_WORDS in line or "4711" in line for line in seen["lines"])
 
