@@ -15,7 +15,9 @@ import os
 import shutil
 from typing import Any, AsyncIterator, List, Optional
 
+import aiohttp
 import pytest
+import pytest_asyncio
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -77,3 +79,10 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """One HTTP client for a test's calls to the stack, the cluster and the agent's desk."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session

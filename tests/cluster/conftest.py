@@ -100,12 +100,6 @@ def cluster(
 
 
 @pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
-
-
-@pytest_asyncio.fixture
 async def desk(cluster: Cluster, http: aiohttp.ClientSession) -> AsyncIterator[Desk]:
     """The agent's desk on the cluster's sandbox, agents online and no faults, before and after."""
     cluster.check_alive()

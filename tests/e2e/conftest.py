@@ -69,12 +69,6 @@ def stack(callback_inbox: CallbackReceiver, artifacts: Path) -> Iterator[Stack]:
 
 
 @pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
-
-
-@pytest_asyncio.fixture
 async def desk(stack: Stack, http: aiohttp.ClientSession) -> AsyncIterator[Desk]:
     """The agent's desk, with agents online and no faults, before and after the test."""
     stack.check_alive()
