@@ -37,6 +37,14 @@ from connectors.omnidesk.errors import (
     read_answer,
 )
 from connectors.omnidesk.retry import RandomSource, Retrying, Sleep
+from connectors.omnidesk.rules import (  # the call names, here too for the client's users
+    ADD_ATTACHMENT,
+    CHATBOT_LOG,
+    END_CHAT,
+    NEW_CHAT_EVENT,
+    NEW_CHAT_MESSAGE,
+    REQUEST_CHAT_CONFIG,
+)
 from connectors.omnidesk.settings import OmnideskSettings, Secret
 from connectors.omnidesk.transport import AiohttpTransport, Transport
 
@@ -62,13 +70,6 @@ __all__ = [
     "Sleep",
 ]
 
-# The names of the calls, as Omnidesk's paths spell them; they appear in errors and logs.
-NEW_CHAT_MESSAGE = "notifyUserNewChatMessage"
-ADD_ATTACHMENT = "addAttachment"
-NEW_CHAT_EVENT = "notifyUserNewChatEvent"
-END_CHAT = "notifyUserEndChat"
-CHATBOT_LOG = "chatbot"
-REQUEST_CHAT_CONFIG = "requestChatConfig"
 
 NO_AGENTS_INSTRUCTION = "hide_reason_no_agents_available"
 

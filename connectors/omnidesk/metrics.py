@@ -39,6 +39,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from connectors.omnidesk import rules
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -60,19 +62,8 @@ HANDOFF_REASONS: FrozenSet[str] = frozenset({"asked_for_person", "not_understood
 OUTCOMES: FrozenSet[str] = frozenset(
     {"ended_by_agent", "ended_by_customer", "timed_out", "no_agent", "failed"}
 )
-API_CALLS: FrozenSet[str] = frozenset(
-    {
-        "notifyUserNewChatMessage",
-        "addAttachment",
-        "notifyUserNewChatEvent",
-        "notifyUserEndChat",
-        "chatbot",
-        "requestChatConfig",
-    }
-)
-HOOKPOINTS: FrozenSet[str] = frozenset(
-    {"messageForCustomer", "uploadForCustomer", "typingIndicatorForCustomer", "endSession"}
-)
+API_CALLS: FrozenSet[str] = frozenset(rules.API_CALL_NAMES)
+HOOKPOINTS: FrozenSet[str] = frozenset(rules.HOOKPOINT_NAMES)
 DELIVERY_KINDS: FrozenSet[str] = frozenset({"message", "file", "typing", "notice", "end"})
 DELIVERY_RESULTS: FrozenSet[str] = frozenset({"delivered", "failed"})
 

@@ -43,6 +43,33 @@ class FieldRuleError(ValueError):
         super().__init__(f"{field}: {rule}")
 
 
+# -- the contract's names -------------------------------------------------------------
+
+# The Omnidesk calls, as Omnidesk's paths spell them; they appear in errors, logs and
+# the metrics' labels.
+NEW_CHAT_MESSAGE = "notifyUserNewChatMessage"
+ADD_ATTACHMENT = "addAttachment"
+NEW_CHAT_EVENT = "notifyUserNewChatEvent"
+END_CHAT = "notifyUserEndChat"
+CHATBOT_LOG = "chatbot"
+REQUEST_CHAT_CONFIG = "requestChatConfig"
+API_CALL_NAMES = (
+    NEW_CHAT_MESSAGE,
+    ADD_ATTACHMENT,
+    NEW_CHAT_EVENT,
+    END_CHAT,
+    CHATBOT_LOG,
+    REQUEST_CHAT_CONFIG,
+)
+# The hookpoints Omnidesk calls on the connector (the last segment of their paths).
+HOOKPOINT_NAMES = (
+    "messageForCustomer",
+    "uploadForCustomer",
+    "typingIndicatorForCustomer",
+    "endSession",
+)
+
+
 @dataclass(frozen=True)
 class TextRule:
     """A rule for a text field: its length bounds and the characters it may hold."""

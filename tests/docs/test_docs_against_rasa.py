@@ -21,9 +21,9 @@ from sanic import Sanic
 
 from connectors.omnidesk.channel.input import ChannelConfigError, OmnideskInput
 from connectors.omnidesk.channel.rasa_versions import read_yaml
-from connectors.omnidesk.channel.routes import HOOKPOINT_NAMES
 from connectors.omnidesk.client import OmnideskClient, OmnideskUnavailable
 from connectors.omnidesk.handoff import new_chat_session_id
+from connectors.omnidesk.rules import HOOKPOINT_NAMES
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
 from omnidesk_sandbox.testing import running_sandbox
 from tests.docs.support import DOCS, ROOT, blocks, normalised, read

@@ -58,12 +58,6 @@ logger = logging.getLogger(__name__)
 _TOKEN_SHAPE = re.compile(f"[0-9a-f]{{{HOOKPOINT_TOKEN_LENGTH}}}")
 # Images shown in the customer's page; any other type (SVG among them) is a download.
 INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
-HOOKPOINT_NAMES = (
-    "messageForCustomer",
-    "uploadForCustomer",
-    "typingIndicatorForCustomer",
-    "endSession",
-)
 
 
 # A probe's answer is about this moment: no proxy keeps it.
@@ -196,7 +190,7 @@ class Routes:
             logger.warning("Hookpoint call with a malformed token refused (404).")
             forged.refused = True
             return error_response(404, "not found")
-        if hookpoint not in HOOKPOINT_NAMES:
+        if hookpoint not in rules.HOOKPOINT_NAMES:
             return error_response(404, "not found")
         try:
             relay = self.relay()
