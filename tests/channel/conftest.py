@@ -36,7 +36,7 @@ from connectors.omnidesk.handoff import HandoffStarted, new_chat_session_id
 from connectors.omnidesk.settings import OmnideskSettings
 from omnidesk_sandbox.testing import Sandbox, running_sandbox
 from tests.conftest import require_program
-from tests.e2e.stack import free_port
+from tests.e2e.stack import free_port, redis_command
 
 SECRET = "test-hookpoint-secret-0123456789abcdef"
 ACCOUNT_TOKEN = "sandboxAccountToken1"
@@ -379,18 +379,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                self.program,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
+            redis_command(self.program, self.port), stdout=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 5
         while True:

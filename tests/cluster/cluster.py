@@ -56,6 +56,7 @@ from tests.e2e.stack import (
     new_hookpoint_secret,
     omnidesk_env,
     rasa_run_command,
+    redis_command,
     start_action_server,
     start_sandbox,
     wait_http,
@@ -211,17 +212,7 @@ class RedisServer:
         port = free_port()
         process = launch(
             "redis-server",
-            [
-                program,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            redis_command(program, port),
             log,
             base_env(),
         )

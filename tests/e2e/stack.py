@@ -163,6 +163,11 @@ def free_port() -> int:
     raise StackError("no free TCP port on 127.0.0.1 below the ephemeral range after 500 tries")
 
 
+def redis_command(program: str, port: int) -> List[str]:
+    """redis-server on 127.0.0.1 only, kept in memory (no RDB snapshot, no AOF)."""
+    return [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
