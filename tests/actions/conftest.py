@@ -5,7 +5,7 @@ from typing import Any, AsyncIterator, Dict, Iterator, Optional
 import pytest
 from rasa_sdk.executor import ActionExecutor
 
-from connectors.omnidesk.channel.rasa_versions import action_result
+from connectors.omnidesk.channel.rasa_compat import action_result
 from omnidesk_sandbox.testing import Sandbox, running_sandbox
 
 SECRET = "Hookpoint0Secret0For0Tests0Only"

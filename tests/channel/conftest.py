@@ -29,7 +29,7 @@ from aiohttp import web
 from rasa.core.channels.channel import UserMessage
 from sanic import Sanic
 
-from connectors.omnidesk.channel import rasa_versions
+from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.input import OmnideskInput
 from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import HandoffStarted, new_chat_session_id
@@ -72,7 +72,7 @@ def rasa_agent() -> Any:
     from rasa.shared.core.domain import Domain
 
     domain = Domain.from_yaml(DOMAIN_YAML)
-    return Agent(domain=domain, tracker_store=rasa_versions.in_memory_tracker_store(domain))
+    return Agent(domain=domain, tracker_store=rasa_compat.in_memory_tracker_store(domain))
 
 
 @dataclass
@@ -127,6 +127,21 @@ class ChannelServer:
         assert self.channel.relay is not None
         return self.channel.relay
 
+    # The relay hides its parts from the product; a test may look inside, here only.
+
+    @property
+    def switchboard(self) -> Any:
+        return self.relay._switchboard
+
+    @property
+    def record(self) -> Any:
+        return self.relay._record
+
+    @property
+    def rasa_side(self) -> Any:
+        """The relay's view of Rasa (rasa_bot.RasaBot)."""
+        return self.relay._bot
+
     def hook_url(self, name: str, chat: Optional[str] = None, secret: Optional[str] = None) -> str:
         """The hookpoint URL Omnidesk calls for ``chat``; ``secret`` puts another segment in."""
         if secret is not None:
@@ -148,7 +163,7 @@ class ChannelServer:
     async def wait_with_agent(self, conversation_id: str, timeout: float = 5.0) -> None:
         """Wait until the switchboard has ``conversation_id`` in relay mode."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while await self.relay.switchboard.get(conversation_id) is None:
+        while await self.relay.handoff_of(conversation_id) is None:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"{conversation_id} never went to an agent")
             await asyncio.sleep(0.02)
@@ -212,7 +227,7 @@ async def channel_server(
         app.blueprint(channel.blueprint(bot.handle), url_prefix="/webhooks/omnidesk")
         app.ctx.input_channels = [channel]
         for wrapped in channel.customer_channels:
-            sio = rasa_versions.socketio_server(wrapped)
+            sio = rasa_compat.socketio_server(wrapped)
             if sio is not None:
                 # Long polls end quickly, so a test's client disconnects at once.
                 sio.eio.ping_interval = 0.5

@@ -218,7 +218,7 @@ async def test_an_open_chat_reaches_the_tracker_once_its_turns_waited_the_record
         while relayed(await store.retrieve("cust-12")) != ["still there?", "yes"]:
             assert asyncio.get_running_loop().time() < deadline, "never written"
             await asyncio.sleep(0.1)
-        assert await setup.server.relay.switchboard.get("cust-12") is not None  # still open
+        assert await setup.server.relay.handoff_of("cust-12") is not None  # still open
 
 
 async def test_an_agent_message_in_the_moment_before_the_handoff_registers_is_delivered() -> None:

@@ -6,7 +6,7 @@ from typing import Any, Dict, Tuple
 import aiohttp
 import socketio
 
-from connectors.omnidesk.channel.limits import RateLimit, TypingDebounce
+from connectors.omnidesk.channel.routes import RateLimit, TypingDebounce
 from tests.channel.conftest import callback_setup
 from tests.channel.test_socketio_relay import persistent_widget_with_agent
 

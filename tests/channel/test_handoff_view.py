@@ -43,13 +43,13 @@ async def test_an_end_whose_hand_back_fails_still_frees_the_customer_and_tells_t
         async def broken_flush(*_: Any) -> None:
             raise RuntimeError("the tracker store is down")
 
-        setup.server.relay.bot.hand_back = broken_hand_back
-        setup.server.relay.record.flush = broken_flush
+        setup.server.rasa_side.hand_back = broken_hand_back
+        setup.server.record.flush = broken_flush
         await setup.server.sandbox.agent_end(chat)
         await setup.customer.wait_for(
             lambda r: any("back with the assistant" in m.get("text", "") for m in r)
         )
-        assert await setup.server.relay.switchboard.get("view-3") is None
+        assert await setup.server.relay.handoff_of("view-3") is None
         # The next turn is the bot's, marked so.
         assert await setup.say("view-3", "hello again") == 200
         assert setup.server.bot.seen[-1].text == "hello again"

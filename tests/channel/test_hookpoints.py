@@ -169,7 +169,7 @@ async def test_the_global_secret_alone_opens_no_chat() -> None:
             assert status == 404
         await setup.server.relay.wait_idle()
         assert "forged" not in setup.customer.texts()
-        assert await setup.server.relay.switchboard.get("hook-7") is not None
+        assert await setup.server.relay.handoff_of("hook-7") is not None
 
 
 async def test_one_chats_token_opens_no_other_chat() -> None:
@@ -183,7 +183,7 @@ async def test_one_chats_token_opens_no_other_chat() -> None:
         assert (await post(url, data=form(sessionID=mine, message="mine")))[0] == 200
         await setup.server.relay.wait_idle()
         assert "forged" not in setup.customer.texts()
-        assert await setup.server.relay.switchboard.get("hook-9") is not None
+        assert await setup.server.relay.handoff_of("hook-9") is not None
 
 
 async def test_every_call_for_a_chat_carries_that_chats_own_chat_server() -> None:

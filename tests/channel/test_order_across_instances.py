@@ -94,8 +94,8 @@ async def test_a_relayed_turn_makes_one_redis_round_trip_before_the_omnidesk_cal
         files_dir=str(tmp_path),
     ) as server:
         await CallbackSetup(server=server, customer=customer).hand_over("cust-3")
-        board = server.relay.switchboard
-        client = server.relay.client
+        board = server.switchboard
+        client = server.relay._client
         steps: List[str] = []
         redis_call, notify = board._call, client.notify_user_new_chat_message
 

@@ -18,11 +18,9 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from sanic import Blueprint, response
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.outbox import Outbox
+from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, OutboxTimings, ToCustomer
 from connectors.omnidesk.channel.outbox_store import create_outbox_store
-from connectors.omnidesk.channel.redis_switchboard import create_switchboard
 from connectors.omnidesk.channel.sides import FileLink
-from connectors.omnidesk.channel.to_customer import ToCustomer
 from omnidesk_sandbox.testing import Sandbox
 from tests.channel.conftest import ChannelServer, callback_setup, channel_server
 from tests.channel.test_socketio_relay import PERSISTENT, Widget
@@ -68,7 +66,7 @@ async def gone_everywhere(server: ChannelServer, session_id: str) -> None:
     """Wait until no instance counts a socket of ``session_id`` as connected."""
 
     async def gone() -> bool:
-        return not await server.channel.presence.present(session_id)
+        return not await server.channel.outbox.presence.present(session_id)
 
     await wait_until(gone)
 
@@ -241,7 +239,9 @@ async def test_a_hookpoint_answers_503_and_delivers_nothing_when_redis_is_down(
 
 
 class AbsentCustomer:
-    """A customer line whose customer never comes back: nothing can be sent."""
+    """A socket.io customer who never comes back: no socket, nothing can be sent."""
+
+    held_by_socket = True
 
     def __init__(self) -> None:
         self.sent: List[str] = []
@@ -255,43 +255,36 @@ class AbsentCustomer:
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         return True
 
-    async def reachable(self, recipient_id: str) -> bool:
-        return False
-
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
 async def test_a_message_that_waits_longer_than_the_retention_is_dropped_and_logged_with_its_chat(
     store: str, request: Any, caplog: Any
 ) -> None:
     switchboard_url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
-    switchboard = create_switchboard(switchboard_url)
+    store_ = create_outbox_store(switchboard_url, retention=0.2)
     line = AbsentCustomer()
     outbox = Outbox(
-        create_outbox_store(switchboard_url, retention=0.2),
+        store_,
         {"socketio": line},
-        switchboard,
-        retention=0.2,
-        backoff_base=0.01,
-        backoff_max=0.02,
-        poll_interval=0.05,
+        OutboxTimings(retention=0.2, backoff_base=0.01, backoff_max=0.02, poll_interval=0.05),
     )
     outbox.start()
     try:
         await outbox.put("gone-customer", "socketio", "chat-42", ToCustomer("text", text="Hi"))
         await asyncio.sleep(0.1)
-        assert await outbox.store.head("gone-customer", 5) != []
+        assert await store_.head("gone-customer", 5) != []
         await asyncio.sleep(0.2)
         outbox.kick("gone-customer")
         await outbox.wait_idle(2.0)
-        assert await outbox.store.head("gone-customer", 5) == []
-        assert await outbox.store.waiting() == []
+        assert await store_.head("gone-customer", 5) == []
+        assert await store_.waiting() == []
         assert line.sent == []
         dropped = [r.getMessage() for r in caplog.records if "outbox_retention" in r.getMessage()]
         assert len(dropped) == 1 and "chat-42" in dropped[0] and "gone-customer" in dropped[0]
+        # Nothing of the drained conversation stays in the process.
+        assert outbox.drainer_state_size() == (0, 0, 0)
     finally:
         await outbox.close()
-        await outbox.store.close()
-        await switchboard.close()
 
 
 def test_what_the_customer_is_sent_survives_the_round_trip_through_json() -> None:
@@ -300,9 +293,10 @@ def test_what_the_customer_is_sent_survives_the_round_trip_through_json() -> Non
         file=FileLink("https://rasa.example.com/f/t/a.png", "a.png", True),
         agent=AgentIdentity(name="Anna", picture=None),
     )
-    assert ToCustomer.from_json(item.to_json()) == item
-    typing = ToCustomer("typing", typing=False)
-    assert ToCustomer.from_json(typing.to_json()) == typing
+    entry = OutboxEntry("conv-1", "socketio", "chat-1", 1.5, item)
+    assert OutboxEntry.from_json(entry.to_json()) == entry
+    typing = OutboxEntry("conv-1", "socketio", "chat-1", 2.0, ToCustomer("typing", typing=False))
+    assert OutboxEntry.from_json(typing.to_json()) == typing
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])

@@ -45,10 +45,10 @@ async def test_turns_relayed_on_two_instances_reach_the_tracker_once_in_order(
             await customer.wait_for(lambda r, i=i: f"answer {i}" in [m.get("text") for m in r])
             expected.append(("agent", f"answer {i}"))
         # The first instance's turns wait in Redis: the second can write them.
-        assert await second.relay.record.waiting("cust-t") != []
-        await second.relay.record.flush_all()
+        assert await second.record.waiting("cust-t") != []
+        await second.record.flush_all()
         assert relayed(await agent.tracker_store.retrieve("cust-t")) == expected
-        assert await first.relay.record.waiting("cust-t") == []
+        assert await first.record.waiting("cust-t") == []
 
         assert await setup.say("cust-t", "one more") == 200
         expected.append(("customer", "one more"))
@@ -63,7 +63,7 @@ async def test_a_write_retried_after_the_tracker_already_took_it_adds_nothing() 
     async with callback_setup() as setup:
         chat = await setup.hand_over("cust-w")
         assert await setup.say("cust-w", "hello") == 200
-        record = setup.server.relay.record
+        record = setup.server.record
         waiting = await record.waiting("cust-w")
         # A writer that saved the tracker and died before taking the turns off.
         await record._bot.record("cust-w", waiting)

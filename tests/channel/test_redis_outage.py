@@ -42,7 +42,7 @@ async def test_a_relayed_turn_during_an_outage_is_kept_and_sent_when_redis_is_ba
 ) -> None:
     async with callback_setup(switchboard_url=redis_server.url) as setup:
         chat = await setup.hand_over("down-3")
-        handoff = await setup.server.relay.switchboard.get("down-3")
+        handoff = await setup.server.relay.handoff_of("down-3")
         redis_server.stop()
         with caplog.at_level(logging.INFO):
             saying = asyncio.ensure_future(setup.say("down-3", "kept through the outage"))
@@ -52,7 +52,7 @@ async def test_a_relayed_turn_during_an_outage_is_kept_and_sent_when_redis_is_ba
             redis_server.start()
             # A restarted Redis without persistence has lost the handoff: put it back,
             # as a Redis with persistence would have kept it.
-            await setup.server.relay.switchboard.start(handoff)
+            await setup.server.switchboard.start(handoff)
             assert await saying == 200
         texts = [m.text for m in setup.server.sandbox.chat(chat).messages]
         assert texts[-1] == "kept through the outage"

@@ -74,14 +74,14 @@ async def test_only_the_instance_holding_the_sweeper_lease_ends_idle_chats(
         await first.channel.sweeper.sweep()  # takes the lease; nothing is idle yet
         later = time.time() + 10_000
         await second.channel.sweeper.sweep(now=later)
-        assert await second.relay.switchboard.get("cust-s") is not None
+        assert await second.relay.handoff_of("cust-s") is not None
         await first.channel.sweeper.sweep(now=later)
-        assert await second.relay.switchboard.get("cust-s") is None
+        assert await second.relay.handoff_of("cust-s") is None
         # Stopping the holder gives the lease up: the other instance sweeps at once.
         sweeper = first.channel.sweeper
         await first.channel._stop()
-        assert await second.relay.switchboard.claim_sweeper(second.channel.sweeper.holder, 10)
-        assert not await second.relay.switchboard.claim_sweeper(sweeper.holder, 10)
+        assert await second.switchboard.claim_sweeper(second.channel.sweeper.holder, 10)
+        assert not await second.switchboard.claim_sweeper(sweeper.holder, 10)
         await customer.wait_for(
             lambda r: "Back with the bot (timed_out)." in [m.get("text") for m in r]
         )

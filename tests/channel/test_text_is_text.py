@@ -48,7 +48,7 @@ async def test_an_agent_message_and_name_with_a_lone_surrogate_reach_the_custome
             lambda r: [m for m in r if m.get("text") == "agent \ufffd"]
         )
         assert posted[0]["agent"]["name"] == "Ann\ufffd"
-        await setup.server.relay.record.flush("sur-3")
+        await setup.server.record.flush("sur-3")
         store = setup.server.app.ctx.agent.tracker_store
         tracker = await store.retrieve("sur-3")
         texts = [getattr(e, "text", None) or "" for e in tracker.events]

@@ -20,7 +20,7 @@ from rasa.shared.core.training_data.story_reader.yaml_story_reader import YAMLSt
 from sanic import Sanic
 
 from connectors.omnidesk.channel.input import ChannelConfigError, OmnideskInput
-from connectors.omnidesk.channel.rasa_versions import read_yaml
+from connectors.omnidesk.channel.rasa_compat import read_yaml
 from connectors.omnidesk.client import OmnideskClient, OmnideskUnavailable
 from connectors.omnidesk.handoff import new_chat_session_id
 from connectors.omnidesk.rules import HOOKPOINT_NAMES

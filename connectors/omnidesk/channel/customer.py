@@ -16,9 +16,8 @@ from rasa.core.channels.callback import CallbackInput
 from rasa.core.channels.channel import InputChannel, OutputChannel
 from rasa.core.channels.socketio import SocketIOInput
 
-from connectors.omnidesk.channel import rasa_versions
+from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink
 from connectors.omnidesk.handoff import (
     ControlPayloadError,
@@ -38,7 +37,7 @@ CUSTOMER_EVENT_NAME = "omnidesk_customer"
 _CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "elements", "custom")
 
 
-@rasa_versions.pass_on_output_members
+@rasa_compat.pass_on_output_members
 class WrappedOutput(OutputChannel):  # type: ignore[misc]
     """The wrapped channel's output channel, with the control payload taken off."""
 
@@ -53,7 +52,7 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
         self._handoff_failed = False
 
     def attach_tracker_state(self, tracker: Any) -> None:
-        rasa_versions.attach_tracker_state(self, self.inner, tracker)
+        rasa_compat.attach_tracker_state(self, self.inner, tracker)
 
     def name(self) -> str:
         return str(self.inner.name())
@@ -131,20 +130,19 @@ class SocketIOLine:
     """socket.io: the bot event carries {"text", "agent": {"name", "picture"}}.
 
     An emit to a room no socket is in returns normally, so the outbox sends
-    only from the instance a socket of the session is connected to: an emit
-    there reaches a live socket, and an instance that died cannot have taken a
-    message for its sockets (the customer's next instance sends it).
+    only from the instance a socket of the session is connected to
+    (``held_by_socket``): an emit there reaches a live socket, and an instance
+    that died cannot have taken a message for its sockets (the customer's next
+    instance sends it).
     """
 
-    def __init__(self, channel: SocketIOInput, presence: Presence) -> None:
-        self._channel = channel
-        self._presence = presence
+    held_by_socket = True
 
-    async def reachable(self, recipient_id: str) -> bool:
-        return self._presence.here(recipient_id)
+    def __init__(self, channel: SocketIOInput) -> None:
+        self._channel = channel
 
     async def _emit(self, event: str, data: Dict[str, Any], room: str) -> None:
-        sio = rasa_versions.socketio_server(self._channel)
+        sio = rasa_compat.socketio_server(self._channel)
         if sio is None:
             raise RuntimeError("the socket.io server is not running in this process")
         await sio.emit(event, data, room=room, namespace=self._channel.namespace)
@@ -181,6 +179,8 @@ class CallbackLine:
     "attachment" (a URL) and "filename"; typing: {"recipient_id", "typing": bool}.
     """
 
+    held_by_socket = False
+
     def __init__(self, channel: CallbackInput) -> None:
         self._endpoint = channel.callback_endpoint
 
@@ -207,12 +207,11 @@ class CallbackLine:
         await self._post({"recipient_id": recipient_id, CUSTOMER_EVENT_NAME: dict(details)})
         return True
 
-    async def reachable(self, recipient_id: str) -> bool:
-        return True
-
 
 class PlainLine:
     """Any other channel: its own output channel; the agent's name as a text prefix."""
+
+    held_by_socket = False
 
     def __init__(self, channel: InputChannel, name_prefix: bool) -> None:
         self._channel = channel
@@ -254,14 +253,11 @@ class PlainLine:
         # No widget could call the customer routes; the JSON would reach the customer as text.
         return False
 
-    async def reachable(self, recipient_id: str) -> bool:
-        return True
 
-
-def line_for(channel: InputChannel, name_prefix: bool, presence: Presence) -> CustomerLine:
+def line_for(channel: InputChannel, name_prefix: bool) -> CustomerLine:
     """The best way to reach a customer of ``channel`` outside a request."""
     if isinstance(channel, SocketIOInput):
-        return SocketIOLine(channel, presence)
+        return SocketIOLine(channel)
     if isinstance(channel, CallbackInput):
         return CallbackLine(channel)
     return PlainLine(channel, name_prefix)

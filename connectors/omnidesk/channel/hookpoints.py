@@ -10,7 +10,7 @@ missing or malformed raises ``HookpointInputError`` naming the field.
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional
 from urllib.parse import parse_qsl, urlsplit
 
 from connectors.omnidesk import rules
@@ -78,9 +78,6 @@ class AgentTyping:
 @dataclass(frozen=True)
 class EndSession:
     session_id: str
-
-
-HookpointInput = Union[AgentMessage, AgentUpload, AgentTyping, EndSession]
 
 
 def fields_from(
@@ -186,12 +183,8 @@ def _scalar_text(value: Any) -> str:
     return str(value)
 
 
-def session_id_of(fields: HookpointFields) -> str:
+def read_session_id(fields: HookpointFields) -> str:
     """The call's chat session id, checked; the route checks its token against it."""
-    return _session_id(fields)
-
-
-def _session_id(fields: HookpointFields) -> str:
     value = fields.text("sessionID")
     if value is None or value == "":
         raise HookpointInputError("sessionID", "required")
@@ -218,7 +211,7 @@ def _agent(fields: HookpointFields) -> AgentIdentity:
 
 
 def parse_message(fields: HookpointFields) -> AgentMessage:
-    session_id = _session_id(fields)
+    session_id = read_session_id(fields)
     message = fields.text("message")
     if message is None or not message.strip():
         raise HookpointInputError("message", "required")
@@ -230,7 +223,7 @@ def parse_message(fields: HookpointFields) -> AgentMessage:
 
 
 def parse_upload(fields: HookpointFields) -> AgentUpload:
-    session_id = _session_id(fields)
+    session_id = read_session_id(fields)
     upload = fields.files.get("file")
     if upload is None:
         raise HookpointInputError("file", "required (a multipart file field named 'file')")
@@ -240,7 +233,7 @@ def parse_upload(fields: HookpointFields) -> AgentUpload:
 
 
 def parse_typing(fields: HookpointFields) -> AgentTyping:
-    session_id = _session_id(fields)
+    session_id = read_session_id(fields)
     raw = fields.text("Typing")
     if raw is None or raw == "":
         raise HookpointInputError("Typing", "required (true or false)")
@@ -254,4 +247,4 @@ def parse_typing(fields: HookpointFields) -> AgentTyping:
 
 
 def parse_end(fields: HookpointFields) -> EndSession:
-    return EndSession(session_id=_session_id(fields))
+    return EndSession(session_id=read_session_id(fields))

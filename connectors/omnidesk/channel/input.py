@@ -21,14 +21,13 @@ from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
 from connectors.omnidesk import handoff_events
-from connectors.omnidesk.channel import rasa_compat, rasa_versions
+from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.customer import WrappedOutput, line_for
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.health import Health
 from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text, wait_for_turns_before
-from connectors.omnidesk.channel.outbox import Outbox
+from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings
 from connectors.omnidesk.channel.outbox_store import create_outbox_store
-from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.rasa_bot import RasaBot
 from connectors.omnidesk.channel.rasa_compat import Handler
 from connectors.omnidesk.channel.redis_switchboard import create_switchboard
@@ -45,7 +44,6 @@ from connectors.omnidesk.channel.startup import (
     warn_lock_store,
 )
 from connectors.omnidesk.channel.sweeper import Sweeper, interval_for
-from connectors.omnidesk.channel.switchboard import SwitchboardError
 from connectors.omnidesk.client import OmnideskClient
 from connectors.omnidesk.handoff import HandoffStarted
 from connectors.omnidesk.settings import OmnideskSettings, SettingsError
@@ -110,8 +108,8 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.routes = Routes(settings, lambda: self.relay, self.health)
         self._lines: Dict[str, CustomerLine] = {}
         self._sweeping: Optional[asyncio.Task[None]] = None
-        # socket.io sessions connected here, kept where every instance sees them.
-        self.presence = Presence()
+        # Where the customer's socket.io sessions are connected: the outbox keeps it.
+        self.outbox: Optional[Outbox] = None
         self._socket_managers: List[Any] = []
         self._app: Any = None
 
@@ -134,41 +132,15 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
                 conversation_id,
             )
             return False
-        try:
-            await self.relay.start_handoff(conversation_id, channel, started)
-        except SwitchboardError as error:
-            await self.relay.handoff_not_registered(conversation_id, channel, started, error)
-            return False
-        await self._hand_customer_token(conversation_id, channel, started.chat_session_id)
-        return True
+        return await self.relay.start(conversation_id, channel, started)
 
-    async def _hand_customer_token(self, conversation_id: str, channel: str, chat: str) -> None:
-        """Give the customer's channel the token its calls to /upload and /event carry.
+    async def _socket_joined(self, recipient_id: str, socket_id: str) -> None:
+        if self.outbox is not None:
+            await self.outbox.socket_joined(recipient_id, socket_id)
 
-        It goes through the outbox like an agent message, so a socket that drops
-        or a callback backend that is briefly down still gets it. A failure to
-        store it is logged: the chat goes on, only the customer's files and
-        typing cannot reach the agent.
-        """
-        relay = self.relay
-        line = None if relay is None else relay.lines.get(channel)
-        if line is None:
-            return
-        routes_url = f"{self.settings.public_url}{self.route_prefix}"
-        details = {
-            "customer_token": self.settings.customer_token(chat),
-            "upload_url": f"{routes_url}/upload",
-            "event_url": f"{routes_url}/event",
-        }
-        try:
-            await line.send_details(conversation_id, details)
-        except Exception as error:
-            logger.warning(
-                "Could not hand conversation %s its customer token: %s: %s",
-                conversation_id,
-                type(error).__name__,
-                error,
-            )
+    async def _socket_left(self, socket_id: str) -> None:
+        if self.outbox is not None:
+            await self.outbox.socket_left(socket_id)
 
     def wrap_output(self, output: OutputChannel, channel: str) -> WrappedOutput:
         return WrappedOutput(output, channel, self._on_handoff_started)
@@ -215,18 +187,14 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         for channel in self.customer_channels:
             blueprint = channel.blueprint(self._relayed(channel, on_new_message))
             wrapped.append((channel, blueprint))
-            self._lines[str(channel.name())] = line_for(
-                channel, self.settings.agent_name_prefix, self.presence
-            )
+            self._lines[str(channel.name())] = line_for(channel, self.settings.agent_name_prefix)
             sio = (
-                rasa_versions.socketio_server(channel)
-                if isinstance(channel, SocketIOInput)
-                else None
+                rasa_compat.socketio_server(channel) if isinstance(channel, SocketIOInput) else None
             )
             if sio is not None:
                 self.routes.on_socketio(sio, channel.namespace, bool(channel.session_persistence))
                 rasa_compat.await_session_room(
-                    channel, on_joined=self.presence.joined, on_left=self.presence.left
+                    channel, on_joined=self._socket_joined, on_left=self._socket_left
                 )
                 redis_url = self.settings.socketio_url
                 if redis_url is not None:
@@ -239,7 +207,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.routes.add_to(bp)
         listeners: Any = bp
 
-        # (app, _loop=None): the listener form Sanic 21.12 and 25 both accept (rasa_versions).
+        # (app, _loop=None): the listener form Sanic 21.12 and 25 both accept (rasa_compat).
         async def start(app: Any, _loop: Any = None) -> None:
             await self._start(app, on_new_message)
 
@@ -269,17 +237,13 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         outbox = Outbox(
             create_outbox_store(self.settings.switchboard_url, self.settings.outbox_retention),
             self._lines,
-            switchboard,
-            retention=self.settings.outbox_retention,
-            backoff_base=self.settings.backoff_base,
-            backoff_max=self.settings.backoff_max,
+            OutboxTimings.from_settings(self.settings),
         )
-        self.presence.start(outbox.store, outbox.kick)
-        outbox.start(self.presence)
-        self.relay = Relay(
-            self.settings, switchboard, client, outbox.lines_for_relay(), bot, files, outbox
-        )
-        self.sweeper = Sweeper(self.relay, self.settings)
+        outbox.start()
+        self.outbox = outbox
+        routes_url = f"{self.settings.public_url}{self.route_prefix}"
+        self.relay = Relay(self.settings, switchboard, client, outbox, bot, files, routes_url)
+        self.sweeper = Sweeper(self.relay, switchboard, self.settings)
         rasa_compat.register_wrapped_channels(app, self.customer_channels, self.output_for)
         self._sweeping = asyncio.ensure_future(self.sweeper.run(interval_for(self.settings)))
         self.health.start()
@@ -306,10 +270,6 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         try:
             await relay.close()
         finally:
-            await self.presence.stop()
+            self.outbox = None
             for manager in self._socket_managers:
                 await rasa_compat.stop_shared_sockets(manager)
-            await relay.delivery.outbox.store.close()
-            await relay.client.close()
-            await relay.switchboard.close()
-            relay.delivery.files.close()

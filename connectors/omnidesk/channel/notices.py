@@ -1,47 +1,53 @@
-"""The connector's own messages to the customer, and how they are sent.
+"""The connector's own messages to the customer, and how they are told.
 
 Each is a response of the bot's domain when the domain has it (so a team
-rewords or translates it without code), else the default below. Telling the
-customer never raises: a notice that cannot be sent is logged with the
-conversation, and the caller goes on.
+rewords or translates it without code), else the default below. A notice is
+about one handoff and goes through that conversation's outbox, after whatever
+the agent sent before it. Telling the customer never raises: a notice that
+cannot be stored goes to the customer's channel directly, and one that cannot
+be sent at all is logged with the conversation and the chat; the caller goes on.
 """
 
-import asyncio
 import logging
-from typing import Dict, Mapping
+from typing import Dict
 
-from connectors.omnidesk.channel.sides import BotSide, CustomerLine
+from connectors.omnidesk.channel.outbox import Outbox, ToCustomer
+from connectors.omnidesk.channel.sides import BotSide
+from connectors.omnidesk.channel.switchboard import Handoff, SwitchboardError
 
 logger = logging.getLogger(__name__)
 
-NOTICE_TIMEOUT = 10.0  # seconds a notice may take to reach the customer's channel
-END_NOTICE = "utter_omnidesk_chat_ended"
+DELIVERY_FAILED = "utter_omnidesk_delivery_failed"
+AGENT_WAIT = "utter_omnidesk_agent_wait"
+CHAT_ENDED = "utter_omnidesk_chat_ended"
+UPLOAD_REJECTED = "utter_omnidesk_upload_rejected"
+DELAYED = "utter_omnidesk_delayed"
+HANDOFF_FAILED = "utter_omnidesk_handoff_failed"
 
 DEFAULT_TEXTS: Dict[str, str] = {
-    "utter_omnidesk_delivery_failed": (
+    DELIVERY_FAILED: (
         "Sorry, your last message did not reach the agent. Please try again in a moment."
     ),
-    "utter_omnidesk_agent_wait": (
+    AGENT_WAIT: (
         "No one has picked up yet. You can keep waiting, or type {leave_command} "
         "to go back to the assistant."
     ),
-    "utter_omnidesk_chat_ended": "The chat with our agent has ended. You are back with the assistant.",
-    "utter_omnidesk_upload_rejected": "Sorry, that file could not be sent to the agent.",
-    "utter_omnidesk_delayed": (
-        "Sorry, we are having trouble reaching the agent. Your message will follow shortly."
-    ),
-    "utter_omnidesk_handoff_failed": (
+    CHAT_ENDED: "The chat with our agent has ended. You are back with the assistant.",
+    UPLOAD_REJECTED: "Sorry, that file could not be sent to the agent.",
+    DELAYED: ("Sorry, we are having trouble reaching the agent. Your message will follow shortly."),
+    HANDOFF_FAILED: (
         "Sorry, I could not connect you to a colleague after all. Please try again in a moment."
     ),
 }
 
 
 class Notices:
-    """The texts of the connector's notices, and telling them to a customer."""
+    """The texts of the connector's notices, and telling them to a handoff's customer."""
 
-    def __init__(self, bot: BotSide, leave_command: str) -> None:
+    def __init__(self, bot: BotSide, leave_command: str, outbox: Outbox) -> None:
         self._bot = bot
         self._leave_command = leave_command
+        self._outbox = outbox
 
     def text(self, name: str) -> str:
         """The domain's response ``name`` if it has one, else the default text."""
@@ -49,30 +55,30 @@ class Notices:
         text = from_domain or DEFAULT_TEXTS[name]
         return text.replace("{leave_command}", self._leave_command)
 
-    async def tell(self, line: CustomerLine, conversation_id: str, name: str) -> None:
-        """Send notice ``name`` to the customer; a failure is logged, never raised."""
-        # The outbox's line keeps what kind of notice it is, for the delivery metrics.
-        send_notice = getattr(line, "send_notice", None)
+    async def tell(self, handoff: Handoff, name: str) -> None:
+        """Tell the customer of ``handoff`` notice ``name``; a failure is logged, never raised."""
+        item = ToCustomer(
+            "text", text=self.text(name), notice="end" if name == CHAT_ENDED else "notice"
+        )
+        conversation_id = handoff.conversation_id
         try:
-            if send_notice is not None:
-                kind = "end" if name == END_NOTICE else "notice"
-                sending = send_notice(conversation_id, self.text(name), kind)
-            else:
-                sending = line.send_text(conversation_id, self.text(name))
-            await asyncio.wait_for(sending, timeout=NOTICE_TIMEOUT)
+            await self._outbox.put(conversation_id, handoff.channel, handoff.chat_session_id, item)
+            return
+        except SwitchboardError as error:
+            logger.warning(
+                "Outbox unreachable (%s): notice %s to conversation %s goes to its channel directly.",
+                error,
+                name,
+                conversation_id,
+            )
+        try:
+            await self._outbox.send_now(conversation_id, handoff.channel, item)
         except Exception as error:
             logger.error(
-                "Could not tell the customer of conversation %s (%s): %s: %s",
+                "Could not tell the customer of conversation %s (chat %s) %s: %s: %s",
                 conversation_id,
+                handoff.chat_session_id,
                 name,
                 type(error).__name__,
                 error,
             )
-
-    async def tell_on(
-        self, lines: Mapping[str, CustomerLine], channel: str, conversation_id: str, name: str
-    ) -> None:
-        """``tell`` on the customer's channel, when the connector has a line to it."""
-        line = lines.get(channel)
-        if line is not None:
-            await self.tell(line, conversation_id, name)

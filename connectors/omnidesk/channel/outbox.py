@@ -1,49 +1,286 @@
 """The outbox: everything the connector sends a customer in a handoff, in order, kept until taken.
 
 Agent text, agent files, the agent's typing, the connector's notices and the
-end-of-chat message are put in one outbox per conversation before a hookpoint
+handoff's details are put in one outbox per conversation before a hookpoint
 answers ``ok``. A drainer takes them off one at a time, oldest first, and
-removes an entry only once the customer's channel took it: for socket.io, it
-is sent by the instance a socket of that session is connected to (``Presence``;
-a put nudges every instance through Redis); for the callback channel and any
-other, the send must succeed. What the
-channel refused stays and is tried again with backoff; what waits longer than
-``outbox_retention`` is dropped and logged with its chat id.
+removes an entry only once the customer's channel took it. A socket.io
+customer's entries are sent by the instance a socket of that session is
+connected to (``Presence``; a put nudges every instance through Redis); for the
+callback channel and any other, the send must succeed. What the channel
+refused stays and is tried again with backoff (``outbox_backoff_base`` doubling
+up to ``outbox_backoff_max``); what waits longer than ``outbox_retention`` is
+dropped and logged with its chat id.
 
 One drainer per conversation at a time, across instances: a short lease per
 conversation, and an entry is removed only while its drainer still holds the
-lease (a fencing check in the same Redis script). With ``memory://`` both the
-entries and the lease live in this process; with the Redis switchboard they
-live in Redis, so the instance that answers a hookpoint need not be the one
-holding the customer's socket. docs/architecture.md ("The outbox") says why a
-Stream.
+lease (a fencing check in the same Redis script). Where entries, leases and
+presence live is the seam below this module, outbox_store.py: in this process
+with ``memory://``, in the switchboard's Redis otherwise. docs/architecture.md
+("The outbox") says why a Stream.
 
-Here: ``Outbox`` (put, the poll, flush, the lifecycle) and ``OutboxLine`` (the
-relay's notices through the outbox). What an entry is: to_customer.py; where
-entries live: outbox_store.py; taking them off: drainer.py; which instance
-holds a socket: presence.py.
-
-Nothing here imports rasa or sanic.
+Here, top to bottom: what an entry is (``ToCustomer``, ``OutboxEntry``), its
+timings (``OutboxTimings``), which instance holds a socket (``Presence``), and
+the ``Outbox`` itself (put, drain, poll, flush, lifecycle).
 """
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from typing import Dict, Mapping, Optional, Tuple
+import uuid
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
-from connectors.omnidesk.channel.drainer import SHUTDOWN_GRACE, Drainer
+from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox_store import OutboxStore
-from connectors.omnidesk.channel.presence import Presence
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink
-from connectors.omnidesk.channel.switchboard import Handoff, Switchboard, SwitchboardError
-from connectors.omnidesk.channel.to_customer import OutboxEntry, ToCustomer, send_to
+from connectors.omnidesk.channel.switchboard import SwitchboardError
+from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.5  # seconds between looks over the conversations with waiting entries
-ENDED_MEMORY = 300.0  # seconds the chat id of an ended handoff is kept for late notices
+# -- what an entry is ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToCustomer:
+    """One thing for the customer: text (agent's or a notice), an agent file, typing,
+    or the handoff's details (the customer token and the routes it opens)."""
+
+    kind: str  # "text" | "file" | "typing" | "details"
+    text: str = ""
+    file: Optional[FileLink] = None
+    typing: bool = False
+    agent: Optional[AgentIdentity] = None
+    details: Optional[Mapping[str, str]] = None
+    # A connector notice's text: "notice", or "end" for the end-of-chat message.
+    notice: str = ""
+
+    @property
+    def metric_kind(self) -> str:
+        """What omnidesk_agent_deliveries_total calls it: message, file, typing, notice, end."""
+        if self.notice:
+            return self.notice
+        # The handoff's details are the connector's own, like a notice.
+        return {"text": "message", "file": "file", "details": "notice"}.get(self.kind, "typing")
+
+    def describe(self) -> str:
+        if self.notice:
+            return "end-of-chat notice" if self.notice == "end" else "notice"
+        names = {"text": "message", "file": "agent file", "details": "handoff details"}
+        return names.get(self.kind, "agent typing")
+
+    def to_dict(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {"kind": self.kind}
+        if self.text:
+            data["text"] = self.text
+        if self.file is not None:
+            data["file"] = {
+                "url": self.file.url,
+                "filename": self.file.filename,
+                "is_image": self.file.is_image,
+            }
+        if self.kind == "typing":
+            data["typing"] = self.typing
+        if self.agent is not None:
+            data["agent"] = {"name": self.agent.name, "picture": self.agent.picture}
+        if self.details is not None:
+            data["details"] = dict(self.details)
+        if self.notice:
+            data["notice"] = self.notice
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ToCustomer":
+        file = data.get("file")
+        agent = data.get("agent")
+        details = data.get("details")
+        return cls(
+            kind=str(data["kind"]),
+            text=str(data.get("text", "")),
+            file=(
+                FileLink(str(file["url"]), str(file["filename"]), bool(file["is_image"]))
+                if isinstance(file, Mapping)
+                else None
+            ),
+            typing=bool(data.get("typing", False)),
+            agent=(
+                AgentIdentity(name=agent.get("name"), picture=agent.get("picture"))
+                if isinstance(agent, Mapping)
+                else None
+            ),
+            details=(
+                {str(key): str(value) for key, value in details.items()}
+                if isinstance(details, Mapping)
+                else None
+            ),
+            notice=str(data.get("notice", "")),
+        )
+
+
+async def send_to(line: CustomerLine, conversation_id: str, item: ToCustomer) -> None:
+    """Send ``item`` on ``line``; raises whatever the customer's channel raised."""
+    if item.kind == "text":
+        await line.send_text(conversation_id, item.text, item.agent)
+    elif item.kind == "file" and item.file is not None:
+        await line.send_file(conversation_id, item.file, item.agent)
+    elif item.kind == "details" and item.details is not None:
+        if not await line.send_details(conversation_id, item.details):
+            logger.debug(
+                "The channel of conversation %s has no use for handoff details.", conversation_id
+            )
+    elif not await line.send_typing(conversation_id, item.typing):
+        logger.debug("The channel of conversation %s cannot show typing; dropped.", conversation_id)
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One waiting item, with what is needed to send it after the handoff is gone."""
+
+    conversation_id: str
+    channel: str
+    chat_session_id: str
+    stored_at: float
+    item: ToCustomer
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "c": self.conversation_id,
+                "ch": self.channel,
+                "chat": self.chat_session_id,
+                "at": self.stored_at,
+                "item": self.item.to_dict(),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> "OutboxEntry":
+        data = json.loads(raw)
+        return cls(
+            conversation_id=str(data["c"]),
+            channel=str(data["ch"]),
+            chat_session_id=str(data["chat"]),
+            stored_at=float(data["at"]),
+            item=ToCustomer.from_dict(data["item"]),
+        )
+
+
+# -- timings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxTimings:
+    """Every timing of the outbox, in seconds, in one place.
+
+    ``retention`` and the backoff come from the settings (``outbox_retention``,
+    ``outbox_backoff_base``, ``outbox_backoff_max``); the rest are fixed here.
+    """
+
+    retention: float = 86400.0
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    # How often the conversations with waiting entries are looked over (retries
+    # after backoff, entries another instance left when it died, expiry).
+    poll_interval: float = 0.5
+    # How long a drainer holds a conversation; more than delivery_timeout, so a
+    # lapse needs a send that hung past its own timeout.
+    lease_ttl: float = 15.0
+    delivery_timeout: float = 10.0
+    # An absent customer's outbox is looked at again unasked this often (their
+    # return starts a drainer at once).
+    away_recheck: float = 30.0
+    head_batch: int = 20  # entries read per round trip
+    shutdown_grace: float = 5.0  # drainers under way may finish at shutdown
+    typing_stale: float = 10.0  # a waiting typing indicator older than this means nothing
+    # A socket counts as connected this long without a refresh by its instance,
+    # which refreshes it every presence_refresh.
+    presence_ttl: float = 6.0
+    presence_refresh: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: OmnideskSettings) -> "OutboxTimings":
+        return cls(
+            retention=settings.outbox_retention,
+            backoff_base=settings.outbox_backoff_base,
+            backoff_max=settings.outbox_backoff_max,
+        )
+
+
+# -- socket.io presence ----------------------------------------------------------------
+
+
+class Presence:
+    """Which socket.io sessions have a socket connected, here and on any instance.
+
+    The instance holding a socket marks it present in the store with an expiry
+    and renews it every ``presence_refresh``; a crashed instance stops renewing,
+    so its sockets stop counting within ``presence_ttl``. ``here`` (this
+    process's own sockets) decides whether this instance sends; the store only
+    tells whether the customer is connected somewhere else.
+    """
+
+    def __init__(self, store: OutboxStore, timings: OutboxTimings) -> None:
+        self._store = store
+        self._timings = timings
+        self._sockets: Dict[str, Set[str]] = {}  # socket id -> recipients it stands for
+        self._recipients: Dict[str, Set[str]] = {}  # recipient -> its socket ids here
+
+    def here(self, recipient_id: str) -> bool:
+        """Whether a socket of ``recipient_id`` is connected to this process."""
+        return bool(self._recipients.get(recipient_id))
+
+    async def present(self, recipient_id: str) -> bool:
+        """Whether a socket of ``recipient_id`` is connected to some instance."""
+        return await self._store.present(recipient_id)
+
+    async def joined(self, recipient_id: str, socket_id: str) -> None:
+        self._sockets.setdefault(socket_id, set()).add(recipient_id)
+        self._recipients.setdefault(recipient_id, set()).add(socket_id)
+        await _logged(
+            self._store.mark_present(recipient_id, socket_id, self._timings.presence_ttl),
+            recipient_id,
+        )
+
+    async def left(self, socket_id: str) -> List[str]:
+        """Forget a socket; the recipients it stood for."""
+        recipients = self._sockets.pop(socket_id, set())
+        for recipient in recipients:
+            sockets = self._recipients.get(recipient, set())
+            sockets.discard(socket_id)
+            if not sockets:
+                self._recipients.pop(recipient, None)
+        for recipient in recipients:
+            await _logged(self._store.mark_gone(recipient, socket_id), recipient)
+        return sorted(recipients)
+
+    async def refresh(self) -> None:
+        held = [(r, sid) for sid, rs in list(self._sockets.items()) for r in rs]
+        if not held:
+            return
+        try:
+            await self._store.mark_present_many(held, self._timings.presence_ttl)
+        except SwitchboardError as error:
+            logger.error(
+                "Could not renew the presence of %d socket.io sessions: %s", len(held), error
+            )
+
+    async def forget_all(self) -> None:
+        for socket_id in list(self._sockets):
+            await self.left(socket_id)
+
+
+async def _logged(step: Any, conversation_id: str) -> None:
+    try:
+        await step
+    except SwitchboardError as error:
+        logger.error("Could not update the presence of conversation %s: %s", conversation_id, error)
+
+
+# -- the outbox ----------------------------------------------------------------------------
 
 
 class Outbox:
@@ -53,22 +290,18 @@ class Outbox:
         self,
         store: OutboxStore,
         lines: Mapping[str, CustomerLine],
-        switchboard: Switchboard,
-        retention: float,
-        backoff_base: float,
-        backoff_max: float,
-        poll_interval: float = POLL_INTERVAL,
+        timings: Optional[OutboxTimings] = None,
     ) -> None:
-        self.store = store
-        self.lines = dict(lines)
-        self.switchboard = switchboard
-        self.poll_interval = poll_interval
-        self.drainer = Drainer(store, self.lines, retention, backoff_base, backoff_max)
-        self._ended: Dict[str, Tuple[str, float]] = {}  # conversation -> (chat, when)
-        self._polling: Optional[asyncio.Task[None]] = None
+        self.timings = timings or OutboxTimings()
+        self._store = store
+        self._lines = dict(lines)
+        self.presence = Presence(store, self.timings)
+        self._drainers: Dict[str, asyncio.Task[None]] = {}
+        self._again: Set[str] = set()
+        self._failures: Dict[str, int] = {}
+        self._not_before: Dict[str, float] = {}  # monotonic: retry after backoff, or away
+        self._background: List[asyncio.Task[None]] = []
         self._poll_failing = False
-        self._presence: Optional[Presence] = None
-        self._listening: Optional[asyncio.Task[None]] = None
 
     # -- putting -----------------------------------------------------------------
 
@@ -77,7 +310,7 @@ class Outbox:
     ) -> None:
         """Store ``item`` for the customer, then start draining; SwitchboardError if not stored."""
         entry = OutboxEntry(conversation_id, channel, chat_session_id, time.time(), item)
-        await self.store.put(conversation_id, entry.to_json())
+        await self._store.put(conversation_id, entry.to_json())
         logger.debug(
             "Outbox of conversation %s (chat %s): %s stored.",
             conversation_id,
@@ -86,54 +319,255 @@ class Outbox:
         )
         self.kick(conversation_id)
 
-    def lines_for_relay(self) -> Dict[str, CustomerLine]:
-        """Lines that put into this outbox, for the relay's notices."""
-        return {name: OutboxLine(self, name) for name in self.lines}
+    async def send_now(self, conversation_id: str, channel: str, item: ToCustomer) -> None:
+        """Send ``item`` on the customer's channel directly, bypassing the store.
 
-    async def chat_of(self, conversation_id: str) -> str:
-        """The chat id of the conversation's handoff, or of the one that just ended."""
-        try:
-            handoff = await self.switchboard.get(conversation_id)
-        except SwitchboardError:
-            handoff = None
-        if handoff is not None:
-            return handoff.chat_session_id
-        ended = self._ended.get(conversation_id)
-        return ended[0] if ended is not None else "unknown"
+        For a notice when the store is down: it is mostly about that ("we have
+        trouble reaching..."), and it reaches the customer rather than not at all.
+        Raises what the channel raised; LookupError for a channel not wrapped.
+        """
+        line = self._lines.get(channel)
+        if line is None:
+            raise LookupError(f"no wrapped channel named {channel}")
+        await asyncio.wait_for(
+            send_to(line, conversation_id, item), timeout=self.timings.delivery_timeout
+        )
 
-    def note_ended(self, handoff: Handoff) -> None:
-        """Remember an ended chat's id a while: its end-of-chat notice is put after the end."""
-        now = time.monotonic()
-        self._ended[handoff.conversation_id] = (handoff.chat_session_id, now)
-        for conversation_id, (_, when) in list(self._ended.items()):
-            if now - when > ENDED_MEMORY:
-                del self._ended[conversation_id]
+    # -- socket.io presence ---------------------------------------------------------
+
+    async def socket_joined(self, recipient_id: str, socket_id: str) -> None:
+        """A socket of ``recipient_id`` can be reached here: what waits for it is sent."""
+        await self.presence.joined(recipient_id, socket_id)
+        self.kick(recipient_id)
+
+    async def socket_left(self, socket_id: str) -> None:
+        await self.presence.left(socket_id)
 
     # -- draining ----------------------------------------------------------------
 
     def kick(self, conversation_id: str) -> None:
         """Drain the conversation's outbox now (a drainer under way goes round once more)."""
-        self.drainer.kick(conversation_id)
+        self._not_before.pop(conversation_id, None)
+        self._failures.pop(conversation_id, None)
+        self._start_drainer(conversation_id)
 
-    # -- the poll: retries, other instances' leftovers, expiry -------------------------
+    def _start_drainer(self, conversation_id: str) -> None:
+        running = self._drainers.get(conversation_id)
+        if running is not None and not running.done():
+            self._again.add(conversation_id)
+            return
+        task = asyncio.ensure_future(self._drain_loop(conversation_id))
+        self._drainers[conversation_id] = task
 
-    def start(self, presence: Optional[Presence] = None) -> None:
-        """Poll for waiting messages, and hear other instances' puts for sockets held here."""
-        self._presence = presence
-        self.drainer.presence = presence
-        self._polling = asyncio.ensure_future(self._poll())
-        self._listening = asyncio.ensure_future(self.store.listen(self._on_nudge))
+        def done(finished: "asyncio.Task[None]") -> None:
+            if self._drainers.get(conversation_id) is finished:
+                del self._drainers[conversation_id]
+
+        task.add_done_callback(done)
+
+    async def _drain_loop(self, conversation_id: str) -> None:
+        while True:
+            self._again.discard(conversation_id)
+            try:
+                await self._drain(conversation_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                logger.error(
+                    "Outbox of conversation %s could not be drained now: %s: %s",
+                    conversation_id,
+                    type(error).__name__,
+                    error,
+                )
+                self._back_off(conversation_id)
+                return
+            if conversation_id not in self._again:
+                return
+
+    async def _drain(self, conversation_id: str) -> None:
+        token = uuid.uuid4().hex
+        ttl = self.timings.lease_ttl
+        if not await self._store.lease(conversation_id, token, ttl):
+            # Another drainer has it; it goes on until the outbox is empty, and the
+            # poll looks again in case it had just finished.
+            return
+        try:
+            while True:
+                rows = await self._store.head(conversation_id, self.timings.head_batch)
+                if not rows:
+                    # Drained: nothing of this conversation is kept here any more.
+                    self._failures.pop(conversation_id, None)
+                    self._not_before.pop(conversation_id, None)
+                    return
+                for entry_id, raw in rows:
+                    if not await self._take(conversation_id, entry_id, raw, token):
+                        return
+                    if not await self._store.lease(conversation_id, token, ttl):
+                        return
+        finally:
+            try:
+                await self._store.release(conversation_id, token)
+            except SwitchboardError as error:
+                logger.warning(
+                    "Outbox lease of conversation %s not released (it expires on its own): %s",
+                    conversation_id,
+                    error,
+                )
+
+    async def _take(self, conversation_id: str, entry_id: str, raw: str, token: str) -> bool:
+        """Send one entry and remove it; False when draining stops here (the entry waits)."""
+        try:
+            entry = OutboxEntry.from_json(raw)
+        except (ValueError, KeyError, TypeError) as error:
+            logger.error(
+                "Outbox of conversation %s holds an entry this version cannot read (%s); dropped.",
+                conversation_id,
+                error,
+            )
+            return await self._store.remove(conversation_id, entry_id, token)
+        age = time.time() - entry.stored_at
+        if age > self.timings.retention:
+            logger.warning(
+                "Outbox of conversation %s (chat %s): %s waited %.0f s, longer than "
+                "outbox_retention (%.0f s); dropped undelivered.",
+                conversation_id,
+                entry.chat_session_id,
+                entry.item.describe(),
+                age,
+                self.timings.retention,
+            )
+            _given_up(entry, "expired")
+            return await self._store.remove(conversation_id, entry_id, token)
+        if entry.item.kind == "typing" and age > self.timings.typing_stale:
+            # The agent's typing of minutes ago, shown to a customer who came back, would lie.
+            logger.debug("Outbox of conversation %s: stale agent typing dropped.", conversation_id)
+            return await self._store.remove(conversation_id, entry_id, token)
+        line = self._lines.get(entry.channel)
+        if line is None:
+            logger.error(
+                "No wrapped channel named %s for conversation %s (chat %s): %s dropped. "
+                "Add it to customer_channels again.",
+                entry.channel,
+                conversation_id,
+                entry.chat_session_id,
+                entry.item.describe(),
+            )
+            _given_up(entry, "channel_not_wrapped")
+            return await self._store.remove(conversation_id, entry_id, token)
+        if line.held_by_socket and not self.presence.here(conversation_id):
+            await self._wait_for_socket(conversation_id, entry)
+            return False
+        try:
+            await asyncio.wait_for(
+                send_to(line, conversation_id, entry.item), timeout=self.timings.delivery_timeout
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            delay = self._back_off(conversation_id)
+            logger.error(
+                "Could not deliver %s to conversation %s (chat %s): %s: %s; it stays in "
+                "the outbox, next try in %.1f s.",
+                entry.item.describe(),
+                conversation_id,
+                entry.chat_session_id,
+                type(error).__name__,
+                error,
+                delay,
+            )
+            return False
+        self._failures.pop(conversation_id, None)
+        if not await self._store.remove(conversation_id, entry_id, token):
+            logger.warning(
+                "Outbox lease of conversation %s lapsed during a delivery; another "
+                "drainer may send %s again.",
+                conversation_id,
+                entry.item.describe(),
+            )
+            return False
+        logger.info(
+            "Delivered %s to conversation %s (chat %s).",
+            entry.item.describe(),
+            conversation_id,
+            entry.chat_session_id,
+        )
+        metrics.agent_delivery(entry.item.metric_kind, delivered=True)
+        return True
+
+    async def _wait_for_socket(self, conversation_id: str, entry: OutboxEntry) -> None:
+        """No socket of the customer here: the instance holding one sends, or their return."""
+        if await self.presence.present(conversation_id):
+            # The instance holding the socket drains it: it heard the put's nudge.
+            logger.debug(
+                "Outbox of conversation %s: its socket is on another instance.", conversation_id
+            )
+        else:
+            logger.info(
+                "Outbox of conversation %s (chat %s): the customer is not connected; "
+                "%s waits for them.",
+                conversation_id,
+                entry.chat_session_id,
+                entry.item.describe(),
+            )
+        self._not_before[conversation_id] = time.monotonic() + self.timings.away_recheck
+
+    def _back_off(self, conversation_id: str) -> float:
+        failures = self._failures.get(conversation_id, 0) + 1
+        self._failures[conversation_id] = failures
+        timings = self.timings
+        delay: float = min(timings.backoff_max, timings.backoff_base * (2 ** (failures - 1)))
+        self._not_before[conversation_id] = time.monotonic() + delay
+        return delay
+
+    async def flush(self, conversation_id: str) -> None:
+        """Send what waits for the conversation now, and wait (bounded) until it is sent.
+
+        The chat's end comes after the agent's last messages: this waits for the
+        drainer here and, when the customer's socket is on another instance, for
+        that instance to empty the outbox. It returns early when what is left
+        cannot be sent now (the customer is away, the backend refuses).
+        """
+        self.kick(conversation_id)
+        deadline = time.monotonic() + self.timings.shutdown_grace
+        while time.monotonic() < deadline:
+            task = self._drainers.get(conversation_id)
+            if task is not None and not task.done():
+                await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            if self.presence.here(conversation_id):
+                return
+            try:
+                if not await self._store.head(conversation_id, 1):
+                    return
+                if not await self.presence.present(conversation_id):
+                    return
+            except SwitchboardError:
+                return
+            await asyncio.sleep(0.05)
+
+    async def count_waiting(self) -> int:
+        """How many entries wait, in every conversation (the metrics)."""
+        return await self._store.count_waiting()
+
+    # -- the background: the poll, other instances' puts, presence ------------------
+
+    def start(self) -> None:
+        """Poll for waiting messages, hear other instances' puts, renew presence."""
+        self._background = [
+            asyncio.ensure_future(self._poll()),
+            asyncio.ensure_future(self._store.listen(self._on_nudge)),
+            asyncio.ensure_future(self._refresh_presence()),
+        ]
 
     def _on_nudge(self, conversation_id: str) -> None:
-        presence = self._presence
-        if presence is not None and presence.here(conversation_id):
+        if self.presence.here(conversation_id):
             self.kick(conversation_id)
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(self.timings.poll_interval)
             try:
-                waiting = await self.store.waiting()
+                waiting = await self._store.waiting()
             except SwitchboardError as error:
                 if not self._poll_failing:
                     logger.error("Outbox poll failed (logged once until it works again): %s", error)
@@ -144,97 +578,52 @@ class Outbox:
                 self._poll_failing = False
             now = time.monotonic()
             for conversation_id in waiting:
-                if self.drainer.due(conversation_id, now):
-                    self.drainer.start(conversation_id)
+                if self._not_before.get(conversation_id, 0.0) <= now:
+                    self._start_drainer(conversation_id)
 
-    async def flush(self, conversation_id: str, timeout: float = SHUTDOWN_GRACE) -> None:
-        """Send what waits for the conversation now, and wait (bounded) until it is sent.
-
-        The chat's end comes after the agent's last messages: this waits for the
-        drainer here and, when the customer's socket is on another instance, for
-        that instance to empty the outbox. It returns early when what is left
-        cannot be sent now (the customer is away, the backend refuses).
-        """
-        self.kick(conversation_id)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            task = self.drainer.running(conversation_id)
-            if task is not None and not task.done():
-                await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
-                continue
-            presence = self._presence
-            if presence is None or presence.here(conversation_id):
-                return
-            try:
-                if not await self.store.head(conversation_id, 1):
-                    return
-                if not await presence.present(conversation_id):
-                    return
-            except SwitchboardError:
-                return
-            await asyncio.sleep(0.05)
+    async def _refresh_presence(self) -> None:
+        while True:
+            await asyncio.sleep(self.timings.presence_refresh)
+            await self.presence.refresh()
 
     async def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until the drainers under way are done (tests and shutdown use it)."""
-        await self.drainer.wait_idle(timeout)
+        deadline = time.monotonic() + timeout
+        while self._drainers and time.monotonic() < deadline:
+            await asyncio.wait(
+                set(self._drainers.values()), timeout=max(0.0, deadline - time.monotonic())
+            )
 
     async def close(self) -> None:
-        """Stop polling; let drainers under way finish (bounded), then cancel the rest."""
-        for task in (self._polling, self._listening):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._polling = self._listening = None
-        await self.drainer.close()
-
-
-class OutboxLine:
-    """A ``CustomerLine`` that puts into the outbox: the relay's notices go in order too."""
-
-    def __init__(self, outbox: Outbox, channel: str) -> None:
-        self._outbox = outbox
-        self._channel = channel
-
-    async def _put(self, recipient_id: str, item: ToCustomer) -> None:
-        chat = await self._outbox.chat_of(recipient_id)
-        try:
-            await self._outbox.put(recipient_id, self._channel, chat, item)
-        except SwitchboardError as error:
-            # Redis is down, and a notice is mostly about that ("we have trouble
-            # reaching..."): it goes straight to the customer's channel rather
-            # than not at all. Only agent events must wait in the outbox.
-            line = self._outbox.lines.get(self._channel)
-            if line is None:
-                raise
-            logger.warning(
-                "Outbox unreachable (%s): a notice to conversation %s goes to its channel directly.",
-                error,
-                recipient_id,
+        """Stop the background; drainers under way finish (bounded); the store is closed."""
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background = []
+        if self._drainers:
+            _, pending = await asyncio.wait(
+                set(self._drainers.values()), timeout=self.timings.shutdown_grace
             )
-            await send_to(line, recipient_id, item)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        await self.presence.forget_all()
+        await self._store.close()
 
-    async def send_text(
-        self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
-    ) -> None:
-        await self._put(recipient_id, ToCustomer("text", text=text, agent=agent))
+    def drainer_state_size(self) -> Tuple[int, int, int]:
+        """How many conversations the drainer keeps state for (failures, waits, running)."""
+        return len(self._failures), len(self._not_before), len(self._drainers)
 
-    async def send_file(
-        self, recipient_id: str, file: FileLink, agent: Optional[AgentIdentity] = None
-    ) -> None:
-        await self._put(recipient_id, ToCustomer("file", file=file, agent=agent))
 
-    async def send_typing(self, recipient_id: str, typing: bool) -> bool:
-        await self._put(recipient_id, ToCustomer("typing", typing=typing))
-        return True
-
-    async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
-        await self._put(recipient_id, ToCustomer("details", details=dict(details)))
-        return True
-
-    async def send_notice(self, recipient_id: str, text: str, kind: str) -> None:
-        """A connector notice (``kind`` "notice", or "end" for the end of the chat)."""
-        await self._put(recipient_id, ToCustomer("text", text=text, notice=kind))
-
-    async def reachable(self, recipient_id: str) -> bool:
-        return True
+def _given_up(entry: OutboxEntry, reason: str) -> None:
+    """An entry taken off without reaching the customer: counted and logged as a failure."""
+    metrics.agent_delivery(entry.item.metric_kind, delivered=False)
+    handoff_events.failure(
+        "delivery",
+        entry.conversation_id,
+        entry.chat_session_id,
+        kind=entry.item.metric_kind,
+        reason=reason,
+    )

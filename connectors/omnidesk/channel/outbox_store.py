@@ -7,8 +7,6 @@ waiting, socket.io presence with an expiry, and a nudge to every instance when
 an entry is put. ``InMemoryOutboxStore`` keeps it in this process
 (``memory://``); ``RedisOutboxStore`` keeps it in the switchboard's Redis, a
 Stream per conversation (docs/architecture.md, "The outbox", says why).
-
-Nothing here imports rasa or sanic.
 """
 
 import abc

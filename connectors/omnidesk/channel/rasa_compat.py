@@ -1,14 +1,21 @@
-"""Workarounds for Rasa and Sanic, each with the reason and the version it is for.
+"""Where Rasa and Sanic differ or misbehave, bridged in one place.
 
-Nothing here changes Rasa's files: each one wraps, replaces a handler, or adds
-an entry where Rasa looks. docs/architecture.md ("Rasa traps") tells the story.
+The connector runs on Rasa Open Source 3.6.21 (Sanic 21.12, rasa-sdk 3.6) and
+Rasa Pro 3.x (Sanic 22.12 to 25, rasa-sdk of the same number). The first half
+of this module bridges where those lines differ, each shim saying which version
+it is for and looking at what the installed Rasa has, never at its version
+number, so the rest of the connector reads as if there were one Rasa. The
+second half works around Rasa's and Sanic's traps, each with its reason and
+version. Nothing here changes Rasa's files: each one wraps, replaces a
+handler, or adds an entry where Rasa looks. docs/architecture.md ("Rasa
+traps") tells the story.
 """
 
 import inspect
 import logging
 import re
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 from urllib.parse import urljoin
 
 import sanic
@@ -17,12 +24,149 @@ from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
 from connectors.omnidesk import handoff_events
-from connectors.omnidesk.channel.rasa_versions import socketio_server
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[UserMessage], Awaitable[Any]]
 OutputFor = Callable[[str], Optional[OutputChannel]]
+T = TypeVar("T")
+
+# ==== Where Rasa Open Source 3.6 and Rasa Pro 3.x differ ============================
+
+# -- socket.io ---------------------------------------------------------------------
+
+
+def socketio_server(channel: Any) -> Any:
+    """The socket.io ``AsyncServer`` of a ``SocketIOInput``; None before its blueprint is built.
+
+    Rasa 3.6 and Rasa Pro up to 3.13 keep it in ``channel.sio``; Rasa Pro 3.14
+    renamed the attribute to ``channel.sio_server``.
+    """
+    for attribute in ("sio_server", "sio"):
+        server = getattr(channel, attribute, None)
+        if server is not None:
+            return server
+    return None
+
+
+# -- Sanic -------------------------------------------------------------------------
+
+# Listeners are written ``async def listener(app, _loop=None)``: Sanic 21.12
+# (Rasa 3.6) calls every listener with ``(app, loop)``; Sanic 22.9 on calls it
+# with ``(app)`` first and only falls back to ``(app, loop)`` with a deprecation
+# warning (Sanic 25; the fallback goes in 26.6). A loop argument with a default
+# is the one form both accept without a warning.
+
+
+# -- output channels ---------------------------------------------------------------
+
+
+def pass_on_output_members(cls: Type[T]) -> Type[T]:
+    """Give a wrapping output channel every public member of Rasa's ``OutputChannel``.
+
+    For Rasa Pro 3.x, whose ``OutputChannel`` grew members Rasa 3.6's lacks:
+    ``hangup``, the streaming calls (``supports_streaming``,
+    ``send_response_chunk_start`` / ``_chunk`` / ``_end``), the response
+    writer, the ``notify_message_processing_*`` calls and more. A wrapper that
+    inherits them would answer them itself, as the plain base class, and the
+    wrapped channel would never hear of them. Each member the installed
+    ``OutputChannel`` has and ``cls`` does not define is passed on to
+    ``self.inner``: methods are called on it, properties read from it. On
+    Rasa 3.6 the wrapper defines every public member already, so nothing is added.
+    """
+    seen = set(vars(cls))
+    for klass in OutputChannel.__mro__:
+        if klass is object:
+            continue
+        for name, member in vars(klass).items():
+            if name.startswith("_") or name in seen:
+                continue
+            seen.add(name)
+            if isinstance(member, property):
+                setattr(cls, name, property(_read_from_inner(name)))
+            elif callable(member) and not isinstance(member, (classmethod, staticmethod)):
+                setattr(cls, name, _call_on_inner(name))
+    return cls
+
+
+def _read_from_inner(name: str) -> Callable[[Any], Any]:
+    def read(self: Any) -> Any:
+        return getattr(self.inner, name)
+
+    read.__name__ = name
+    return read
+
+
+def _call_on_inner(name: str) -> Callable[..., Any]:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+def attach_tracker_state(wrapper: Any, inner: Any, tracker: Any) -> None:
+    """Rasa Pro 3.x: hand the tracker to the wrapped output, and show its state on the wrapper.
+
+    Pro calls ``attach_tracker_state`` on the output channel of every turn; the
+    wrapped output reads its own ``tracker_state`` (socket.io's silence timeout,
+    for one) and Rasa reads the wrapper's. The state is computed once, by the
+    wrapped output. Rasa 3.6 never calls it.
+    """
+    attach = getattr(inner, "attach_tracker_state", None)
+    if callable(attach):
+        attach(tracker)
+    wrapper._tracker = tracker
+    wrapper.tracker_state = getattr(inner, "tracker_state", None)
+
+
+# -- stores and YAML ---------------------------------------------------------------
+
+
+def in_memory_tracker_store(domain: Any) -> Any:
+    """Rasa's ``InMemoryTrackerStore`` for ``domain``.
+
+    Rasa 3.6: ``rasa.core.tracker_store``; Rasa Pro 3.x:
+    ``rasa.core.tracker_stores.tracker_store``.
+    """
+    try:
+        from rasa.core.tracker_stores.tracker_store import InMemoryTrackerStore
+    except ImportError:
+        from rasa.core.tracker_store import InMemoryTrackerStore
+    return InMemoryTrackerStore(domain)
+
+
+def read_yaml(content: str) -> Any:
+    """Rasa's own YAML reading, with its ``${VAR}`` expansion.
+
+    Rasa 3.6: ``rasa.shared.utils.io.read_yaml``; Rasa Pro 3.x:
+    ``rasa.shared.utils.yaml.read_yaml``.
+    """
+    try:
+        from rasa.shared.utils.yaml import read_yaml as read
+    except ImportError:
+        from rasa.shared.utils.io import read_yaml as read
+    return read(content)
+
+
+# -- rasa_sdk ----------------------------------------------------------------------
+
+
+def action_result(result: Any) -> Optional[Dict[str, Any]]:
+    """What ``ActionExecutor.run`` returned, as the JSON body the action server answers.
+
+    rasa-sdk 3.6 returns that dict; rasa-sdk of Rasa Pro 3.x returns an
+    ``ActionExecutorRunResult`` (pydantic), which the server dumps.
+    """
+    if result is None:
+        return None
+    dump = getattr(result, "model_dump", None)
+    if callable(dump):
+        return dict(dump())
+    return dict(result)
+
+
+# ==== Rasa's and Sanic's traps ==================================================
 
 # -- keeping the secret out of Sanic's logs (any Sanic) ------------------------------
 
@@ -132,9 +276,6 @@ def keep_log_level() -> None:
     ours = logging.getLogger("connectors.omnidesk")
     if ours.level == logging.NOTSET:
         ours.setLevel(logging.getLogger().getEffectiveLevel())
-
-
-# -- the socket.io server (Rasa 3.6: ``sio``) -----------------------------------------
 
 
 # -- socket.io across instances (Rasa 3.6 builds its AsyncServer without a manager) ----

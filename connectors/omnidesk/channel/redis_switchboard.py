@@ -8,8 +8,6 @@ notice and the sweeper's lease. The handoff is a hash per conversation: its
 JSON, and beside it the counters the scripts change. switchboard.py has the
 interface and the in-memory twin; ``create_switchboard`` here picks one of the
 two by the ``switchboard_url`` setting.
-
-Nothing here imports rasa or sanic.
 """
 
 import asyncio

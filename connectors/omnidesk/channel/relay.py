@@ -1,28 +1,47 @@
-"""Relay mode: whether a customer turn goes to the agent, and the handoff's start and end.
+"""Relay mode: a handoff's whole life, from its start to the customer handed back.
 
-The decisions live here, in plain classes that know neither Sanic nor Rasa;
-they see the customer through ``CustomerLine`` and Rasa through ``BotSide``
-(sides.py). A customer text turn goes to the agent through ``CustomerTurns``
-(turns.py: the turn lease, messageNumber order, a switchboard outage), agent
-events reach the customer through ``AgentDelivery`` (delivery.py), relayed
-turns reach the tracker through ``TurnRecord`` (record.py), a chat's end and
-the hand-back are ``ChatEnding``'s (ending.py), and idle chats are ended by the
-``Sweeper`` (sweeper.py). docs/channel.md states the delivery guarantee.
+The ``Relay`` is the one door the channel's Rasa and HTTP sides use (input.py,
+routes.py, sweeper.py): it starts a handoff, decides whether a customer turn
+goes to the agent, takes the customer's files and typing to Omnidesk, puts the
+agent's messages, files and typing in the customer's outbox, and ends a chat
+once, whoever ends it. Nothing outside reaches its parts. It knows neither
+Sanic nor Rasa: it sees the customer through the outbox's lines and Rasa
+through ``BotSide`` (sides.py), so its logic is tested without a server
+(tests/relay/).
+
+Its parts, each a real unit: ``CustomerTurns`` (turns.py: the turn lease,
+messageNumber order, a switchboard outage), ``Notices`` (notices.py),
+``TurnRecord`` (record.py: relayed turns on their way to the tracker) and the
+``Outbox`` (outbox.py). docs/channel.md states the delivery guarantee.
 """
 
+import asyncio
+import contextlib
+import hmac
 import logging
 import time
-from typing import Mapping, Optional
+from typing import List, Optional, Set
 
 from connectors.omnidesk import handoff_events
-from connectors.omnidesk.channel.delivery import AgentDelivery
-from connectors.omnidesk.channel.ending import ChatEnding
-from connectors.omnidesk.channel.files import AgentFileStore
-from connectors.omnidesk.channel.hookpoints import EndSession, UploadedFile
-from connectors.omnidesk.channel.notices import Notices
-from connectors.omnidesk.channel.outbox import Outbox
+from connectors.omnidesk.channel.files import AgentFileStore, StoredFile
+from connectors.omnidesk.channel.hookpoints import (
+    AgentIdentity,
+    AgentMessage,
+    AgentTyping,
+    AgentUpload,
+    EndSession,
+    UploadedFile,
+)
+from connectors.omnidesk.channel.notices import (
+    AGENT_WAIT,
+    CHAT_ENDED,
+    DELIVERY_FAILED,
+    HANDOFF_FAILED,
+    Notices,
+)
+from connectors.omnidesk.channel.outbox import Outbox, ToCustomer
 from connectors.omnidesk.channel.record import TurnRecord, buffer_for
-from connectors.omnidesk.channel.sides import BotSide, CustomerLine, RecordEntry
+from connectors.omnidesk.channel.sides import BotSide, FileLink, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
     Handoff,
     NotInRelay,
@@ -37,60 +56,55 @@ from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NotInRelay", "Relay"]
+__all__ = ["Relay"]
 
 
 class Relay:
-    """Relay mode's logic, one per OmnideskInput."""
+    """Relay mode's logic, one per OmnideskInput. It owns and closes what it is given."""
 
     def __init__(
         self,
         settings: OmnideskSettings,
         switchboard: Switchboard,
         client: OmnideskClient,
-        lines: Mapping[str, CustomerLine],
+        outbox: Outbox,
         bot: BotSide,
         files: AgentFileStore,
-        outbox: Outbox,
+        routes_url: str,
     ) -> None:
-        self.settings = settings
-        self.switchboard = switchboard
-        self.client = client
-        self.lines = dict(lines)
-        self.bot = bot
-        self.notices = Notices(bot, settings.leave_command)
-        self.record = TurnRecord(bot, settings.record_interval, buffer_for(switchboard))
-        self.delivery = AgentDelivery(
-            switchboard, outbox, files, self.record, settings.new_chat_grace
-        )
-        self.turns = CustomerTurns(
-            settings, switchboard, client, self.lines, self.notices, self.record
-        )
-        self.ending = ChatEnding(
-            settings,
-            switchboard,
-            client,
-            bot,
-            self.delivery,
-            self.record,
-            self.turns,
-            self.notices,
-            self.lines,
-        )
+        self._settings = settings
+        self._switchboard = switchboard
+        self._client = client
+        self._outbox = outbox
+        self._bot = bot
+        self._files = files
+        self._routes_url = routes_url.rstrip("/")
+        self._notices = Notices(bot, settings.leave_command, outbox)
+        self._record = TurnRecord(bot, settings.record_interval, buffer_for(switchboard))
+        self._turns = CustomerTurns(settings, switchboard, client, self._notices, self._record)
+        self._ends: Set[asyncio.Future[None]] = set()
 
-    # -- handoff start ---------------------------------------------------------
+    # -- the start of a handoff ----------------------------------------------------
 
-    async def start_handoff(
-        self, conversation_id: str, channel: str, started: HandoffStarted
-    ) -> None:
+    async def start(self, conversation_id: str, channel: str, started: HandoffStarted) -> bool:
+        """Put the conversation with the agent of the chat the action opened.
+
+        False when the switchboard could not take it: the chat is then ended
+        (left open, it would wait on the agent's desk for a customer whose
+        turns go to the bot) and the customer told.
+        """
         handoff = new_handoff(
             conversation_id=conversation_id,
             chat_session_id=started.chat_session_id,
             channel=channel,
             next_message_number=started.next_message_number,
         )
-        replaced = await self.switchboard.start(handoff)
-        self.turns.seen(conversation_id, True)
+        try:
+            replaced = await self._switchboard.start(handoff)
+        except SwitchboardError as error:
+            await self._not_registered(handoff, error)
+            return False
+        self._turns.seen(conversation_id, handoff)
         if replaced is not None and replaced.chat_session_id != handoff.chat_session_id:
             logger.warning(
                 "Handoff of conversation %s replaced open chat %s with %s.",
@@ -105,11 +119,55 @@ class Relay:
             handoff.chat_session_id,
         )
         handoff_events.relay_started(conversation_id, handoff.chat_session_id, channel)
+        await self._hand_customer_token(handoff)
+        return True
 
-    # -- customer to agent -----------------------------------------------------
+    async def _hand_customer_token(self, handoff: Handoff) -> None:
+        """Give the customer's channel the token its calls to /upload and /event carry.
+
+        It goes through the outbox like an agent message, so a socket that drops
+        or a callback backend that is briefly down still gets it. A failure to
+        store it is logged: the chat goes on, only the customer's files and
+        typing cannot reach the agent.
+        """
+        details = {
+            "customer_token": self._settings.customer_token(handoff.chat_session_id),
+            "upload_url": f"{self._routes_url}/upload",
+            "event_url": f"{self._routes_url}/event",
+        }
+        try:
+            await self._put(handoff, ToCustomer("details", details=details))
+        except SwitchboardError as error:
+            logger.warning(
+                "Could not hand conversation %s its customer token: %s",
+                handoff.conversation_id,
+                error,
+            )
+
+    async def _not_registered(self, handoff: Handoff, error: Exception) -> None:
+        logger.error(
+            "Handoff of conversation %s to chat %s could not be registered (%s); "
+            "ending the chat and telling the customer.",
+            handoff.conversation_id,
+            handoff.chat_session_id,
+            error,
+        )
+        handoff_events.ended(handoff.conversation_id, handoff.chat_session_id, "failed", error)
+        try:
+            await self._client.notify_user_end_chat(chat_session_id=handoff.chat_session_id)
+        except OmnideskError as end_error:
+            logger.error(
+                "Could not end orphan chat %s of conversation %s: %s",
+                handoff.chat_session_id,
+                handoff.conversation_id,
+                end_error,
+            )
+        await self._notices.tell(handoff, HANDOFF_FAILED)
+
+    # -- the customer's side ---------------------------------------------------------
 
     def is_leave_command(self, text: Optional[str]) -> bool:
-        return text is not None and text.strip() == self.settings.leave_command
+        return text is not None and text.strip() == self._settings.leave_command
 
     async def customer_turn(self, conversation_id: str, text: Optional[str], channel: str) -> bool:
         """Relay the turn when the conversation is with an agent.
@@ -125,24 +183,18 @@ class Relay:
         bot (docs/troubleshooting.md, "Redis is down", says what that risks).
         """
         try:
-            return await self._customer_turn(conversation_id, text, channel)
+            return await self._customer_turn(conversation_id, text)
         except SwitchboardError as error:
-            return await self.turns.in_outage(
-                conversation_id,
-                channel,
-                error,
-                lambda: self._customer_turn(conversation_id, text, channel),
+            return await self._turns.in_outage(
+                conversation_id, error, lambda: self._customer_turn(conversation_id, text)
             )
 
-    async def _customer_turn(self, conversation_id: str, text: Optional[str], channel: str) -> bool:
-        if self.is_leave_command(text) or text is None or not text.strip():
-            return await self._customer_command(conversation_id, text)
-        return await self.turns.send(conversation_id, text, channel)
-
-    async def _customer_command(self, conversation_id: str, text: Optional[str]) -> bool:
-        """The leave command ends the chat; an empty turn is dropped (neither takes a number)."""
-        handoff = await self.switchboard.get(conversation_id)
-        self.turns.seen(conversation_id, handoff is not None)
+    async def _customer_turn(self, conversation_id: str, text: Optional[str]) -> bool:
+        if text is not None and text.strip() and not self.is_leave_command(text):
+            return await self._turns.send(conversation_id, text)
+        # The leave command ends the chat; an empty turn is dropped (neither takes a number).
+        handoff = await self._switchboard.get(conversation_id)
+        self._turns.seen(conversation_id, handoff)
         if handoff is None:
             return False
         if self.is_leave_command(text):
@@ -151,18 +203,44 @@ class Relay:
                 conversation_id,
                 handoff.chat_session_id,
             )
-            await self.end_chat(handoff, HandoffOutcome.ENDED_BY_CUSTOMER)
-            return True
-        logger.debug("Empty customer turn in conversation %s not relayed.", conversation_id)
+            await self.end(handoff, HandoffOutcome.ENDED_BY_CUSTOMER)
+        else:
+            logger.debug("Empty customer turn in conversation %s not relayed.", conversation_id)
         return True
 
-    async def customer_upload(self, conversation_id: str, upload: UploadedFile) -> None:
-        """Send a customer's file to the agent; NotInRelay or OmnideskError on failure."""
-        handoff = await self.switchboard.get(conversation_id)
+    async def handoff_of(self, conversation_id: str) -> Optional[Handoff]:
+        """The conversation's open handoff, or None when it is with the bot."""
+        return await self._switchboard.get(conversation_id)
+
+    async def with_agent(self, conversation_id: str) -> Handoff:
+        """The conversation's open handoff; NotInRelay (404) when it is with the bot."""
+        handoff = await self._switchboard.get(conversation_id)
         if handoff is None:
             raise NotInRelay(conversation_id)
+        return handoff
+
+    async def check_customer(self, conversation_id: str, token: Optional[str]) -> Handoff:
+        """The handoff whose customer token ``token`` is; NotInRelay (404) otherwise.
+
+        A wrong token answers exactly as a conversation not with an agent, so the
+        customer routes tell a guesser nothing about who is chatting.
+        """
+        handoff = await self.with_agent(conversation_id)
+        expected = self._settings.customer_token(handoff.chat_session_id)
+        if not token or not hmac.compare_digest(
+            token.encode("utf-8", "replace"), expected.encode("ascii")
+        ):
+            logger.warning(
+                "Customer route call for conversation %s without its customer token refused (404).",
+                conversation_id,
+            )
+            raise NotInRelay(conversation_id)
+        return handoff
+
+    async def customer_file(self, handoff: Handoff, upload: UploadedFile) -> None:
+        """Send a customer's file to the agent; OmnideskError (the customer told) on failure."""
         try:
-            await self.client.add_attachment(
+            await self._client.add_attachment(
                 chat_session_id=handoff.chat_session_id,
                 filename=upload.filename,
                 content=upload.content,
@@ -170,31 +248,26 @@ class Relay:
             )
         except OmnideskError as error:
             log_refused("customer file", handoff, error)
-            await self.notices.tell_on(
-                self.lines, handoff.channel, conversation_id, "utter_omnidesk_delivery_failed"
-            )
+            await self._notices.tell(handoff, DELIVERY_FAILED)
             raise
-        await self.switchboard.touch(conversation_id)
-        await self.record.add(
-            conversation_id,
+        await self._switchboard.touch(handoff.conversation_id)
+        await self._record.add(
+            handoff.conversation_id,
             RecordEntry(
                 "customer", f"[file: {upload.filename}]", handoff.chat_session_id, time.time()
             ),
         )
         logger.info(
             "Customer file relayed: conversation %s, chat %s, %d bytes.",
-            conversation_id,
+            handoff.conversation_id,
             handoff.chat_session_id,
             len(upload.content),
         )
 
-    async def customer_event(self, conversation_id: str, event: str) -> None:
-        """Relay a typing or widget event; NotInRelay or OmnideskError on failure."""
-        handoff = await self.switchboard.get(conversation_id)
-        if handoff is None:
-            raise NotInRelay(conversation_id)
+    async def customer_event(self, handoff: Handoff, event: str) -> None:
+        """Relay a typing or widget event; OmnideskError on failure."""
         try:
-            await self.client.notify_user_new_chat_event(
+            await self._client.notify_user_new_chat_event(
                 chat_session_id=handoff.chat_session_id, event=event
             )
         except OmnideskError as error:
@@ -203,59 +276,218 @@ class Relay:
         logger.debug(
             "Customer event %s relayed: conversation %s, chat %s.",
             event,
-            conversation_id,
+            handoff.conversation_id,
             handoff.chat_session_id,
         )
 
-    # -- the end of a chat -----------------------------------------------------
+    # -- the agent's side: into the customer's outbox, before the hookpoint's ok ----
+
+    async def _chat(self, chat_session_id: str) -> Handoff:
+        """The open handoff of a chat a hookpoint names; NotInRelay (404) when none."""
+        return await self._switchboard.wait_for_chat(chat_session_id, self._settings.new_chat_grace)
+
+    async def _put(self, handoff: Handoff, item: ToCustomer) -> None:
+        await self._outbox.put(
+            handoff.conversation_id, handoff.channel, handoff.chat_session_id, item
+        )
+
+    async def agent_message(self, message: AgentMessage) -> None:
+        """Store the agent's text for the customer; SwitchboardError (503) when it could not be."""
+        handoff = await self._chat(message.session_id)
+        await self._put(handoff, ToCustomer("text", text=message.message, agent=message.agent))
+        _first_reply(handoff)
+        # The handoff keeps the agent (switchboard.Handoff.agent_name): files come without one.
+        named = bool(message.agent.name or message.agent.picture)
+        await self._switchboard.touch(
+            handoff.conversation_id,
+            agent=True,
+            agent_name=message.agent.name if named else None,
+            agent_picture=message.agent.picture if named else None,
+        )
+        await self._record.add(
+            handoff.conversation_id,
+            RecordEntry(
+                "agent",
+                message.message,
+                handoff.chat_session_id,
+                time.time(),
+                agent_name=message.agent.name,
+            ),
+        )
+
+    async def agent_file(self, upload: AgentUpload) -> None:
+        """Store the agent's file and put its link in the customer's outbox."""
+        handoff = await self._chat(upload.session_id)
+        agent = upload.agent
+        if not (agent.name or agent.picture):
+            agent = AgentIdentity(handoff.agent_name, handoff.agent_picture)
+        stored = await self._files.store(upload.file)
+        link = FileLink(
+            url=self._files.url_for(stored),
+            filename=stored.filename,
+            is_image=stored.content_type.startswith("image/"),
+        )
+        await self._put(handoff, ToCustomer("file", file=link, agent=agent))
+        _first_reply(handoff)
+        await self._switchboard.touch(handoff.conversation_id, agent=True)
+        await self._record.add(
+            handoff.conversation_id,
+            RecordEntry(
+                "agent",
+                f"[file: {stored.filename}]",
+                handoff.chat_session_id,
+                time.time(),
+                agent_name=agent.name,
+                attachment_url=link.url,
+            ),
+        )
+
+    async def agent_typing(self, typing: AgentTyping) -> None:
+        handoff = await self._chat(typing.session_id)
+        await self._put(handoff, ToCustomer("typing", typing=typing.typing))
 
     async def agent_end(self, end: EndSession) -> None:
         """The agent ended the chat: hand back in the background (NotInRelay if not open)."""
-        await self.ending.agent_end(end)
+        handoff = await self._chat(end.session_id)
+        task = asyncio.ensure_future(self._end_logged(handoff, HandoffOutcome.ENDED_BY_AGENT))
+        self._ends.add(task)
+        task.add_done_callback(self._ends.discard)
 
-    async def end_chat(self, handoff: Handoff, outcome: HandoffOutcome) -> bool:
-        """End relay mode once; False when someone else already ended it."""
-        return await self.ending.end(handoff, outcome)
+    async def agent_file_at(self, token: str, filename: str) -> Optional[StoredFile]:
+        """An agent's file as linked to the customer, or None."""
+        return await self._files.lookup(token, filename)
 
-    async def handoff_not_registered(
-        self, conversation_id: str, channel: str, started: HandoffStarted, error: Exception
-    ) -> None:
-        """The action opened a chat the switchboard could not take: end it, tell the customer.
+    # -- the end of a chat -------------------------------------------------------------
 
-        Left open, the chat would wait on the agent's desk for a customer whose
-        turns go to the bot.
-        """
-        logger.error(
-            "Handoff of conversation %s to chat %s could not be registered (%s); "
-            "ending the chat and telling the customer.",
-            conversation_id,
-            started.chat_session_id,
-            error,
-        )
-        handoff_events.ended(conversation_id, started.chat_session_id, "failed", error)
+    async def _end_logged(self, handoff: Handoff, outcome: HandoffOutcome) -> None:
         try:
-            await self.client.notify_user_end_chat(chat_session_id=started.chat_session_id)
-        except OmnideskError as end_error:
+            await self.end(handoff, outcome)
+        except Exception as error:
             logger.error(
-                "Could not end orphan chat %s of conversation %s: %s",
-                started.chat_session_id,
-                conversation_id,
-                end_error,
+                "Could not end chat %s of conversation %s: %s: %s",
+                handoff.chat_session_id,
+                handoff.conversation_id,
+                type(error).__name__,
+                error,
             )
-        await self.notices.tell_on(
-            self.lines, channel, conversation_id, "utter_omnidesk_handoff_failed"
-        )
 
-    # -- lifecycle -------------------------------------------------------------
+    async def end(self, handoff: Handoff, outcome: HandoffOutcome) -> bool:
+        """End relay mode once and hand the customer back; False when someone else ended it.
+
+        The switchboard forgets the chat, Omnidesk is told when the end is ours,
+        the agent's last messages go first, the relayed turns are written to the
+        tracker, and the bot takes the conversation back. From the switchboard's
+        end on, every step that fails is logged and the end goes on: a customer
+        left "with an agent" in the bot's slots could never escalate again.
+        """
+        ended = await self._switchboard.end(handoff.conversation_id, handoff.chat_session_id)
+        if ended is None:
+            return False
+        self._turns.seen(ended.conversation_id, None)
+        if outcome is not HandoffOutcome.ENDED_BY_AGENT:
+            try:
+                await self._client.notify_user_end_chat(chat_session_id=ended.chat_session_id)
+            except OmnideskError as error:
+                # The chat is over for the customer either way; the agent's desk
+                # may show it open until Omnidesk closes it.
+                log_refused("end of chat", ended, error)
+        try:
+            # The end comes after the deliveries already under way.
+            await self._outbox.flush(ended.conversation_id)
+        except Exception as error:
+            _log_step_failure("drain the deliveries of", ended, error)
+        # A failed write is logged in flush and stays buffered for the sweeper: the
+        # customer is handed back to the bot whatever the tracker store says.
+        with contextlib.suppress(Exception):
+            await self._record.flush(ended.conversation_id)
+        logger.info(
+            "Handoff ended (%s): conversation %s, chat %s.",
+            outcome.value,
+            ended.conversation_id,
+            ended.chat_session_id,
+        )
+        handoff_events.ended(ended.conversation_id, ended.chat_session_id, outcome.value)
+        try:
+            handed_back = await self._bot.hand_back(ended, outcome)
+        except Exception as error:
+            _log_step_failure("hand back to the bot", ended, error)
+            handed_back = False
+        if not handed_back:
+            await self._notices.tell(ended, CHAT_ENDED)
+        return True
+
+    # -- what the sweeper does ------------------------------------------------------------
+
+    async def open_handoffs(self) -> List[Handoff]:
+        """Every open handoff, for the sweeper."""
+        return await self._switchboard.all()
+
+    async def remind_unanswered(self, handoff: Handoff) -> bool:
+        """Tell the customer, once per handoff, that no agent answered yet; False if told before."""
+        if not await self._switchboard.claim_wait_notice(handoff.conversation_id):
+            return False
+        await self._notices.tell(handoff, AGENT_WAIT)
+        return True
+
+    async def write_due_records(self) -> None:
+        """Write the relayed turns that waited ``record_interval`` to their trackers."""
+        await self._record.flush_due()
+
+    async def remove_old_files(self, older_than: float) -> int:
+        """Remove agent files stored longer than ``older_than`` seconds ago; how many."""
+        return await self._files.remove_older_than(older_than)
+
+    # -- counts for the metrics -----------------------------------------------------------
+
+    async def open_count(self) -> int:
+        """How many handoffs are open (every instance sees the same)."""
+        return await self._switchboard.count_open()
+
+    async def waiting_count(self) -> int:
+        """How many entries wait in outboxes (every instance sees the same)."""
+        return await self._outbox.count_waiting()
+
+    # -- lifecycle ---------------------------------------------------------------------------
 
     async def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until background deliveries and ends are done (tests and shutdown use it)."""
+        """Wait until background deliveries and ends are done (tests use it)."""
         deadline = time.monotonic() + timeout
-        await self.delivery.wait_idle(timeout)
-        await self.ending.wait_idle(max(0.0, deadline - time.monotonic()))
+        await self._outbox.wait_idle(timeout)
+        if self._ends:
+            await asyncio.wait(set(self._ends), timeout=max(0.0, deadline - time.monotonic()))
 
     async def close(self) -> None:
-        """Let deliveries and ends under way finish (bounded), then write what is buffered."""
-        await self.delivery.close()
-        await self.ending.wait_idle(5.0)
-        await self.record.flush_all()
+        """Finish what is under way (bounded), write what is buffered, close every part."""
+        try:
+            if self._ends:
+                await asyncio.wait(set(self._ends), timeout=5.0)
+            await self._outbox.close()
+            await self._record.flush_all()
+        finally:
+            await self._client.close()
+            await self._switchboard.close()
+            self._files.close()
+
+
+def _first_reply(handoff: Handoff) -> None:
+    """The agent's first message or file of the handoff: how long the customer waited.
+
+    ``handoff`` is as read before this reply touched it. Two first replies landing
+    on two instances at once may both count; the histogram tolerates that.
+    """
+    if not handoff.agent_replied:
+        handoff_events.agent_first_reply(
+            handoff.conversation_id, handoff.chat_session_id, time.time() - handoff.started_at
+        )
+
+
+def _log_step_failure(what: str, handoff: Handoff, error: Exception) -> None:
+    logger.error(
+        "Ending chat %s of conversation %s: could not %s it (%s: %s); the end goes on.",
+        handoff.chat_session_id,
+        handoff.conversation_id,
+        what,
+        type(error).__name__,
+        error,
+    )
+    handoff_events.failure(f"end: {what}", handoff.conversation_id, handoff.chat_session_id, error)

@@ -1,9 +1,9 @@
 """The two sides the relay talks to, as protocols: the customer's line and the bot.
 
-The relay, the delivery of agent events, the tracker record and the sweeper
-know neither Sanic nor Rasa; they see the customer through ``CustomerLine``
-(customer.py implements it per wrapped channel) and Rasa through ``BotSide``
-(rasa_bot.py implements it on a running Rasa server).
+The relay, the outbox, the tracker record and the sweeper know neither Sanic
+nor Rasa (tests/architecture checks it); they see the customer through
+``CustomerLine`` (customer.py implements it per wrapped channel) and Rasa
+through ``BotSide`` (rasa_bot.py implements it on a running Rasa server).
 """
 
 import uuid
@@ -25,7 +25,14 @@ class FileLink:
 
 
 class CustomerLine(Protocol):
-    """How to reach a customer on one wrapped channel, outside a request."""
+    """How to reach a customer on one wrapped channel, outside a request.
+
+    ``held_by_socket`` is true for a channel whose customer is reached only
+    through the socket they hold (socket.io): the outbox then sends from the
+    instance that socket is connected to, and waits while they are away.
+    """
+
+    held_by_socket: bool
 
     async def send_text(
         self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
@@ -44,10 +51,6 @@ class CustomerLine(Protocol):
 
         False when the channel has no widget that could use them (plain channels).
         """
-        ...
-
-    async def reachable(self, recipient_id: str) -> bool:
-        """Whether a send now can reach the customer (socket.io: a socket is connected)."""
         ...
 
 

@@ -1,10 +1,11 @@
 """The sweeper: ends idle chats, sends the one-time wait notice, writes due records.
 
 It runs in the background every few seconds (``interval_for`` picks how often
-from the settings), on one instance at a time (a lease in the switchboard).
+from the settings), on one instance at a time (its lease in the switchboard).
 Each handoff is handled on its own: one that fails or is slow is logged or
 left to finish, and the others still get their turn. It also removes agent
-files older than ``files_retention``.
+files older than ``files_retention``. What it does to a handoff, it asks the
+relay to do.
 """
 
 import asyncio
@@ -16,7 +17,7 @@ import uuid
 from typing import Dict, Optional
 
 from connectors.omnidesk.channel.relay import Relay
-from connectors.omnidesk.channel.switchboard import Handoff, SwitchboardError
+from connectors.omnidesk.channel.switchboard import Handoff, Switchboard, SwitchboardError
 from connectors.omnidesk.handoff import HandoffOutcome
 from connectors.omnidesk.settings import OmnideskSettings
 
@@ -46,8 +47,15 @@ class Sweeper:
     it) is skipped by the next sweeps rather than waited for.
     """
 
-    def __init__(self, relay: Relay, settings: OmnideskSettings, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        switchboard: Switchboard,
+        settings: OmnideskSettings,
+        interval: float = 1.0,
+    ) -> None:
         self.relay = relay
+        self.switchboard = switchboard  # for the sweeper's own lease
         self.settings = settings
         self.interval = interval
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -67,16 +75,16 @@ class Sweeper:
         so); tests wait for them.
         """
         at = time.time() if now is None else now
-        if await self.relay.switchboard.claim_sweeper(self.holder, self.lease_seconds):
+        if await self.switchboard.claim_sweeper(self.holder, self.lease_seconds):
             started = [
                 self._start_look(handoff, at)
-                for handoff in await self.relay.switchboard.all()
+                for handoff in await self.relay.open_handoffs()
                 if handoff.conversation_id not in self._busy
             ]
             await self._remove_old_files()
             if wait and started:
                 await asyncio.wait(started)
-        await self.relay.record.flush_due()
+        await self.relay.write_due_records()
 
     def _start_look(self, handoff: Handoff, at: float) -> "asyncio.Future[None]":
         task = asyncio.ensure_future(self._look_bounded(handoff, at))
@@ -107,7 +115,7 @@ class Sweeper:
         if self._files_swept_at is not None and clock - self._files_swept_at < FILES_SWEEP_EVERY:
             return
         self._files_swept_at = clock
-        removed = await self.relay.delivery.files.remove_older_than(retention)
+        removed = await self.relay.remove_old_files(retention)
         if removed:
             logger.info("Removed %d agent files older than %g s.", removed, retention)
 
@@ -126,7 +134,7 @@ class Sweeper:
                 why,
                 idle,
             )
-            await self.relay.end_chat(handoff, HandoffOutcome.TIMED_OUT)
+            await self.relay.end(handoff, HandoffOutcome.TIMED_OUT)
             return
         wait = self.settings.agent_wait_notice
         if (
@@ -134,14 +142,8 @@ class Sweeper:
             and wait > 0
             and not handoff.agent_replied
             and at - handoff.started_at >= wait
-            and await self.relay.switchboard.claim_wait_notice(handoff.conversation_id)
+            and await self.relay.remind_unanswered(handoff)
         ):
-            await self.relay.notices.tell_on(
-                self.relay.lines,
-                handoff.channel,
-                handoff.conversation_id,
-                "utter_omnidesk_agent_wait",
-            )
             logger.info(
                 "No agent reply yet in chat %s of conversation %s: customer told.",
                 handoff.chat_session_id,
@@ -163,7 +165,7 @@ class Sweeper:
         finally:
             await self.wait_idle(5.0)
             try:
-                await self.relay.switchboard.release_sweeper(self.holder)
+                await self.switchboard.release_sweeper(self.holder)
             except SwitchboardError as error:
                 logger.warning("Could not give the sweeper lease up: %s", error)
 

@@ -15,8 +15,6 @@ step (one Lua script, one round trip in Redis). The lease expires on its own
 after ``lease_seconds``, so a crashed holder blocks nobody for longer; each
 grant carries a fence (a counter per handoff), and ``finish_turn`` with a
 fence that is no longer the holder's reports that the lease was lost.
-
-Nothing here imports rasa or sanic.
 """
 
 import abc

@@ -5,7 +5,7 @@ it takes the chat's turn lease with the turn's messageNumber
 (switchboard.begin_turn), one sender at a time across every instance, sends
 the message under it, gives the lease back, keeps the turn for the tracker
 (record.py) and tells the customer when Omnidesk refused it. It also
-remembers which conversations this process last saw with an agent, so that a
+remembers the handoff this process last saw of each conversation, so that a
 turn arriving while the switchboard is unreachable is kept and retried rather
 than given to the bot. The relay (relay.py) decides whether a turn comes here.
 """
@@ -13,12 +13,13 @@ than given to the bot. The relay (relay.py) decides whether a turn comes here.
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Dict, Mapping, Optional
+from collections import OrderedDict
+from typing import Awaitable, Callable, Optional
 
 from connectors.omnidesk import handoff_events, rules
-from connectors.omnidesk.channel.notices import Notices
+from connectors.omnidesk.channel.notices import DELAYED, DELIVERY_FAILED, Notices
 from connectors.omnidesk.channel.record import TurnRecord
-from connectors.omnidesk.channel.sides import CustomerLine, RecordEntry
+from connectors.omnidesk.channel.sides import RecordEntry
 from connectors.omnidesk.channel.switchboard import (
     Handoff,
     Switchboard,
@@ -75,35 +76,32 @@ class CustomerTurns:
         settings: OmnideskSettings,
         switchboard: Switchboard,
         client: OmnideskClient,
-        lines: Mapping[str, CustomerLine],
         notices: Notices,
         record: TurnRecord,
     ) -> None:
         self.settings = settings
         self.switchboard = switchboard
         self.client = client
-        self.lines = lines
         self.notices = notices
         self.record = record
-        # Conversations this process last saw with an agent, for a switchboard outage.
-        self._with_agent: Dict[str, float] = {}
+        # The handoff this process last saw of each conversation with an agent,
+        # oldest first, for a switchboard outage.
+        self._with_agent: OrderedDict[str, Handoff] = OrderedDict()
         self._outage_logged_at = -OUTAGE_LOG_INTERVAL
 
     # -- a switchboard outage ----------------------------------------------------
 
-    def seen(self, conversation_id: str, with_agent: bool) -> None:
+    def seen(self, conversation_id: str, handoff: Optional[Handoff]) -> None:
         """Remember what the switchboard last said of a conversation, for an outage."""
         self._with_agent.pop(conversation_id, None)
-        if with_agent:
-            # Insertion order is recency order: the oldest is first.
-            self._with_agent[conversation_id] = time.monotonic()
+        if handoff is not None:
+            self._with_agent[conversation_id] = handoff
             if len(self._with_agent) > MAX_REMEMBERED:
-                del self._with_agent[next(iter(self._with_agent))]
+                self._with_agent.popitem(last=False)
 
     async def in_outage(
         self,
         conversation_id: str,
-        channel: str,
         error: SwitchboardError,
         retry: Callable[[], Awaitable[bool]],
     ) -> bool:
@@ -114,9 +112,10 @@ class CustomerTurns:
         any other turn goes to the bot (False).
         """
         self._log_outage(error)
-        if conversation_id not in self._with_agent:
+        handoff = self._with_agent.get(conversation_id)
+        if handoff is None:
             return False  # assumed with the bot
-        await self.notices.tell_on(self.lines, channel, conversation_id, "utter_omnidesk_delayed")
+        await self.notices.tell(handoff, DELAYED)
         deadline = time.monotonic() + self.settings.outage_hold
         while time.monotonic() < deadline:
             await asyncio.sleep(min(OUTAGE_RETRY_INTERVAL, max(0.0, deadline - time.monotonic())))
@@ -136,9 +135,7 @@ class CustomerTurns:
             self.settings.outage_hold,
             conversation_id,
         )
-        await self.notices.tell_on(
-            self.lines, channel, conversation_id, "utter_omnidesk_delivery_failed"
-        )
+        await self.notices.tell(handoff, DELIVERY_FAILED)
         return True
 
     def _log_outage(self, error: SwitchboardError) -> None:
@@ -150,7 +147,7 @@ class CustomerTurns:
 
     # -- one numbered turn -------------------------------------------------------
 
-    async def send(self, conversation_id: str, text: str, channel: str) -> bool:
+    async def send(self, conversation_id: str, text: str) -> bool:
         """Send a text turn when the conversation is with an agent; False when it is not.
 
         True when the turn was taken: sent to the agent or, when Omnidesk
@@ -158,7 +155,7 @@ class CustomerTurns:
         marked undelivered. SwitchboardError when the switchboard is unreachable.
         """
         ticket = await self._take_turn(conversation_id)
-        self.seen(conversation_id, ticket is not None)
+        self.seen(conversation_id, None if ticket is None else ticket.handoff)
         if ticket is None:
             return False  # with the bot, or ended while this turn waited for the lease
         handoff = ticket.handoff
@@ -194,9 +191,7 @@ class CustomerTurns:
                 error,
             )
         if not delivered:
-            await self.notices.tell_on(
-                self.lines, channel, conversation_id, "utter_omnidesk_delivery_failed"
-            )
+            await self.notices.tell(handoff, DELIVERY_FAILED)
         return True
 
     @property

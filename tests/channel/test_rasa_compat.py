@@ -4,7 +4,7 @@ import warnings
 
 from rasa.core.channels.socketio import SocketIOInput
 
-from connectors.omnidesk.channel import rasa_versions
+from connectors.omnidesk.channel import rasa_compat
 from tests.channel.conftest import channel_server
 
 
@@ -21,7 +21,7 @@ async def test_the_socket_io_server_is_found_under_either_name() -> None:
     async with channel_server({"socketio": {}}) as server:
         [socketio] = server.channel.customer_channels
         assert isinstance(socketio, SocketIOInput)
-        assert rasa_versions.socketio_server(socketio) is not None
+        assert rasa_compat.socketio_server(socketio) is not None
 
 
 def test_the_action_result_reads_as_the_json_body_on_either_rasa_sdk() -> None:
@@ -29,6 +29,6 @@ def test_the_action_result_reads_as_the_json_body_on_either_rasa_sdk() -> None:
         def model_dump(self) -> dict:  # type: ignore[type-arg]
             return {"events": [], "responses": []}
 
-    assert rasa_versions.action_result(Dumped()) == {"events": [], "responses": []}
-    assert rasa_versions.action_result({"events": []}) == {"events": []}
-    assert rasa_versions.action_result(None) is None
+    assert rasa_compat.action_result(Dumped()) == {"events": [], "responses": []}
+    assert rasa_compat.action_result({"events": []}) == {"events": []}
+    assert rasa_compat.action_result(None) is None
