@@ -1,0 +1,275 @@
+"""A handoff's life through the Relay, with no server: ordering, ending, outage, notices."""
+
+import asyncio
+from typing import Any, List, Optional
+
+import pytest
+
+from connectors.omnidesk.channel.hookpoints import (
+    AgentIdentity,
+    AgentMessage,
+    AgentTyping,
+    EndSession,
+)
+from connectors.omnidesk.channel.notices import DEFAULT_TEXTS
+from connectors.omnidesk.channel.outbox import OutboxTimings
+from connectors.omnidesk.channel.switchboard import (
+    Handoff,
+    InMemorySwitchboard,
+    NotInRelay,
+    SwitchboardError,
+    TurnTicket,
+)
+from connectors.omnidesk.handoff import HandoffOutcome, HandoffStarted
+from tests.relay.conftest import CHANNEL, FakeBot, relay_harness
+
+ANNA = AgentIdentity(name="Anna", picture=None)
+
+
+async def wait_until(condition: Any, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("never happened")
+        await asyncio.sleep(0.01)
+
+
+# -- the customer's turns --------------------------------------------------------------
+
+
+async def test_turns_reach_the_agent_in_the_order_typed_numbered_from_two() -> None:
+    async with relay_harness() as h:
+        await h.hand_over("c-1")
+        for text in ("one", "two", "three"):
+            assert await h.relay.customer_turn("c-1", text, CHANNEL)
+        assert h.desk.messages() == ["one", "two", "three"]
+        assert h.desk.numbers() == ["2", "3", "4"]
+
+
+async def test_a_turn_of_a_conversation_with_the_bot_is_not_relayed() -> None:
+    async with relay_harness() as h:
+        assert not await h.relay.customer_turn("c-bot", "hello", CHANNEL)
+        assert h.desk.calls == []
+
+
+async def test_turns_sent_at_once_each_reach_the_agent_once_with_their_own_number() -> None:
+    async with relay_harness() as h:
+        await h.hand_over("c-2")
+        h.desk.answer("notifyUserNewChatMessage", (200, 0.2))  # the first one is slow
+        texts = [f"m{i}" for i in range(5)]
+        await asyncio.gather(*(h.relay.customer_turn("c-2", t, CHANNEL) for t in texts))
+        assert sorted(h.desk.messages()) == texts
+        assert sorted(h.desk.numbers(), key=int) == ["2", "3", "4", "5", "6"]
+
+
+async def test_a_turn_omnidesk_refuses_tells_the_customer_in_the_domains_words() -> None:
+    bot = FakeBot(responses={"utter_omnidesk_delivery_failed": "Not delivered (domain)."})
+    async with relay_harness(bot=bot) as h:
+        await h.hand_over("c-3")
+        h.desk.answer("notifyUserNewChatMessage", (400, 0.0))
+        assert await h.relay.customer_turn("c-3", "lost?", CHANNEL)
+        await h.settle()
+        assert h.line.texts("c-3") == ["Not delivered (domain)."]
+        await h.relay.end(await h.relay.with_agent("c-3"), HandoffOutcome.ENDED_BY_AGENT)
+        [entry] = [e for e in bot.records["c-3"] if e.role == "customer"]
+        assert entry.text == "lost?" and not entry.delivered
+
+
+async def test_the_leave_command_ends_the_chat_and_tells_omnidesk() -> None:
+    async with relay_harness() as h:
+        handoff = await h.hand_over("c-4")
+        assert await h.relay.customer_turn("c-4", " /leave_human_chat ", CHANNEL)
+        assert await h.relay.handoff_of("c-4") is None
+        [end] = h.desk.named("notifyUserEndChat")
+        assert end.fields["chatSessionID"] == handoff.chat_session_id
+        assert h.bot.handed_back == [("c-4", HandoffOutcome.ENDED_BY_CUSTOMER)]
+        assert h.desk.messages() == []  # the command itself is not relayed
+
+
+async def test_an_empty_turn_takes_no_number() -> None:
+    async with relay_harness() as h:
+        await h.hand_over("c-5")
+        assert await h.relay.customer_turn("c-5", "   ", CHANNEL)
+        assert await h.relay.customer_turn("c-5", "real", CHANNEL)
+        assert h.desk.numbers() == ["2"]
+
+
+# -- the agent's side and the end -----------------------------------------------------------
+
+
+async def test_agent_messages_reach_the_customer_in_order_then_the_end_notice() -> None:
+    async with relay_harness() as h:
+        handoff = await h.hand_over("c-6")
+        chat = handoff.chat_session_id
+        for text in ("Hello", "Let me check", "Done"):
+            await h.relay.agent_message(AgentMessage(chat, text, ANNA))
+        await h.relay.agent_typing(AgentTyping(chat, True))
+        await h.relay.agent_end(EndSession(chat))
+        await h.settle()
+        assert h.line.texts("c-6") == [
+            "Hello",
+            "Let me check",
+            "Done",
+            DEFAULT_TEXTS["utter_omnidesk_chat_ended"],
+        ]
+        assert [s.agent for s in h.line.sent if s.kind == "text"][:3] == [ANNA] * 3
+        assert h.desk.named("notifyUserEndChat") == []  # the agent ended it: Omnidesk knows
+        assert await h.relay.handoff_of("c-6") is None
+
+
+async def test_the_bot_says_the_end_itself_when_its_domain_has_the_intent() -> None:
+    async with relay_harness(bot=FakeBot(knows_end_intent=True)) as h:
+        handoff = await h.hand_over("c-7")
+        await h.relay.agent_message(AgentMessage(handoff.chat_session_id, "Bye", ANNA))
+        await h.relay.agent_end(EndSession(handoff.chat_session_id))
+        await h.settle()
+        assert h.line.texts("c-7") == ["Bye", "bot: back (ended_by_agent)"]
+
+
+async def test_a_chat_ends_once_whoever_ends_it() -> None:
+    async with relay_harness() as h:
+        handoff = await h.hand_over("c-8")
+        ends = await asyncio.gather(
+            h.relay.end(handoff, HandoffOutcome.TIMED_OUT),
+            h.relay.end(handoff, HandoffOutcome.ENDED_BY_CUSTOMER),
+        )
+        assert sorted(ends) == [False, True]
+        assert len(h.bot.handed_back) == 1
+        assert len(h.desk.named("notifyUserEndChat")) == 1
+
+
+async def test_an_agent_event_for_a_chat_not_open_is_refused() -> None:
+    async with relay_harness() as h:
+        with pytest.raises(NotInRelay):
+            await h.relay.agent_message(AgentMessage("rasa-0000000000000000", "hi", ANNA))
+
+
+async def test_relayed_turns_reach_the_tracker_before_the_bot_takes_over() -> None:
+    async with relay_harness(bot=FakeBot(knows_end_intent=True)) as h:
+        handoff = await h.hand_over("c-9")
+        await h.relay.customer_turn("c-9", "question", CHANNEL)
+        await h.relay.agent_message(AgentMessage(handoff.chat_session_id, "answer", ANNA))
+        assert h.bot.records["c-9"] == []  # paced, not on the hot path
+        await h.relay.end(handoff, HandoffOutcome.ENDED_BY_AGENT)
+        assert [(e.role, e.text) for e in h.bot.records["c-9"]] == [
+            ("customer", "question"),
+            ("agent", "answer"),
+        ]
+
+
+async def test_the_customer_is_handed_its_token_through_the_outbox() -> None:
+    async with relay_harness() as h:
+        handoff = await h.hand_over("c-10")
+        await h.settle()
+        [details] = [s.value for s in h.line.sent if s.kind == "details"]
+        assert details["customer_token"] == h.relay._settings.customer_token(
+            handoff.chat_session_id
+        )
+        assert await h.relay.check_customer("c-10", details["customer_token"]) == handoff
+        for wrong in (None, "", "0" * 40):
+            with pytest.raises(NotInRelay):
+                await h.relay.check_customer("c-10", wrong)
+
+
+async def test_a_message_the_channel_refuses_waits_and_is_delivered_later() -> None:
+    async with relay_harness() as h:
+        handoff = await h.hand_over("c-11")
+        await h.settle()
+        h.line.refusing = True
+        await h.relay.agent_message(AgentMessage(handoff.chat_session_id, "kept", ANNA))
+        await asyncio.sleep(0.1)
+        assert h.line.texts("c-11") == []
+        h.line.refusing = False
+        await wait_until(lambda: h.line.texts("c-11") == ["kept"])
+
+
+# -- a handoff the switchboard cannot take, and a switchboard outage -----------------------
+
+
+class FlakySwitchboard(InMemorySwitchboard):
+    """The in-memory switchboard, with an outage a test switches on and off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise SwitchboardError("switchboard read failed: ConnectionError: Redis is down")
+
+    async def start(self, handoff: Handoff) -> Optional[Handoff]:
+        self._check()
+        return await super().start(handoff)
+
+    async def get(self, conversation_id: str) -> Optional[Handoff]:
+        self._check()
+        return await super().get(conversation_id)
+
+    async def begin_turn(
+        self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
+    ) -> Optional[TurnTicket]:
+        self._check()
+        return await super().begin_turn(conversation_id, lease_seconds, now)
+
+
+async def test_a_handoff_the_switchboard_cannot_take_ends_the_chat_and_tells_the_customer() -> None:
+    board = FlakySwitchboard()
+    async with relay_harness(switchboard=board) as h:
+        board.down = True
+        assert not await h.relay.start("c-12", CHANNEL, HandoffStarted("rasa-c12c12c12c12", 2))
+        assert [c.fields["chatSessionID"] for c in h.desk.named("notifyUserEndChat")] == [
+            "rasa-c12c12c12c12"
+        ]
+        await h.settle()
+        assert h.line.texts("c-12") == [DEFAULT_TEXTS["utter_omnidesk_handoff_failed"]]
+
+
+async def test_a_turn_during_an_outage_is_kept_and_relayed_when_the_switchboard_is_back() -> None:
+    board = FlakySwitchboard()
+    async with relay_harness(switchboard=board) as h:
+        await h.hand_over("c-13")
+        board.down = True
+        turn = asyncio.ensure_future(h.relay.customer_turn("c-13", "still there?", CHANNEL))
+        await wait_until(lambda: h.line.texts("c-13") == [DEFAULT_TEXTS["utter_omnidesk_delayed"]])
+        board.down = False
+        assert await asyncio.wait_for(turn, 3)
+        assert h.desk.messages() == ["still there?"]
+
+
+async def test_during_an_outage_a_conversation_never_seen_with_an_agent_goes_to_the_bot() -> None:
+    board = FlakySwitchboard()
+    async with relay_harness(switchboard=board) as h:
+        board.down = True
+        assert not await h.relay.customer_turn("c-14", "hello", CHANNEL)
+        assert h.line.sent == []
+
+
+async def test_a_turn_kept_past_the_outage_hold_is_told_as_not_delivered() -> None:
+    board = FlakySwitchboard()
+    async with relay_harness(switchboard=board, outage_hold=0.3) as h:
+        await h.hand_over("c-15")
+        board.down = True
+        assert await h.relay.customer_turn("c-15", "lost", CHANNEL)
+        board.down = False
+        await h.settle()
+        texts: List[str] = h.line.texts("c-15")
+        assert texts == [
+            DEFAULT_TEXTS["utter_omnidesk_delayed"],
+            DEFAULT_TEXTS["utter_omnidesk_delivery_failed"],
+        ]
+        assert h.desk.messages() == []
+
+
+async def test_a_notice_reaches_the_customer_even_when_the_outbox_cannot_store_it() -> None:
+    async with relay_harness(timings=OutboxTimings(poll_interval=0.05)) as h:
+        handoff = await h.hand_over("c-16")
+        await h.settle()
+
+        async def broken_put(conversation_id: str, raw: str) -> str:
+            raise SwitchboardError("outbox put failed: ConnectionError: Redis is down")
+
+        h.store.put = broken_put  # type: ignore[method-assign]
+        h.desk.answer("notifyUserNewChatMessage", (400, 0.0))
+        assert await h.relay.customer_turn("c-16", "hello", CHANNEL)
+        assert h.line.texts("c-16") == [DEFAULT_TEXTS["utter_omnidesk_delivery_failed"]]
+        assert handoff.conversation_id == "c-16"
