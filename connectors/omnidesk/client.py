@@ -11,8 +11,7 @@ timeouts, 429 and 5xx only, within a total budget. A failure raises one of the
 ``OmnideskError`` classes (errors.py, re-exported here), which says which call
 failed, the HTTP status and Omnidesk's message, and never a token.
 
-This module imports nothing from rasa, rasa_sdk or sanic: the action server
-uses it too.
+The action server uses it too, so it knows no framework (tests/architecture).
 """
 
 import asyncio

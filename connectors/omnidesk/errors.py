@@ -5,8 +5,6 @@ Omnidesk's message, never a token. ``read_answer`` maps a final answer (one
 that is not retried) to its data or to the error it is; ``Secrets`` masks the
 tokens in any text that may show them. client.py re-exports the errors, so
 ``from connectors.omnidesk.client import OmnideskError`` keeps working.
-
-This module imports nothing from rasa, rasa_sdk or sanic.
 """
 
 import json

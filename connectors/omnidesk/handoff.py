@@ -4,8 +4,7 @@ The action server and the channel are separate processes. The action tells the
 channel that a conversation is now with an agent by uttering one custom JSON
 message, the control payload, which travels back through the turn the action ran
 in and is taken off the stream by the wrapped output channel. This module is the
-one place that writes and reads that payload. It imports nothing from rasa,
-rasa_sdk or sanic.
+one place that writes and reads that payload.
 """
 
 import enum

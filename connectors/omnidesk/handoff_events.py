@@ -14,8 +14,7 @@ conversation id and the chat id, in the form ``log_format`` picks:
 A customer's message text is left out unless ``log_message_text`` is on. No
 secret is ever passed here; the channel puts the logger under its secret filter
 too (channel/rasa_compat.py). The prose lines of the other loggers keep their
-wording; these lines come beside them. Nothing here imports rasa, rasa_sdk or
-sanic.
+wording; these lines come beside them.
 """
 
 import json

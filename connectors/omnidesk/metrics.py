@@ -16,8 +16,7 @@ cluster-wide value.
 
 A dedicated registry rather than prometheus_client's default one: nothing else
 in the process (Rasa's dependencies) lands on the route, and tests read a
-counter before and after with ``sample``. Nothing here imports rasa, rasa_sdk
-or sanic.
+counter before and after with ``sample``.
 """
 
 import asyncio

@@ -10,8 +10,7 @@ seams that pin the schedule in tests.
 
 Its lines log under the client's logger, ``connectors.omnidesk.client``: one
 WARNING per retried attempt and one DEBUG line per call, as before the policy
-had a module of its own. This module imports nothing from rasa, rasa_sdk or
-sanic.
+had a module of its own.
 """
 
 import email.utils

@@ -9,8 +9,6 @@ The rules we add to Omnidesk's live here too, each once: the client's url,
 subject and brandID, MIME types, the true/false words, file names and the
 upload check. Every rule breaks with one error, ``FieldRuleError``: the field,
 the rule, and the HTTP status that fits the refusal.
-
-Nothing here imports rasa, rasa_sdk, sanic or aiohttp.
 """
 
 import dataclasses

@@ -11,8 +11,6 @@ transport carries the bytes.
   inside the running loop and closed explicitly.
 - ``MockTransport(handler)``: answers from a function, with no socket; tests
   script Omnidesk with it.
-
-This module imports nothing from rasa, rasa_sdk or sanic.
 """
 
 import asyncio
