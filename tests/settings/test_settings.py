@@ -13,6 +13,7 @@ from connectors.omnidesk.settings import (
     OmnideskSettings,
     Secret,
     SettingsError,
+    setting,
 )
 
 ACCOUNT_TOKEN = "AccountToken1234567890"
@@ -488,3 +489,54 @@ def test_the_readiness_settings_are_read_and_checked():
     assert error.keys == ("readiness_timeout", "readiness_cache", "api_check_interval")
     assert "OMNIDESK_READINESS_TIMEOUT" in str(error)
     assert "a valid value: 300" in str(error)
+
+
+def test_problems_are_reported_in_the_order_the_settings_are_declared():
+    error = error_for(
+        env={
+            "OMNIDESK_LOG_FORMAT": "xml",
+            "OMNIDESK_API_URL": "nowhere",
+            "OMNIDESK_PUBLIC_URL": "bot.example.com",
+        },
+        credentials={"api_ulr": "https://acme.omnidesk.com"},
+    )
+
+    declared = [field.name for field in dataclasses.fields(OmnideskSettings)]
+    assert error.keys[0] == "api_ulr"  # a key that is no setting comes first
+    named = list(error.keys[1:])
+    assert named == sorted(named, key=declared.index)
+    assert {"public_url", "api_url", "log_format", "chat_account_token"} <= set(named)
+
+
+def test_every_field_of_the_settings_carries_its_rule():
+    # A field added without setting(...) would never be read from a variable; the
+    # module refuses it when it is imported, naming the field.
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class WithAStrayField(OmnideskSettings):
+        stray_timeout: float = 5.0
+
+    with pytest.raises(TypeError, match=r"WithAStrayField\.stray_timeout has no rule"):
+        WithAStrayField.from_env(REQUIRED_ENV)
+    assert "stray_timeout" not in SETTING_KEYS
+    for field in dataclasses.fields(OmnideskSettings):
+        assert field.name in SETTING_KEYS
+
+
+def test_a_setting_with_a_rule_is_read_in_its_place():
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class WithOneMore(OmnideskSettings):
+        drain_pause: float = setting(2.0, parse=lambda raw: float(raw))
+
+    settings = WithOneMore.from_env(env_with(OMNIDESK_DRAIN_PAUSE="3"))
+
+    assert settings.drain_pause == 3
+    assert settings.api_url == "https://account.omnidesk.com"
+
+
+def test_a_required_setting_must_say_what_it_is_and_show_a_real_value():
+    with pytest.raises(TypeError, match="needs a meaning"):
+        setting(parse=str)
+    with pytest.raises(TypeError, match="shows a default"):
+        setting(parse=str, meaning="the thing")
+    with pytest.raises(TypeError, match="shows a default"):
+        setting(None, parse=str)
