@@ -563,8 +563,11 @@ class OmnideskSettings:
     sweep_concurrency: int = setting(
         10, parse=_integer(1, 1000, "must be a whole number from 1 to 1000")
     )
-    # Delivery to the customer across instances (outbox, socket.io).
+    # Delivery to the customer (outbox, socket.io): how long a message waits, and
+    # how redelivery to a channel that refused it backs off.
     outbox_retention: float = setting(86400.0, parse=_positive, example="{default} (a day)")
+    outbox_backoff_base: float = setting(0.5, parse=_positive)
+    outbox_backoff_max: float = setting(8.0, parse=_positive, at_least="outbox_backoff_base")
     socketio_redis_url: Optional[str] = setting(
         None,
         parse=_redis_url,

@@ -491,6 +491,65 @@ def test_the_readiness_settings_are_read_and_checked():
     assert "a valid value: 300" in str(error)
 
 
+def test_redelivery_to_the_customer_backs_off_on_its_own_settings():
+    settings = OmnideskSettings.from_env(env_with())
+    assert (settings.outbox_backoff_base, settings.outbox_backoff_max) == (0.5, 8)
+
+    settings = OmnideskSettings.from_env(
+        env_with(
+            OMNIDESK_OUTBOX_BACKOFF_BASE="2",
+            OMNIDESK_OUTBOX_BACKOFF_MAX="60",
+            OMNIDESK_BACKOFF_BASE="0.1",
+            OMNIDESK_BACKOFF_MAX="1",
+        )
+    )
+    assert (settings.outbox_backoff_base, settings.outbox_backoff_max) == (2, 60)
+    assert (settings.backoff_base, settings.backoff_max) == (0.1, 1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "example"),
+    [
+        ("outbox_backoff_base", "0", "0.5"),
+        ("outbox_backoff_base", "-1", "0.5"),
+        ("outbox_backoff_max", "soon", "8"),
+        ("outbox_backoff_max", "inf", "8"),
+    ],
+)
+def test_a_malformed_outbox_backoff_is_named_with_a_valid_example(key, value, example):
+    env_var = "OMNIDESK_" + key.upper()
+
+    error = error_for(env_with(**{env_var: value}))
+
+    assert error.keys == (key,)
+    assert env_var in str(error)
+    assert f"a valid value: {example}" in str(error)
+
+
+def test_an_outbox_backoff_max_below_its_base_is_refused_naming_both():
+    error = error_for(env_with(OMNIDESK_OUTBOX_BACKOFF_BASE="20"))
+
+    assert error.keys == ("outbox_backoff_max",)
+    message = str(error)
+    assert "OMNIDESK_OUTBOX_BACKOFF_MAX" in message
+    assert "must be at least outbox_backoff_base (20 s), got 8" in message
+    assert "a valid value: 20" in message
+
+
+def test_each_backoff_pair_is_checked_against_its_own_base():
+    # The client's retries and the outbox's redelivery are paced apart: a long
+    # outbox base does not constrain backoff_max, nor the other way round.
+    settings = OmnideskSettings.from_env(
+        env_with(OMNIDESK_OUTBOX_BACKOFF_BASE="5", OMNIDESK_BACKOFF_MAX="1")
+    )
+    assert (settings.backoff_max, settings.outbox_backoff_base) == (1, 5)
+
+    error = error_for(env_with(OMNIDESK_BACKOFF_BASE="10", OMNIDESK_OUTBOX_BACKOFF_MAX="0.1"))
+    assert error.keys == ("backoff_max", "outbox_backoff_max")
+    assert "must be at least backoff_base (10 s), got 8" in str(error)
+    assert "must be at least outbox_backoff_base (0.5 s), got 0.1" in str(error)
+
+
 def test_problems_are_reported_in_the_order_the_settings_are_declared():
     error = error_for(
         env={
