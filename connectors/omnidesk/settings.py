@@ -8,6 +8,11 @@ malformed setting is reported at once, in one ``SettingsError`` that names each
 setting (credentials key and variable) and shows a valid value, so a bad
 configuration fails at start-up rather than at the first customer turn.
 
+Each setting is declared once, as a field of ``OmnideskSettings`` whose
+``setting(...)`` holds its default and its rule (parser, a valid value, whether it
+is secret); reading walks the fields in order, and a field without a rule stops
+the import.
+
 Tokens and secrets are held in ``Secret``: they never show in a repr, a str or an
 error message. docs/configuration.md lists every setting.
 
@@ -140,7 +145,7 @@ class SettingsError(ValueError):
 
     @property
     def keys(self) -> Tuple[str, ...]:
-        """The credentials keys of the settings that are wrong, in table order."""
+        """The credentials keys of the settings that are wrong, in field order."""
         return tuple(problem.key for problem in self.problems)
 
 
@@ -154,207 +159,6 @@ def derive_chat_token(secret: str, context: bytes, chat_session_id: str) -> str:
 
 def env_var_for(key: str) -> str:
     return ENV_PREFIX + key.upper()
-
-
-@dataclass(frozen=True, repr=False)
-class OmnideskSettings:
-    """Everything both processes need to talk to Omnidesk and to be reached by it.
-
-    Build it with ``from_env`` or ``from_credentials``: they validate. The
-    constructor itself trusts its arguments (it serves tests and ``dataclasses.replace``).
-    """
-
-    chat_account_token: Secret
-    chat_server_token: Secret
-    public_url: str
-    hookpoint_secret: Secret
-    api_url: str = "https://account.omnidesk.com"
-    chat_config_url: str = "https://chat.omnidesk.io"
-    api_key: Optional[Secret] = None
-    brand_id: Optional[str] = None
-    end_chat_path: str = DEFAULT_END_CHAT_PATH
-    connect_timeout: float = 3.0
-    request_timeout: float = 10.0
-    max_attempts: int = 4
-    retry_budget: float = 30.0
-    backoff_base: float = 0.5
-    backoff_max: float = 8.0
-    inactivity_timeout: float = 900.0
-    queue_timeout: float = 3600.0
-    agent_wait_notice: float = 300.0
-    record_interval: float = 30.0
-    new_chat_grace: float = 0.3
-    outage_hold: float = 30.0
-    leave_command: str = "/leave_human_chat"
-    max_upload_bytes: int = 10 * 1024 * 1024
-    allowed_upload_types: Tuple[str, ...] = DEFAULT_ALLOWED_UPLOAD_TYPES
-    files_dir: Optional[pathlib.Path] = None
-    switchboard_url: str = "memory://"
-    agent_name_prefix: bool = True
-    # Several instances: how long agent files are kept, and how many chats the
-    # sweeper ends at once.
-    files_retention: float = 7 * 24 * 3600.0
-    sweep_concurrency: int = 10
-    # Delivery to the customer across instances (outbox, socket.io).
-    outbox_retention: float = 86400.0
-    socketio_redis_url: Optional[str] = None
-    # The readiness probe (channel/health.py): how long Redis's PING may take, how
-    # long its answer is reused, and how often a quiet instance asks Omnidesk.
-    readiness_timeout: float = 0.5
-    readiness_cache: float = 1.0
-    api_check_interval: float = 300.0
-    # Observability (docs/metrics.md): the metrics route, the action server's
-    # metrics port, and the handoff steps' structured log lines.
-    metrics_enabled: bool = False
-    action_metrics_port: Optional[int] = None
-    log_format: str = "text"
-    log_message_text: bool = False
-
-    @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OmnideskSettings":
-        """Read the OMNIDESK_* variables of ``env`` (default: ``os.environ``)."""
-        return cls.from_credentials(None, env)
-
-    @classmethod
-    def from_credentials(
-        cls,
-        credentials: Optional[Mapping[str, Any]],
-        env: Optional[Mapping[str, str]] = None,
-        ignore: Iterable[str] = RESERVED_CREDENTIALS_KEYS,
-    ) -> "OmnideskSettings":
-        """Read the channel's credentials, falling back to ``env`` key by key.
-
-        ``ignore`` names credentials keys that belong to the caller (by default
-        the channel's ``customer_channels``); any other key that is not a setting
-        is an error, so a typo in credentials.yml does not pass unnoticed. A key
-        whose value is empty or null counts as not set, so ``api_key:
-        ${OMNIDESK_API_KEY}`` with the variable set to "" means no API key.
-        """
-        env = os.environ if env is None else env
-        credentials = credentials or {}
-        problems: List[SettingProblem] = []
-
-        ignored = set(ignore)
-        for key in credentials:
-            if key in _SPECS or key in ignored:
-                continue
-            problems.append(_unknown_key_problem(key, ignored))
-
-        values: Dict[str, Any] = {}
-        for key, spec in _SPECS.items():
-            raw = credentials.get(key)
-            if _is_unset(raw):
-                raw = env.get(spec.env_var)
-            if _is_unset(raw):
-                if spec.required:
-                    problems.append(spec.problem(f"is required: {spec.meaning}"))
-                continue
-            try:
-                values[key] = spec.parse(raw)
-            except _Invalid as invalid:
-                shown = "" if spec.secret else f", got {spec.show(raw)}"
-                problems.append(spec.problem(f"{invalid.rule}{shown}"))
-
-        base = values.get("backoff_base", _DEFAULTS["backoff_base"])
-        maximum = values.get("backoff_max", _DEFAULTS["backoff_max"])
-        if maximum < base:
-            problems.append(
-                _SPECS["backoff_max"].problem(
-                    f"must be at least backoff_base ({base:g} s), got {maximum:g}",
-                    example=f"{max(base, _DEFAULTS['backoff_max']):g}",
-                )
-            )
-
-        if values.get("socketio_redis_url") and values.get(
-            "switchboard_url", _DEFAULTS["switchboard_url"]
-        ).startswith("memory://"):
-            problems.append(
-                _SPECS["socketio_redis_url"].problem(
-                    "needs a Redis switchboard (switchboard_url: redis://...): with memory:// "
-                    "the outbox and presence live in one process, so sharing sockets "
-                    "between instances would lose messages; leave it unset"
-                )
-            )
-
-        if problems:
-            problems.sort(key=lambda problem: _ORDER.get(problem.key, -1))
-            raise SettingsError(problems)
-
-        settings = cls(**values)
-        # Both parts were checked; the whole is checked too, as Omnidesk will.
-        try:
-            rules.CHAT_SERVER.check(settings.chat_server)
-        except rules.FieldRuleError as error:
-            raise SettingsError(
-                [_SPECS["public_url"].problem(f"makes an invalid chatServer: {error.rule}")]
-            ) from None
-        return settings
-
-    @property
-    def chat_server(self) -> str:
-        """chatServer, the hookpoint base Omnidesk posts to. Holds the secret: never log it."""
-        return f"{self.public_url}{self.hookpoint_path_prefix}"
-
-    @property
-    def chat_server_for_logs(self) -> str:
-        return f"{self.public_url}{HOOKPOINT_BASE_PATH}/{_MASK}"
-
-    @property
-    def hookpoint_path_prefix(self) -> str:
-        """The path on Rasa's own server under which the hookpoints live. Holds the secret.
-
-        It is the path of ``chat_server`` without ``public_url``'s own path: a
-        reverse proxy that publishes Rasa under a path strips that path.
-        """
-        return f"{HOOKPOINT_BASE_PATH}/{self.hookpoint_secret.reveal()}"
-
-    # -- per-chat hookpoints ------------------------------------------------------
-
-    def hookpoint_token(self, chat_session_id: str) -> str:
-        """The hookpoint capability of one chat: an HMAC of its id under the hookpoint secret.
-
-        40 hex digits, so it fits chatServer's alphabet. Only this chat's
-        hookpoint calls carry it; the secret itself never leaves the process.
-        """
-        return derive_chat_token(
-            self.hookpoint_secret.reveal(), HOOKPOINT_TOKEN_CONTEXT, chat_session_id
-        )
-
-    def chat_server_for(self, chat_session_id: str) -> str:
-        """chatServer for one chat: ``{public_url}/webhooks/omnidesk/hook/{token}``. Never log it."""
-        return f"{self.public_url}{HOOKPOINT_BASE_PATH}/{self.hookpoint_token(chat_session_id)}"
-
-    def customer_token(self, chat_session_id: str) -> str:
-        """The customer's capability for the customer routes while ``chat_session_id`` is open."""
-        return derive_chat_token(
-            self.hookpoint_secret.reveal(), CUSTOMER_TOKEN_CONTEXT, chat_session_id
-        )
-
-    @property
-    def switchboard_url_for_logs(self) -> str:
-        return _mask_url_password(self.switchboard_url)
-
-    @property
-    def socketio_url(self) -> Optional[str]:
-        """The Redis URL socket.io shares sockets through; None with memory:// (one process)."""
-        if self.socketio_redis_url:
-            return self.socketio_redis_url
-        if self.switchboard_url.startswith("memory://"):
-            return None
-        return self.switchboard_url
-
-    def __repr__(self) -> str:
-        shown = []
-        for spec_field in dataclasses.fields(self):
-            value = getattr(self, spec_field.name)
-            if spec_field.name == "switchboard_url":
-                value = self.switchboard_url_for_logs
-            if spec_field.name == "socketio_redis_url" and isinstance(value, str):
-                value = _mask_url_password(value)
-            shown.append(f"{spec_field.name}={value!r}")
-        return f"OmnideskSettings({', '.join(shown)})"
-
-    __str__ = __repr__
 
 
 # --- parsing ---------------------------------------------------------------
@@ -601,18 +405,60 @@ def _show(raw: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-# Each default is written once, on OmnideskSettings' field; the table below
-# reads it from there, and an example shows it through "{default}".
-_DEFAULTS: Dict[str, Any] = {
-    spec_field.name: spec_field.default
-    for spec_field in dataclasses.fields(OmnideskSettings)
-    if spec_field.default is not dataclasses.MISSING
-}
+def _show_url(raw: Any) -> str:
+    return _show(_mask_url_password(raw) if isinstance(raw, str) else raw)
 
 
-def _default_text(key: str) -> str:
+# --- declaring a setting ------------------------------------------------------
+
+# The key of a setting's rule in its dataclass field's metadata.
+_RULE = "omnidesk_setting"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How one setting is read: its parser, a valid value to show, and what it means.
+
+    ``setting()`` puts it in the field's metadata. ``example`` may hold
+    ``{default}``, which stands for the field's default. ``at_least`` names an
+    earlier setting this one may not be below.
+    """
+
+    parse: Callable[[Any], Any]
+    example: str
+    meaning: str
+    secret: bool
+    required: bool
+    show: Callable[[Any], str]
+    at_least: Optional[str]
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    parse: Callable[[Any], Any],
+    example: str = "{default}",
+    meaning: str = "",
+    secret: bool = False,
+    show: Callable[[Any], str] = _show,
+    at_least: Optional[str] = None,
+) -> Any:
+    """One field of ``OmnideskSettings``: its default and the rule it is read by.
+
+    Without a default the setting is required, and then ``meaning`` and a concrete
+    ``example`` must say what to set, for the error that reports it missing.
+    """
+    required = default is dataclasses.MISSING
+    if required and not meaning:
+        raise TypeError("a required setting needs a meaning, for the error naming it missing")
+    if "{default}" in example and (required or default is None):
+        raise TypeError(f"the example {example!r} shows a default the setting does not have")
+    rule = _Rule(parse, example, meaning, secret, required, show, at_least)
+    return dataclasses.field(default=default, metadata={_RULE: rule})
+
+
+def _default_text(value: Any) -> str:
     """A setting's default as one would write it in an environment variable."""
-    value = _DEFAULTS[key]
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -622,20 +468,294 @@ def _default_text(key: str) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """How one setting is read: its parser, a valid value to show, and what it means.
+# --- the settings -------------------------------------------------------------
 
-    ``example`` may hold ``{default}``, which stands for the setting's default.
+
+@dataclass(frozen=True, repr=False)
+class OmnideskSettings:
+    """Everything both processes need to talk to Omnidesk and to be reached by it.
+
+    Each field is one setting, declared once: ``setting()`` gives its default and
+    the rule it is read by. The required settings have no default, so they come
+    first. Build it with ``from_env`` or ``from_credentials``: they validate. The
+    constructor itself trusts its arguments (it serves tests and ``dataclasses.replace``).
     """
 
+    # Required: Omnidesk's tokens, and where Omnidesk reaches Rasa.
+    chat_account_token: Secret = setting(
+        parse=_token(rules.CHAT_ACCOUNT_TOKEN),
+        example="the live chat token from Omnidesk (Settings > Channels > Live chat > Tokens), "
+        "letters and digits such as a1B2c3D4e5F6",
+        meaning="Omnidesk's chatAccountToken",
+        secret=True,
+    )
+    chat_server_token: Secret = setting(
+        parse=_token(rules.CHAT_SERVER_TOKEN),
+        example="the chat server token from Omnidesk, letters and digits such as Z9y8X7w6V5u4",
+        meaning="Omnidesk's chatServerToken, for requestChatConfig",
+        secret=True,
+    )
+    public_url: str = setting(
+        parse=_public_url,
+        example="https://bot.example.com",
+        meaning="the http(s) URL at which Omnidesk reaches Rasa's server",
+    )
+    hookpoint_secret: Secret = setting(
+        parse=_hookpoint_secret,
+        example="24 to 128 letters, digits and '-'; make one with "
+        'python -c "import secrets; print(secrets.token_hex(24))"',
+        meaning="the secret path segment of the hookpoints Omnidesk calls",
+        secret=True,
+    )
+    # Omnidesk's API.
+    api_url: str = setting("https://account.omnidesk.com", parse=_url)
+    chat_config_url: str = setting("https://chat.omnidesk.io", parse=_url)
+    api_key: Optional[Secret] = setting(
+        None, parse=_api_key, example="the API key from Omnidesk, e.g. k3y-ABC123", secret=True
+    )
+    brand_id: Optional[str] = setting(None, parse=_plain_text, example="12")
+    end_chat_path: str = setting(
+        DEFAULT_END_CHAT_PATH,
+        parse=_path,
+        example=f"{{default}} (or {SPEC_END_CHAT_PATH}, the path of Omnidesk's specification)",
+    )
+    # Each Omnidesk call: its timeouts and retries (retry.py).
+    connect_timeout: float = setting(3.0, parse=_positive)
+    request_timeout: float = setting(10.0, parse=_positive)
+    max_attempts: int = setting(4, parse=_integer(1, 10, "must be a whole number from 1 to 10"))
+    retry_budget: float = setting(30.0, parse=_positive)
+    backoff_base: float = setting(0.5, parse=_positive)
+    backoff_max: float = setting(8.0, parse=_positive, at_least="backoff_base")
+    # A handoff's timers.
+    inactivity_timeout: float = setting(900.0, parse=_positive)
+    queue_timeout: float = setting(3600.0, parse=_positive)
+    agent_wait_notice: float = setting(
+        300.0, parse=_non_negative, example="{default} (or 0 to turn the notice off)"
+    )
+    record_interval: float = setting(30.0, parse=_positive)
+    new_chat_grace: float = setting(0.3, parse=_positive)
+    outage_hold: float = setting(30.0, parse=_non_negative)
+    # What the customer may say and send.
+    leave_command: str = setting("/leave_human_chat", parse=_non_empty)
+    max_upload_bytes: int = setting(
+        10 * 1024 * 1024, parse=_integer(1, None, "must be a positive whole number of bytes")
+    )
+    allowed_upload_types: Tuple[str, ...] = setting(
+        DEFAULT_ALLOWED_UPLOAD_TYPES,
+        parse=_mime_types,
+        example="image/png,image/jpeg,application/pdf,image/*",
+    )
+    files_dir: Optional[pathlib.Path] = setting(
+        None, parse=_files_dir, example="/var/lib/rasa-omnidesk/files"
+    )
+    switchboard_url: str = setting(
+        "memory://",
+        parse=_switchboard_url,
+        example="{default} or redis://localhost:6379/0",
+        show=_show_url,
+    )
+    agent_name_prefix: bool = setting(True, parse=_boolean)
+    # Several instances: how long agent files are kept, and how many chats the
+    # sweeper ends at once.
+    files_retention: float = setting(
+        7 * 24 * 3600.0, parse=_non_negative, example="{default} (7 days; 0 keeps files forever)"
+    )
+    sweep_concurrency: int = setting(
+        10, parse=_integer(1, 1000, "must be a whole number from 1 to 1000")
+    )
+    # Delivery to the customer (outbox, socket.io): how long a message waits, and
+    # how redelivery to a channel that refused it backs off.
+    outbox_retention: float = setting(86400.0, parse=_positive, example="{default} (a day)")
+    outbox_backoff_base: float = setting(0.5, parse=_positive)
+    outbox_backoff_max: float = setting(8.0, parse=_positive, at_least="outbox_backoff_base")
+    socketio_redis_url: Optional[str] = setting(
+        None,
+        parse=_redis_url,
+        example="redis://localhost:6379/0 (default: the switchboard's)",
+        show=_show_url,
+    )
+    # The readiness probe (channel/health.py): how long Redis's PING may take, how
+    # long its answer is reused, and how often a quiet instance asks Omnidesk.
+    readiness_timeout: float = setting(0.5, parse=_positive)
+    readiness_cache: float = setting(
+        1.0, parse=_non_negative, example="{default} (0 asks Redis on every probe)"
+    )
+    api_check_interval: float = setting(
+        300.0, parse=_non_negative, example="{default} (0 turns the check off)"
+    )
+    # Observability (docs/metrics.md): the metrics route, the action server's
+    # metrics port, and the handoff steps' structured log lines.
+    metrics_enabled: bool = setting(False, parse=_boolean)
+    action_metrics_port: Optional[int] = setting(
+        None,
+        parse=_integer(1, 65535, "must be a TCP port number from 1 to 65535"),
+        example="9105 (default: off)",
+    )
+    log_format: str = setting("text", parse=_log_format, example="{default} (or json)")
+    log_message_text: bool = setting(False, parse=_boolean)
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OmnideskSettings":
+        """Read the OMNIDESK_* variables of ``env`` (default: ``os.environ``)."""
+        return cls.from_credentials(None, env)
+
+    @classmethod
+    def from_credentials(
+        cls,
+        credentials: Optional[Mapping[str, Any]],
+        env: Optional[Mapping[str, str]] = None,
+        ignore: Iterable[str] = RESERVED_CREDENTIALS_KEYS,
+    ) -> "OmnideskSettings":
+        """Read the channel's credentials, falling back to ``env`` key by key.
+
+        ``ignore`` names credentials keys that belong to the caller (by default
+        the channel's ``customer_channels``); any other key that is not a setting
+        is an error, so a typo in credentials.yml does not pass unnoticed. A key
+        whose value is empty or null counts as not set, so ``api_key:
+        ${OMNIDESK_API_KEY}`` with the variable set to "" means no API key.
+        """
+        env = os.environ if env is None else env
+        credentials = credentials or {}
+        table = _settings_of(cls)
+        by_key = {entry.key: entry for entry in table}
+        problems: List[SettingProblem] = []
+
+        ignored = set(ignore)
+        for key in credentials:
+            if key in by_key or key in ignored:
+                continue
+            problems.append(_unknown_key_problem(key, sorted(by_key), ignored))
+
+        values: Dict[str, Any] = {}
+        for entry in table:
+            rule = entry.rule
+            raw = credentials.get(entry.key)
+            if _is_unset(raw):
+                raw = env.get(entry.env_var)
+            if _is_unset(raw):
+                if rule.required:
+                    problems.append(entry.problem(f"is required: {rule.meaning}"))
+                continue
+            try:
+                values[entry.key] = rule.parse(raw)
+            except _Invalid as invalid:
+                shown = "" if rule.secret else f", got {rule.show(raw)}"
+                problems.append(entry.problem(f"{invalid.rule}{shown}"))
+
+        for entry in table:
+            if entry.rule.at_least is None:
+                continue
+            low = by_key[entry.rule.at_least]
+            floor = values.get(low.key, low.default)
+            value = values.get(entry.key, entry.default)
+            if value < floor:
+                problems.append(
+                    entry.problem(
+                        f"must be at least {low.key} ({floor:g} s), got {value:g}",
+                        example=f"{max(floor, entry.default):g}",
+                    )
+                )
+
+        if values.get("socketio_redis_url") and values.get(
+            "switchboard_url", by_key["switchboard_url"].default
+        ).startswith("memory://"):
+            problems.append(
+                by_key["socketio_redis_url"].problem(
+                    "needs a Redis switchboard (switchboard_url: redis://...): with memory:// "
+                    "the outbox and presence live in one process, so sharing sockets "
+                    "between instances would lose messages; leave it unset"
+                )
+            )
+
+        if problems:
+            order = {entry.key: index for index, entry in enumerate(table)}
+            problems.sort(key=lambda problem: order.get(problem.key, -1))
+            raise SettingsError(problems)
+
+        settings = cls(**values)
+        # Both parts were checked; the whole is checked too, as Omnidesk will.
+        try:
+            rules.CHAT_SERVER.check(settings.chat_server)
+        except rules.FieldRuleError as error:
+            raise SettingsError(
+                [by_key["public_url"].problem(f"makes an invalid chatServer: {error.rule}")]
+            ) from None
+        return settings
+
+    @property
+    def chat_server(self) -> str:
+        """chatServer, the hookpoint base Omnidesk posts to. Holds the secret: never log it."""
+        return f"{self.public_url}{self.hookpoint_path_prefix}"
+
+    @property
+    def chat_server_for_logs(self) -> str:
+        return f"{self.public_url}{HOOKPOINT_BASE_PATH}/{_MASK}"
+
+    @property
+    def hookpoint_path_prefix(self) -> str:
+        """The path on Rasa's own server under which the hookpoints live. Holds the secret.
+
+        It is the path of ``chat_server`` without ``public_url``'s own path: a
+        reverse proxy that publishes Rasa under a path strips that path.
+        """
+        return f"{HOOKPOINT_BASE_PATH}/{self.hookpoint_secret.reveal()}"
+
+    # -- per-chat hookpoints ------------------------------------------------------
+
+    def hookpoint_token(self, chat_session_id: str) -> str:
+        """The hookpoint capability of one chat: an HMAC of its id under the hookpoint secret.
+
+        40 hex digits, so it fits chatServer's alphabet. Only this chat's
+        hookpoint calls carry it; the secret itself never leaves the process.
+        """
+        return derive_chat_token(
+            self.hookpoint_secret.reveal(), HOOKPOINT_TOKEN_CONTEXT, chat_session_id
+        )
+
+    def chat_server_for(self, chat_session_id: str) -> str:
+        """chatServer for one chat: ``{public_url}/webhooks/omnidesk/hook/{token}``. Never log it."""
+        return f"{self.public_url}{HOOKPOINT_BASE_PATH}/{self.hookpoint_token(chat_session_id)}"
+
+    def customer_token(self, chat_session_id: str) -> str:
+        """The customer's capability for the customer routes while ``chat_session_id`` is open."""
+        return derive_chat_token(
+            self.hookpoint_secret.reveal(), CUSTOMER_TOKEN_CONTEXT, chat_session_id
+        )
+
+    @property
+    def switchboard_url_for_logs(self) -> str:
+        return _mask_url_password(self.switchboard_url)
+
+    @property
+    def socketio_url(self) -> Optional[str]:
+        """The Redis URL socket.io shares sockets through; None with memory:// (one process)."""
+        if self.socketio_redis_url:
+            return self.socketio_redis_url
+        if self.switchboard_url.startswith("memory://"):
+            return None
+        return self.switchboard_url
+
+    def __repr__(self) -> str:
+        shown = []
+        for spec_field in dataclasses.fields(self):
+            value = getattr(self, spec_field.name)
+            if spec_field.name == "switchboard_url":
+                value = self.switchboard_url_for_logs
+            if spec_field.name == "socketio_redis_url" and isinstance(value, str):
+                value = _mask_url_password(value)
+            shown.append(f"{spec_field.name}={value!r}")
+        return f"OmnideskSettings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One field of the settings with its rule: what reading and reporting need."""
+
     key: str
-    parse: Callable[[Any], Any]
-    example: str = "{default}"
-    meaning: str = ""
-    secret: bool = False
-    required: bool = False
-    show: Callable[[Any], str] = _show
+    rule: _Rule
+    default: Any
 
     @property
     def env_var(self) -> str:
@@ -643,123 +763,47 @@ class _Spec:
 
     @property
     def valid_value(self) -> str:
-        if "{default}" not in self.example:
-            return self.example
-        return self.example.replace("{default}", _default_text(self.key))
+        if "{default}" not in self.rule.example:
+            return self.rule.example
+        return self.rule.example.replace("{default}", _default_text(self.default))
 
     def problem(self, problem: str, example: Optional[str] = None) -> SettingProblem:
         return SettingProblem(self.key, self.env_var, problem, example or self.valid_value)
 
 
-_PUBLIC_URL_EXAMPLE = "https://bot.example.com"
-
-_SPEC_LIST: Tuple[_Spec, ...] = (
-    _Spec("api_url", _url),
-    _Spec("chat_config_url", _url),
-    _Spec(
-        "chat_account_token",
-        _token(rules.CHAT_ACCOUNT_TOKEN),
-        "the live chat token from Omnidesk (Settings > Channels > Live chat > Tokens), "
-        "letters and digits such as a1B2c3D4e5F6",
-        meaning="Omnidesk's chatAccountToken",
-        secret=True,
-        required=True,
-    ),
-    _Spec(
-        "chat_server_token",
-        _token(rules.CHAT_SERVER_TOKEN),
-        "the chat server token from Omnidesk, letters and digits such as Z9y8X7w6V5u4",
-        meaning="Omnidesk's chatServerToken, for requestChatConfig",
-        secret=True,
-        required=True,
-    ),
-    _Spec("api_key", _api_key, "the API key from Omnidesk, e.g. k3y-ABC123", secret=True),
-    _Spec("brand_id", _plain_text, "12"),
-    _Spec(
-        "end_chat_path",
-        _path,
-        f"{{default}} (or {SPEC_END_CHAT_PATH}, the path of Omnidesk's specification)",
-    ),
-    _Spec(
-        "public_url",
-        _public_url,
-        _PUBLIC_URL_EXAMPLE,
-        meaning="the http(s) URL at which Omnidesk reaches Rasa's server",
-        required=True,
-    ),
-    _Spec(
-        "hookpoint_secret",
-        _hookpoint_secret,
-        "24 to 128 letters, digits and '-'; make one with "
-        'python -c "import secrets; print(secrets.token_hex(24))"',
-        meaning="the secret path segment of the hookpoints Omnidesk calls",
-        secret=True,
-        required=True,
-    ),
-    _Spec("connect_timeout", _positive),
-    _Spec("request_timeout", _positive),
-    _Spec("max_attempts", _integer(1, 10, "must be a whole number from 1 to 10")),
-    _Spec("retry_budget", _positive),
-    _Spec("backoff_base", _positive),
-    _Spec("backoff_max", _positive),
-    _Spec("inactivity_timeout", _positive),
-    _Spec("queue_timeout", _positive),
-    _Spec("agent_wait_notice", _non_negative, "{default} (or 0 to turn the notice off)"),
-    _Spec("record_interval", _positive),
-    _Spec("new_chat_grace", _positive),
-    _Spec("outage_hold", _non_negative),
-    _Spec("leave_command", _non_empty),
-    _Spec("max_upload_bytes", _integer(1, None, "must be a positive whole number of bytes")),
-    _Spec("allowed_upload_types", _mime_types, "image/png,image/jpeg,application/pdf,image/*"),
-    _Spec("files_dir", _files_dir, "/var/lib/rasa-omnidesk/files"),
-    _Spec(
-        "switchboard_url",
-        _switchboard_url,
-        "{default} or redis://localhost:6379/0",
-        show=lambda raw: _show(_mask_url_password(raw) if isinstance(raw, str) else raw),
-    ),
-    _Spec("agent_name_prefix", _boolean),
-    # Several instances.
-    _Spec("files_retention", _non_negative, "{default} (7 days; 0 keeps files forever)"),
-    _Spec("sweep_concurrency", _integer(1, 1000, "must be a whole number from 1 to 1000")),
-    # Delivery to the customer across instances (outbox, socket.io).
-    _Spec("outbox_retention", _positive, "{default} (a day)"),
-    _Spec(
-        "socketio_redis_url",
-        _redis_url,
-        "redis://localhost:6379/0 (default: the switchboard's)",
-        show=lambda raw: _show(_mask_url_password(raw) if isinstance(raw, str) else raw),
-    ),
-    # The readiness probe.
-    _Spec("readiness_timeout", _positive),
-    _Spec("readiness_cache", _non_negative, "{default} (0 asks Redis on every probe)"),
-    _Spec("api_check_interval", _non_negative, "{default} (0 turns the check off)"),
-    # Observability.
-    _Spec("metrics_enabled", _boolean),
-    _Spec(
-        "action_metrics_port",
-        _integer(1, 65535, "must be a TCP port number from 1 to 65535"),
-        "9105 (default: off)",
-    ),
-    _Spec("log_format", _log_format, "{default} (or json)"),
-    _Spec("log_message_text", _boolean),
-)
-
-_SPECS: Dict[str, _Spec] = {spec.key: spec for spec in _SPEC_LIST}
-_ORDER: Dict[str, int] = {spec.key: index for index, spec in enumerate(_SPEC_LIST)}
-SETTING_KEYS: FrozenSet[str] = frozenset(_SPECS)
+def _settings_of(cls: type) -> Tuple[_Setting, ...]:
+    """The settings of ``cls`` in field order. A field declared without ``setting()`` is refused."""
+    table: List[_Setting] = []
+    for spec_field in dataclasses.fields(cls):
+        rule = spec_field.metadata.get(_RULE)
+        if not isinstance(rule, _Rule):
+            raise TypeError(
+                f"{cls.__name__}.{spec_field.name} has no rule: declare it with setting(...) "
+                "so it is read from a variable and checked"
+            )
+        if rule.at_least is not None and rule.at_least not in (entry.key for entry in table):
+            raise TypeError(
+                f"{cls.__name__}.{spec_field.name}: at_least={rule.at_least!r} "
+                "names no setting declared before it"
+            )
+        table.append(_Setting(spec_field.name, rule, spec_field.default))
+    return tuple(table)
 
 
-def _unknown_key_problem(key: Any, ignored: Iterable[str]) -> SettingProblem:
+# Checked at import: a field without a rule fails here, not at the first start-up.
+SETTING_KEYS: FrozenSet[str] = frozenset(entry.key for entry in _settings_of(OmnideskSettings))
+
+
+def _unknown_key_problem(key: Any, keys: Sequence[str], ignored: Iterable[str]) -> SettingProblem:
     text = str(key)
     guess = text.lower()
     if guess.startswith(ENV_PREFIX.lower()):
         guess = guess[len(ENV_PREFIX) :]
-    close = difflib.get_close_matches(guess, sorted(_SPECS) + sorted(ignored), n=1)
+    close = difflib.get_close_matches(guess, list(keys) + sorted(ignored), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return SettingProblem(
         text,
         None,
-        f"is not an Omnidesk setting{hint or '.'} The settings are: {', '.join(sorted(_SPECS))}",
+        f"is not an Omnidesk setting{hint or '.'} The settings are: {', '.join(keys)}",
         "",
     )

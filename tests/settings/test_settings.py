@@ -13,6 +13,7 @@ from connectors.omnidesk.settings import (
     OmnideskSettings,
     Secret,
     SettingsError,
+    setting,
 )
 
 ACCOUNT_TOKEN = "AccountToken1234567890"
@@ -488,3 +489,113 @@ def test_the_readiness_settings_are_read_and_checked():
     assert error.keys == ("readiness_timeout", "readiness_cache", "api_check_interval")
     assert "OMNIDESK_READINESS_TIMEOUT" in str(error)
     assert "a valid value: 300" in str(error)
+
+
+def test_redelivery_to_the_customer_backs_off_on_its_own_settings():
+    settings = OmnideskSettings.from_env(env_with())
+    assert (settings.outbox_backoff_base, settings.outbox_backoff_max) == (0.5, 8)
+
+    settings = OmnideskSettings.from_env(
+        env_with(
+            OMNIDESK_OUTBOX_BACKOFF_BASE="2",
+            OMNIDESK_OUTBOX_BACKOFF_MAX="60",
+            OMNIDESK_BACKOFF_BASE="0.1",
+            OMNIDESK_BACKOFF_MAX="1",
+        )
+    )
+    assert (settings.outbox_backoff_base, settings.outbox_backoff_max) == (2, 60)
+    assert (settings.backoff_base, settings.backoff_max) == (0.1, 1)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "example"),
+    [
+        ("outbox_backoff_base", "0", "0.5"),
+        ("outbox_backoff_base", "-1", "0.5"),
+        ("outbox_backoff_max", "soon", "8"),
+        ("outbox_backoff_max", "inf", "8"),
+    ],
+)
+def test_a_malformed_outbox_backoff_is_named_with_a_valid_example(key, value, example):
+    env_var = "OMNIDESK_" + key.upper()
+
+    error = error_for(env_with(**{env_var: value}))
+
+    assert error.keys == (key,)
+    assert env_var in str(error)
+    assert f"a valid value: {example}" in str(error)
+
+
+def test_an_outbox_backoff_max_below_its_base_is_refused_naming_both():
+    error = error_for(env_with(OMNIDESK_OUTBOX_BACKOFF_BASE="20"))
+
+    assert error.keys == ("outbox_backoff_max",)
+    message = str(error)
+    assert "OMNIDESK_OUTBOX_BACKOFF_MAX" in message
+    assert "must be at least outbox_backoff_base (20 s), got 8" in message
+    assert "a valid value: 20" in message
+
+
+def test_each_backoff_pair_is_checked_against_its_own_base():
+    # The client's retries and the outbox's redelivery are paced apart: a long
+    # outbox base does not constrain backoff_max, nor the other way round.
+    settings = OmnideskSettings.from_env(
+        env_with(OMNIDESK_OUTBOX_BACKOFF_BASE="5", OMNIDESK_BACKOFF_MAX="1")
+    )
+    assert (settings.backoff_max, settings.outbox_backoff_base) == (1, 5)
+
+    error = error_for(env_with(OMNIDESK_BACKOFF_BASE="10", OMNIDESK_OUTBOX_BACKOFF_MAX="0.1"))
+    assert error.keys == ("backoff_max", "outbox_backoff_max")
+    assert "must be at least backoff_base (10 s), got 8" in str(error)
+    assert "must be at least outbox_backoff_base (0.5 s), got 0.1" in str(error)
+
+
+def test_problems_are_reported_in_the_order_the_settings_are_declared():
+    error = error_for(
+        env={
+            "OMNIDESK_LOG_FORMAT": "xml",
+            "OMNIDESK_API_URL": "nowhere",
+            "OMNIDESK_PUBLIC_URL": "bot.example.com",
+        },
+        credentials={"api_ulr": "https://acme.omnidesk.com"},
+    )
+
+    declared = [field.name for field in dataclasses.fields(OmnideskSettings)]
+    assert error.keys[0] == "api_ulr"  # a key that is no setting comes first
+    named = list(error.keys[1:])
+    assert named == sorted(named, key=declared.index)
+    assert {"public_url", "api_url", "log_format", "chat_account_token"} <= set(named)
+
+
+def test_every_field_of_the_settings_carries_its_rule():
+    # A field added without setting(...) would never be read from a variable; the
+    # module refuses it when it is imported, naming the field.
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class WithAStrayField(OmnideskSettings):
+        stray_timeout: float = 5.0
+
+    with pytest.raises(TypeError, match=r"WithAStrayField\.stray_timeout has no rule"):
+        WithAStrayField.from_env(REQUIRED_ENV)
+    assert "stray_timeout" not in SETTING_KEYS
+    for field in dataclasses.fields(OmnideskSettings):
+        assert field.name in SETTING_KEYS
+
+
+def test_a_setting_with_a_rule_is_read_in_its_place():
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class WithOneMore(OmnideskSettings):
+        drain_pause: float = setting(2.0, parse=lambda raw: float(raw))
+
+    settings = WithOneMore.from_env(env_with(OMNIDESK_DRAIN_PAUSE="3"))
+
+    assert settings.drain_pause == 3
+    assert settings.api_url == "https://account.omnidesk.com"
+
+
+def test_a_required_setting_must_say_what_it_is_and_show_a_real_value():
+    with pytest.raises(TypeError, match="needs a meaning"):
+        setting(parse=str)
+    with pytest.raises(TypeError, match="shows a default"):
+        setting(parse=str, meaning="the thing")
+    with pytest.raises(TypeError, match="shows a default"):
+        setting(None, parse=str)
