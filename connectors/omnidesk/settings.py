@@ -15,8 +15,6 @@ the import.
 
 Tokens and secrets are held in ``Secret``: they never show in a repr, a str or an
 error message. docs/configuration.md lists every setting.
-
-Nothing here imports rasa, rasa_sdk, sanic or aiohttp.
 """
 
 import dataclasses
