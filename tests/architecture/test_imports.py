@@ -7,6 +7,7 @@ fails when a module crosses its ring, or when the imports form a cycle.
 
 import ast
 import pathlib
+import re
 from typing import Dict, List, Optional, Set
 
 import pytest
@@ -187,3 +188,18 @@ def test_the_contract_sees_a_cycle() -> None:
     edges: Dict[str, Set[str]] = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert _find_cycle(edges) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_architecture_page_names_every_module_and_no_module_that_is_gone() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    files = [p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
+    missing = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in files
+        if f"`{p.name}`" not in page and f"{p.relative_to(ROOT)}`" not in page
+    )
+    assert missing == [], "docs/architecture.md does not name these modules"
+
+    named = set(re.findall(r"`(?:[\w./]+/)?([a-z_]+\.py)`", page))
+    existing = {p.name for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    assert sorted(named - existing) == [], "docs/architecture.md names modules that do not exist"

@@ -1,7 +1,7 @@
 """Where outbox entries, drainer leases and socket.io presence live.
 
-``OutboxStore`` is what the outbox (outbox.py), its drainer (drainer.py) and
-presence (presence.py) ask of storage: per-conversation ordered entries (as
+``OutboxStore`` is what the outbox (outbox.py: its drainer and presence) asks
+of storage: per-conversation ordered entries (as
 JSON strings), a fenced lease per conversation, the conversations with entries
 waiting, socket.io presence with an expiry, and a nudge to every instance when
 an entry is put. ``InMemoryOutboxStore`` keeps it in this process
