@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings
+from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings, ToCustomer
 from connectors.omnidesk.channel.outbox_store import InMemoryOutboxStore, OutboxStore
 from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.sides import FileLink, RecordEntry
@@ -137,6 +137,9 @@ class RecordingLine:
         self._send(Sent("details", recipient_id, dict(details)))
         return True
 
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+        self._send(Sent("text", recipient_id, message.get("text")))
+
     def texts(self, recipient: Optional[str] = None) -> List[str]:
         return [
             s.value
@@ -153,7 +156,7 @@ class FakeBot:
     knows_end_intent: bool = False
     records: Dict[str, List[RecordEntry]] = field(default_factory=lambda: defaultdict(list))
     handed_back: List[Tuple[str, HandoffOutcome]] = field(default_factory=list)
-    line: Optional[RecordingLine] = None
+    outbox: Optional[Outbox] = None
 
     def response_text(self, name: str) -> Optional[str]:
         return self.responses.get(name)
@@ -163,9 +166,15 @@ class FakeBot:
 
     async def hand_back(self, handoff: Handoff, outcome: HandoffOutcome) -> bool:
         self.handed_back.append((handoff.conversation_id, outcome))
-        if self.knows_end_intent and self.line is not None:
-            # The bot's own rule answers the end-of-chat intent.
-            await self.line.send_text(handoff.conversation_id, f"bot: back ({outcome.value})")
+        if self.knows_end_intent and self.outbox is not None:
+            # The bot's own rule answers the end-of-chat intent, into the handoff's outbox.
+            answer = {"text": f"bot: back ({outcome.value})"}
+            await self.outbox.put(
+                handoff.conversation_id,
+                handoff.channel,
+                handoff.chat_session_id,
+                ToCustomer("response", response=answer, notice="end"),
+            )
         return self.knows_end_intent
 
 
@@ -223,7 +232,6 @@ async def relay_harness(
     desk = Desk()
     line = RecordingLine()
     bot = bot or FakeBot()
-    bot.line = line
     board = switchboard or InMemorySwitchboard()
     store = InMemoryOutboxStore()
     outbox = Outbox(
@@ -232,6 +240,7 @@ async def relay_harness(
         timings or OutboxTimings(backoff_base=0.01, backoff_max=0.05, poll_interval=0.05),
     )
     outbox.start()
+    bot.outbox = outbox
     client = OmnideskClient(config, transport=MockTransport(desk.handle))
     with tempfile.TemporaryDirectory() as files_dir:
         files = AgentFileStore(files_dir, config.max_upload_bytes, "https://bot.example.com/f")

@@ -13,6 +13,7 @@ from connectors.omnidesk.channel.hookpoints import (
 )
 from connectors.omnidesk.channel.notices import DEFAULT_TEXTS
 from connectors.omnidesk.channel.outbox import OutboxTimings
+from connectors.omnidesk.channel.sides import Undeliverable
 from connectors.omnidesk.channel.switchboard import (
     Handoff,
     InMemorySwitchboard,
@@ -273,3 +274,37 @@ async def test_a_notice_reaches_the_customer_even_when_the_outbox_cannot_store_i
         assert await h.relay.customer_turn("c-16", "hello", CHANNEL)
         assert h.line.texts("c-16") == [DEFAULT_TEXTS["utter_omnidesk_delivery_failed"]]
         assert handoff.conversation_id == "c-16"
+
+
+async def test_a_message_the_channel_refuses_for_good_is_dropped_and_the_agent_told() -> None:
+    async with relay_harness() as h:
+        handoff = await h.hand_over("c-17")
+        await h.settle()
+
+        async def window_closed(recipient_id: str, text: str, agent: Any = None) -> None:
+            raise Undeliverable("outside the 24-hour window")
+
+        h.line.send_text = window_closed  # type: ignore[method-assign]
+        await h.relay.agent_message(AgentMessage(handoff.chat_session_id, "late reply", ANNA))
+        await wait_until(lambda: bool(h.desk.messages()))
+        [note] = h.desk.messages()
+        assert "Not delivered to the customer" in note and "24-hour window" in note
+        assert h.desk.numbers() == [None]  # the connector's note takes no customer number
+        assert await h.store.head("c-17", 5) == []
+
+
+async def test_the_bots_words_wait_behind_the_agents_last_message_for_a_channel_that_is_down() -> (
+    None
+):
+    async with relay_harness(bot=FakeBot(knows_end_intent=True)) as h:
+        handoff = await h.hand_over("c-18")
+        await h.settle()
+        h.line.refusing = True
+        await h.relay.agent_message(AgentMessage(handoff.chat_session_id, "Last words", ANNA))
+        await h.relay.agent_end(EndSession(handoff.chat_session_id))
+        await asyncio.sleep(0.2)
+        assert h.line.texts("c-18") == []
+        h.line.refusing = False
+        await wait_until(
+            lambda: h.line.texts("c-18") == ["Last words", "bot: back (ended_by_agent)"]
+        )

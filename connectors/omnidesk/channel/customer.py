@@ -10,15 +10,17 @@ with the agent's name.
 """
 
 import logging
-from typing import Any, Awaitable, Callable, Dict, Mapping, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional
 
 from rasa.core.channels.callback import CallbackInput
-from rasa.core.channels.channel import InputChannel, OutputChannel
+from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, OutputChannel
 from rasa.core.channels.socketio import SocketIOInput
 
 from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
+from connectors.omnidesk.channel.outbox import Outbox, ToCustomer
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink
+from connectors.omnidesk.channel.switchboard import Handoff, SwitchboardError
 from connectors.omnidesk.handoff import (
     ControlPayloadError,
     HandoffStarted,
@@ -119,6 +121,97 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
         await self.inner.send_elements(recipient_id, elements, **kwargs)
 
 
+def socketio_payloads(message: Mapping[str, Any]) -> List[Any]:
+    """The socket.io payloads of a bot message, as Rasa's SocketIOOutput emits them.
+
+    Text is split at blank lines; buttons or quick replies go with the last
+    part; custom JSON emits its "data" (as Rasa's send_custom_json does); an
+    image, an attachment and each element are payloads of their own.
+    """
+    payloads: List[Any] = []
+    text = message.get("text")
+    buttons = message.get("buttons") or message.get("quick_replies")
+    if text:
+        parts = str(text).strip().split("\n\n") or [str(text)]
+        payloads.extend({"text": part} for part in parts)
+        if buttons:
+            payloads[-1]["quick_replies"] = [
+                {"content_type": "text", "title": b.get("title"), "payload": b.get("payload")}
+                for b in buttons
+                if isinstance(b, Mapping)
+            ]
+    custom = message.get("custom")
+    if isinstance(custom, Mapping) and custom.get("data") is not None:
+        payloads.append(custom["data"])
+    if message.get("image"):
+        payloads.append({"attachment": {"type": "image", "payload": {"src": message["image"]}}})
+    if message.get("attachment"):
+        payloads.append({"attachment": message["attachment"]})
+    for element in message.get("elements") or []:
+        payloads.append(
+            {
+                "attachment": {
+                    "type": "template",
+                    "payload": {"template_type": "generic", "elements": element},
+                }
+            }
+        )
+    return payloads
+
+
+class OutboxOutput(OutputChannel):  # type: ignore[misc]
+    """An output channel that puts the bot's messages in a handoff's outbox.
+
+    The bot's words when it takes a conversation back (the answer to the
+    end-of-chat intent) go this way, so they reach the customer after the
+    agent's last messages, on every channel, and wait for a customer who is away.
+    """
+
+    def __init__(self, put: Callable[[Dict[str, Any]], Awaitable[None]], channel: str) -> None:
+        super().__init__()
+        self._put = put
+        self._channel = channel
+
+    def name(self) -> str:
+        return self._channel
+
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+        await self._put(dict(message))
+
+    async def send_text_message(self, recipient_id: str, text: str, **kwargs: Any) -> None:
+        await self._put({"text": text})
+
+    async def send_custom_json(
+        self, recipient_id: str, json_message: Dict[str, Any], **kwargs: Any
+    ) -> None:
+        await self._put({"custom": json_message})
+
+
+def outbox_output(outbox: Outbox, handoff: Handoff) -> OutboxOutput:
+    """An output channel into ``handoff``'s outbox, for the bot's words at the end of a chat.
+
+    When the outbox cannot store them (Redis is down) they go to the customer's
+    channel directly rather than not at all.
+    """
+
+    async def put(message: Dict[str, Any]) -> None:
+        item = ToCustomer("response", response=message, notice="end")
+        try:
+            await outbox.put(
+                handoff.conversation_id, handoff.channel, handoff.chat_session_id, item
+            )
+        except SwitchboardError as error:
+            logger.warning(
+                "Outbox unreachable (%s): the bot's answer to conversation %s goes to its "
+                "channel directly.",
+                error,
+                handoff.conversation_id,
+            )
+            await outbox.send_now(handoff.conversation_id, handoff.channel, item)
+
+    return OutboxOutput(put, handoff.channel)
+
+
 def _with_agent(payload: Dict[str, Any], agent: Optional[AgentIdentity]) -> Dict[str, Any]:
     """``payload`` with the agent's name and picture under "agent", when there are any."""
     if agent is not None and (agent.name is not None or agent.picture is not None):
@@ -167,6 +260,11 @@ class SocketIOLine:
         await self._emit(AGENT_TYPING_EVENT, {"typing": typing}, recipient_id)
         return True
 
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+        """A bot message, in the payloads Rasa's own SocketIOOutput emits for it."""
+        for payload in socketio_payloads(message):
+            await self._emit(self._channel.bot_message_evt, payload, recipient_id)
+
     async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
         await self._emit(CUSTOMER_EVENT_NAME, dict(details), recipient_id)
         return True
@@ -202,6 +300,13 @@ class CallbackLine:
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         await self._post({"recipient_id": recipient_id, "typing": typing})
         return True
+
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+        """A bot message, posted in the shape Rasa's CallbackOutput posts it."""
+        collector = CollectingOutputChannel()
+        await collector.send_response(recipient_id, message)
+        for body in collector.messages:
+            await self._post(body)
 
     async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
         await self._post({"recipient_id": recipient_id, CUSTOMER_EVENT_NAME: dict(details)})
@@ -248,6 +353,9 @@ class PlainLine:
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         return False
+
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+        await self._output().send_response(recipient_id, message)
 
     async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
         # No widget could call the customer routes; the JSON would reach the customer as text.

@@ -22,7 +22,7 @@ from sanic import Blueprint
 
 from connectors.omnidesk import handoff_events
 from connectors.omnidesk.channel import rasa_compat
-from connectors.omnidesk.channel.customer import WrappedOutput, line_for
+from connectors.omnidesk.channel.customer import WrappedOutput, line_for, outbox_output
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.health import Health
 from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text, wait_for_turns_before
@@ -233,12 +233,12 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             self.settings.max_upload_bytes,
             f"{self.settings.public_url}{self.route_prefix}/files",
         )
-        bot = RasaBot(app, on_new_message, self.output_for)
         outbox = Outbox(
             create_outbox_store(self.settings.switchboard_url, self.settings.outbox_retention),
             self._lines,
             OutboxTimings.from_settings(self.settings),
         )
+        bot = RasaBot(app, on_new_message, lambda handoff: outbox_output(outbox, handoff))
         outbox.start()
         self.outbox = outbox
         routes_url = f"{self.settings.public_url}{self.route_prefix}"

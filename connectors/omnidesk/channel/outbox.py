@@ -30,12 +30,12 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox_store import OutboxStore
-from connectors.omnidesk.channel.sides import CustomerLine, FileLink
+from connectors.omnidesk.channel.sides import CustomerLine, FileLink, Undeliverable
 from connectors.omnidesk.channel.switchboard import SwitchboardError
 from connectors.omnidesk.settings import OmnideskSettings
 
@@ -47,14 +47,17 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ToCustomer:
     """One thing for the customer: text (agent's or a notice), an agent file, typing,
-    or the handoff's details (the customer token and the routes it opens)."""
+    the handoff's details (the customer token and the routes it opens), or a bot
+    message as Rasa uttered it (``response``: the bot's words when it takes back
+    a conversation)."""
 
-    kind: str  # "text" | "file" | "typing" | "details"
+    kind: str  # "text" | "file" | "typing" | "details" | "response"
     text: str = ""
     file: Optional[FileLink] = None
     typing: bool = False
     agent: Optional[AgentIdentity] = None
     details: Optional[Mapping[str, str]] = None
+    response: Optional[Mapping[str, Any]] = None
     # A connector notice's text: "notice", or "end" for the end-of-chat message.
     notice: str = ""
 
@@ -63,13 +66,19 @@ class ToCustomer:
         """What omnidesk_agent_deliveries_total calls it: message, file, typing, notice, end."""
         if self.notice:
             return self.notice
-        # The handoff's details are the connector's own, like a notice.
-        return {"text": "message", "file": "file", "details": "notice"}.get(self.kind, "typing")
+        # The handoff's details and the bot's words are the connector's own, like a notice.
+        kinds = {"text": "message", "file": "file", "details": "notice", "response": "notice"}
+        return kinds.get(self.kind, "typing")
 
     def describe(self) -> str:
         if self.notice:
             return "end-of-chat notice" if self.notice == "end" else "notice"
-        names = {"text": "message", "file": "agent file", "details": "handoff details"}
+        names = {
+            "text": "message",
+            "file": "agent file",
+            "details": "handoff details",
+            "response": "bot message",
+        }
         return names.get(self.kind, "agent typing")
 
     def to_dict(self) -> Dict[str, Any]:
@@ -88,6 +97,8 @@ class ToCustomer:
             data["agent"] = {"name": self.agent.name, "picture": self.agent.picture}
         if self.details is not None:
             data["details"] = dict(self.details)
+        if self.response is not None:
+            data["response"] = dict(self.response)
         if self.notice:
             data["notice"] = self.notice
         return data
@@ -97,6 +108,7 @@ class ToCustomer:
         file = data.get("file")
         agent = data.get("agent")
         details = data.get("details")
+        response = data.get("response")
         return cls(
             kind=str(data["kind"]),
             text=str(data.get("text", "")),
@@ -116,6 +128,7 @@ class ToCustomer:
                 if isinstance(details, Mapping)
                 else None
             ),
+            response=dict(response) if isinstance(response, Mapping) else None,
             notice=str(data.get("notice", "")),
         )
 
@@ -126,6 +139,8 @@ async def send_to(line: CustomerLine, conversation_id: str, item: ToCustomer) ->
         await line.send_text(conversation_id, item.text, item.agent)
     elif item.kind == "file" and item.file is not None:
         await line.send_file(conversation_id, item.file, item.agent)
+    elif item.kind == "response" and item.response is not None:
+        await line.send_response(conversation_id, dict(item.response))
     elif item.kind == "details" and item.details is not None:
         if not await line.send_details(conversation_id, item.details):
             logger.debug(
@@ -282,6 +297,9 @@ async def _logged(step: Any, conversation_id: str) -> None:
 
 # -- the outbox ----------------------------------------------------------------------------
 
+# Hears an entry the customer's channel refused for good, with the channel's reason.
+OnUndeliverable = Callable[[OutboxEntry, str], Awaitable[None]]
+
 
 class Outbox:
     """Puts what the customer is sent in order, and drains it when their channel takes it."""
@@ -291,10 +309,12 @@ class Outbox:
         store: OutboxStore,
         lines: Mapping[str, CustomerLine],
         timings: Optional[OutboxTimings] = None,
+        on_undeliverable: Optional[OnUndeliverable] = None,
     ) -> None:
         self.timings = timings or OutboxTimings()
         self._store = store
         self._lines = dict(lines)
+        self.on_undeliverable = on_undeliverable
         self.presence = Presence(store, self.timings)
         self._drainers: Dict[str, asyncio.Task[None]] = {}
         self._again: Set[str] = set()
@@ -463,6 +483,8 @@ class Outbox:
             )
         except asyncio.CancelledError:
             raise
+        except Undeliverable as refused:
+            return await self._refused_for_good(entry, entry_id, token, str(refused))
         except Exception as error:
             delay = self._back_off(conversation_id)
             logger.error(
@@ -494,6 +516,35 @@ class Outbox:
         metrics.agent_delivery(entry.item.metric_kind, delivered=True)
         return True
 
+    async def _refused_for_good(
+        self, entry: OutboxEntry, entry_id: str, token: str, reason: str
+    ) -> bool:
+        """The channel refused the entry for good: taken off, counted, logged, the relay told."""
+        conversation_id = entry.conversation_id
+        logger.error(
+            "The channel of conversation %s (chat %s) refused %s for good: %s",
+            conversation_id,
+            entry.chat_session_id,
+            entry.item.describe(),
+            reason,
+        )
+        self._failures.pop(conversation_id, None)
+        if not await self._store.remove(conversation_id, entry_id, token):
+            return False
+        _given_up(entry, "refused")
+        if self.on_undeliverable is not None:
+            try:
+                await self.on_undeliverable(entry, reason)
+            except Exception as error:
+                logger.error(
+                    "Could not report the undelivered %s of conversation %s: %s: %s",
+                    entry.item.describe(),
+                    conversation_id,
+                    type(error).__name__,
+                    error,
+                )
+        return True
+
     async def _wait_for_socket(self, conversation_id: str, entry: OutboxEntry) -> None:
         """No socket of the customer here: the instance holding one sends, or their return."""
         if await self.presence.present(conversation_id):
@@ -518,32 +569,6 @@ class Outbox:
         delay: float = min(timings.backoff_max, timings.backoff_base * (2 ** (failures - 1)))
         self._not_before[conversation_id] = time.monotonic() + delay
         return delay
-
-    async def flush(self, conversation_id: str) -> None:
-        """Send what waits for the conversation now, and wait (bounded) until it is sent.
-
-        The chat's end comes after the agent's last messages: this waits for the
-        drainer here and, when the customer's socket is on another instance, for
-        that instance to empty the outbox. It returns early when what is left
-        cannot be sent now (the customer is away, the backend refuses).
-        """
-        self.kick(conversation_id)
-        deadline = time.monotonic() + self.timings.shutdown_grace
-        while time.monotonic() < deadline:
-            task = self._drainers.get(conversation_id)
-            if task is not None and not task.done():
-                await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
-                continue
-            if self.presence.here(conversation_id):
-                return
-            try:
-                if not await self._store.head(conversation_id, 1):
-                    return
-                if not await self.presence.present(conversation_id):
-                    return
-            except SwitchboardError:
-                return
-            await asyncio.sleep(0.05)
 
     async def count_waiting(self) -> int:
         """How many entries wait, in every conversation (the metrics)."""

@@ -3,7 +3,9 @@
 Relayed turns are written to the tracker in the background, under Rasa's own
 lock store, so they never race a bot turn. When a chat ends, the buffered turns
 are written first and only then is the intent ``omnidesk_chat_ended`` sent into
-Rasa's handler, so the tracker reads in the order things happened.
+Rasa's handler, so the tracker reads in the order things happened. The bot's
+answer to it goes to the handoff's outbox (``customer.OutboxOutput``), after the
+agent's last messages.
 """
 
 import json
@@ -25,7 +27,8 @@ from connectors.omnidesk.handoff import (
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Any], Awaitable[Any]]
-OutputFactory = Callable[[str], Optional[Any]]
+# The output channel the bot's words go to when it takes a handoff's conversation back.
+OutputFactory = Callable[[Handoff], Any]
 
 
 class RasaBot:
@@ -134,7 +137,7 @@ class RasaBot:
         entities = json.dumps({ENTITY_HANDOFF_OUTCOME: outcome.value})
         message = UserMessage(
             f"/{INTENT_CHAT_ENDED}{entities}",
-            output_channel=self._output_for(handoff.channel),
+            output_channel=self._output_for(handoff),
             sender_id=handoff.conversation_id,
             input_channel=handoff.channel,
             metadata={

@@ -39,7 +39,7 @@ from connectors.omnidesk.channel.notices import (
     HANDOFF_FAILED,
     Notices,
 )
-from connectors.omnidesk.channel.outbox import Outbox, ToCustomer
+from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, ToCustomer
 from connectors.omnidesk.channel.record import TurnRecord, buffer_for
 from connectors.omnidesk.channel.sides import BotSide, FileLink, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
@@ -83,6 +83,8 @@ class Relay:
         self._record = TurnRecord(bot, settings.record_interval, buffer_for(switchboard))
         self._turns = CustomerTurns(settings, switchboard, client, self._notices, self._record)
         self._ends: Set[asyncio.Future[None]] = set()
+        # What the customer's channel refused for good, the agent hears of.
+        outbox.on_undeliverable = self._tell_agent_undelivered
 
     # -- the start of a handoff ----------------------------------------------------
 
@@ -353,6 +355,38 @@ class Relay:
         self._ends.add(task)
         task.add_done_callback(self._ends.discard)
 
+    async def _tell_agent_undelivered(self, entry: OutboxEntry, reason: str) -> None:
+        """The customer's channel refused an agent's message for good: a marked line in the chat.
+
+        Sent without a messageNumber: it is the connector's note, not a customer
+        turn, and must not take a customer's number. A chat that has ended
+        cannot hear it; that is logged.
+        """
+        if entry.item.kind not in ("text", "file"):
+            return
+        what = "file" if entry.item.kind == "file" else "message"
+        note = f"[Not delivered to the customer: your last {what}. The channel said: {reason}]"
+        try:
+            await self._client.notify_user_new_chat_message(
+                chat_session_id=entry.chat_session_id, message=note, message_number=None
+            )
+        except OmnideskError as error:
+            logger.error(
+                "Could not tell the agent of chat %s (conversation %s) that a %s was not "
+                "delivered: %s",
+                entry.chat_session_id,
+                entry.conversation_id,
+                what,
+                error,
+            )
+            return
+        logger.info(
+            "Agent of chat %s told that a %s did not reach conversation %s.",
+            entry.chat_session_id,
+            what,
+            entry.conversation_id,
+        )
+
     async def agent_file_at(self, token: str, filename: str) -> Optional[StoredFile]:
         """An agent's file as linked to the customer, or None."""
         return await self._files.lookup(token, filename)
@@ -375,8 +409,9 @@ class Relay:
         """End relay mode once and hand the customer back; False when someone else ended it.
 
         The switchboard forgets the chat, Omnidesk is told when the end is ours,
-        the agent's last messages go first, the relayed turns are written to the
-        tracker, and the bot takes the conversation back. From the switchboard's
+        the relayed turns are written to the tracker, and the bot takes the
+        conversation back; its words go to the outbox after the agent's last
+        messages. From the switchboard's
         end on, every step that fails is logged and the end goes on: a customer
         left "with an agent" in the bot's slots could never escalate again.
         """
@@ -391,11 +426,6 @@ class Relay:
                 # The chat is over for the customer either way; the agent's desk
                 # may show it open until Omnidesk closes it.
                 log_refused("end of chat", ended, error)
-        try:
-            # The end comes after the deliveries already under way.
-            await self._outbox.flush(ended.conversation_id)
-        except Exception as error:
-            _log_step_failure("drain the deliveries of", ended, error)
         # A failed write is logged in flush and stays buffered for the sweeper: the
         # customer is handed back to the bot whatever the tracker store says.
         with contextlib.suppress(Exception):

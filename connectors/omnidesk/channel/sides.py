@@ -8,11 +8,20 @@ through ``BotSide`` (rasa_bot.py implements it on a running Rasa server).
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Protocol, Sequence
+from typing import Any, Dict, Mapping, Optional, Protocol, Sequence
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.switchboard import Handoff
 from connectors.omnidesk.handoff import HandoffOutcome
+
+
+class Undeliverable(Exception):
+    """The customer's channel refused a message for good: retrying cannot help.
+
+    A 24-hour window that closed, a bot the customer blocked, an unknown user.
+    The outbox stops retrying it, and the agent is told. Any other exception a
+    line raises is a temporary refusal, tried again with backoff.
+    """
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,10 @@ class CustomerLine(Protocol):
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         """Show or hide the agent's typing; False when the channel cannot show it."""
+        ...
+
+    async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
+        """A bot message as Rasa utters it (text, buttons, image, attachment, custom, ...)."""
         ...
 
     async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
