@@ -22,10 +22,11 @@ from sanic import Blueprint
 
 from connectors.omnidesk import handoff_events
 from connectors.omnidesk.channel import rasa_compat
-from connectors.omnidesk.channel.customer import WrappedOutput, line_for, outbox_output
+from connectors.omnidesk.channel.customer import WrappedOutput, outbox_output
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.health import Health
 from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text, wait_for_turns_before
+from connectors.omnidesk.channel.lines import line_for
 from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings
 from connectors.omnidesk.channel.outbox_store import create_outbox_store
 from connectors.omnidesk.channel.rasa_bot import RasaBot
