@@ -27,8 +27,10 @@ window's length: ``Traffic.minus``.
 
 import asyncio
 import contextlib
+import re
+import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 _REQUEST = b"*3\r\n$4\r\nINFO\r\n$5\r\nstats\r\n$12\r\ncommandstats\r\n"
 TIMEOUT = 10.0
@@ -232,3 +234,133 @@ def top_commands(per_unit: Dict[str, Any], count: int = 6) -> str:
     """``EVALSHA 3.00, HSET 2.00, ...``: the most frequent commands per unit, for printing."""
     items: List[Tuple[str, float]] = list(per_unit.get("by_command", {}).items())[:count]
     return ", ".join(f"{name.upper()} {calls:.2f}" for name, calls in items)
+
+
+@dataclass
+class Traced:
+    """One command as MONITOR showed it: who sent it (a connection, or ``lua``), what, on which keys."""
+
+    client: str
+    command: str
+    keys: List[str]
+
+
+class Monitor:
+    """The commands redis-server runs while a coroutine runs, from MONITOR, in order.
+
+    MONITOR shows each command a client sent and, marked ``lua``, each one a
+    script called; a MULTI/EXEC shows as its commands between MULTI and EXEC.
+    It cannot show how a pipeline without MULTI was batched (``RedisCounter``
+    counts round trips exactly); it serves to show what one turn sends. Only
+    keys are kept, never values (message texts).
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+
+    async def trace(self, run: Callable[[], Awaitable[Any]], tail: float = 0.0) -> List[Traced]:
+        token = f"benchmark-trace-{id(run):x}"
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), TIMEOUT
+        )
+        marker_reader, marker = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), TIMEOUT
+        )
+        try:
+            writer.write(b"*1\r\n$7\r\nMONITOR\r\n")
+            await writer.drain()
+            if (await asyncio.wait_for(reader.readline(), TIMEOUT)).strip() != b"+OK":
+                raise RuntimeError("redis-server refused MONITOR")
+            for step in ("begin", "end"):
+                if step == "end":
+                    await run()
+                    await asyncio.sleep(tail)
+                text = f"{token}-{step}".encode()
+                marker.write(b"*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n" % (len(text), text))
+                await marker.drain()
+                await asyncio.wait_for(marker_reader.readline(), TIMEOUT)
+                await asyncio.wait_for(marker_reader.readline(), TIMEOUT)
+            return await self._between(reader, token)
+        finally:
+            for closing in (writer, marker):
+                closing.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await closing.wait_closed()
+
+    @staticmethod
+    async def _between(reader: asyncio.StreamReader, token: str) -> List[Traced]:
+        traced: List[Traced] = []
+        inside = False
+        clients: Dict[str, str] = {}
+        while True:
+            line = (await asyncio.wait_for(reader.readline(), TIMEOUT)).decode("utf-8", "replace")
+            found = _MONITOR_LINE.match(line.rstrip("\r\n"))
+            if found is None:
+                continue
+            source, args = found.group(1), shlex.split(found.group(2))
+            if args[:2] == ["ECHO", f"{token}-begin"]:
+                inside = True
+                continue
+            if args[:2] == ["ECHO", f"{token}-end"]:
+                return traced
+            if not inside or not args:
+                continue
+            client = (
+                "lua" if source == "lua" else clients.setdefault(source, f"#{len(clients) + 1}")
+            )
+            traced.append(Traced(client, args[0].upper(), _keys(args)))
+
+
+_MONITOR_LINE = re.compile(r"^\+\d+\.\d+ \[\d+ ([^\]]+)\] (.*)$")
+
+
+def _keys(args: List[str]) -> List[str]:
+    command = args[0].upper()
+    if command in {"EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO"} and len(args) > 2:
+        try:
+            count = int(args[2])
+        except ValueError:
+            return []
+        return args[3 : 3 + count]
+    if command in {"MULTI", "EXEC", "PING", "TIME"}:
+        return []
+    return args[1:2]
+
+
+def trace_requests(traced: List[Traced], names: Dict[str, str]) -> List[str]:
+    """A trace for printing: one line per request a client sent, a MULTI/EXEC as one, and in
+    brackets what a script called or what the transaction held.
+
+    ``names`` replaces ids in keys (``{"<conversation>": "abc..."}``).
+    """
+
+    def shown(keys: List[str]) -> str:
+        text = " ".join(keys)
+        for name, value in names.items():
+            if value:
+                text = text.replace(value, name)
+        return text
+
+    requests: List[Dict[str, Any]] = []
+    open_multi: Optional[Dict[str, Any]] = None
+    for entry in traced:
+        if entry.client == "lua" and requests:
+            requests[-1]["inner"].append(entry.command)
+            continue
+        if open_multi is not None and entry.client == open_multi["client"]:
+            if entry.command == "EXEC":
+                open_multi = None
+            else:
+                open_multi["inner"].append(f"{entry.command} {shown(entry.keys)}".strip())
+            continue
+        request = {"client": entry.client, "line": f"{entry.command} {shown(entry.keys)}".strip()}
+        request["inner"] = []
+        requests.append(request)
+        if entry.command == "MULTI":
+            request["line"] = "MULTI/EXEC"
+            open_multi = request
+    return [
+        f"{r['client']} {r['line']}" + (f" [{', '.join(r['inner'])}]" if r["inner"] else "")
+        for r in requests
+    ]

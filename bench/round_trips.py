@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from bench.load import measure_sessions
 from bench.product import WARM_UP_AT_ONCE, Conversation, Product
-from bench.redis_traffic import RedisCounter, Traffic, top_commands
+from bench.redis_traffic import Monitor, RedisCounter, Traffic, top_commands, trace_requests
 
 # The product stacks write relayed turns to trackers every OMNIDESK_RECORD_INTERVAL seconds
 # (run.py sets 5); the sweeper ticks every quarter of it.
@@ -153,12 +153,28 @@ async def count(
             results["agent_message"] = await _phase(counter, background, agent_messages, DRAIN_TAIL)
             results["relayed_turn_c1"] = await _phase(counter, background, relayed_turns, 0.05)
             results["relayed_turn_n"] = await _phase(counter, background, relayed_at_n, 0.05)
+            # Last: what their tracker writes leave behind falls in no counted window.
+            results["traces"] = await _traces(redis_port, product, few[0])
         finally:
             await _release_sweeper(board)
     finally:
         await board.close()
         await counter.close()
     return results
+
+
+async def _traces(redis_port: int, product: Product, one: Conversation) -> Dict[str, List[str]]:
+    """One relayed turn and one agent message as redis-server ran them, request by request."""
+    monitor = Monitor("127.0.0.1", redis_port)
+    names = {"<conversation>": one.sender, "<chat>": one.chat_session_id}
+    turn = await monitor.trace(lambda: product.relay(one, "traced turn"))
+    message = await monitor.trace(
+        lambda: product.agent_reply(one, "traced agent message"), tail=DRAIN_TAIL
+    )
+    return {
+        "relayed_turn": trace_requests(turn, names),
+        "agent_message": trace_requests(message, names),
+    }
 
 
 def lines(results: Dict[str, Any], n: int) -> List[str]:
@@ -187,6 +203,15 @@ def lines(results: Dict[str, Any], n: int) -> List[str]:
         f"{running['round_trips']:.1f} round trips/s with the sweeper, "
         f"{held['round_trips']:.1f}/s without its look over the handoffs"
     )
+    for key, label in (
+        ("relayed_turn", "one relayed turn"),
+        ("agent_message", "one agent message"),
+    ):
+        out.append(
+            f"  {label} as redis-server ran it (MONITOR; #n a connection, in brackets "
+            "what a script called or a MULTI held):"
+        )
+        out.extend(f"    {request}" for request in results["traces"][key])
     return out
 
 

@@ -164,8 +164,12 @@ def test_redis_round_trips_and_commands_are_counted(quick_run: Dict[str, Any]) -
         assert phase["measured"]["in_turns"]["seconds"] > 0
     for which in ("sweeper_running", "sweeper_held"):
         assert counted["background_per_second"][which]["seconds"] == 1.0
+    # One of each, request by request: a relayed turn and an agent message both reach Redis.
+    for key in ("relayed_turn", "agent_message"):
+        assert counted["traces"][key], key
     stdout = quick_run["_stdout"]
     assert "Redis round trips and commands" in stdout
+    assert "one relayed turn as redis-server ran it" in stdout
     for row in (
         "per relayed turn, 1 client",
         f"per relayed turn, {plan['handoffs']} handoffs",

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-from bench.redis_traffic import RedisCounter, Traffic
+from bench.redis_traffic import Monitor, RedisCounter, Traffic, trace_requests
 from tests.cluster.cluster import RedisServer
 from tests.conftest import require_program
 
@@ -122,3 +122,26 @@ def test_background_is_taken_off_in_proportion_to_the_window() -> None:
     assert per["round_trips"] == 3.0 and per["commands"] == 3.0
     assert per["by_command"] == {"evalsha": 3.0}
     assert window.rate().reads == 12.0
+
+
+async def test_a_trace_shows_each_request_and_what_it_held(
+    server: RedisServer, client: Any
+) -> None:
+    script = client.register_script(SCRIPT)
+    await script(keys=["k"])
+
+    async def one_turn() -> None:
+        await script(keys=["handoff:conversation-7"])
+        transaction = client.pipeline(transaction=True)
+        transaction.xadd("outbox:conversation-7", {"e": "a secret text"}).sadd("waiting", "c")
+        await transaction.execute()
+        await client.get("chat:chat-9")
+
+    traced = await Monitor("127.0.0.1", server.port).trace(one_turn)
+    requests = trace_requests(traced, {"<conversation>": "conversation-7", "<chat>": "chat-9"})
+    assert requests == [
+        "#1 EVALSHA handoff:<conversation> [SET, INCR, GET]",
+        "#1 MULTI/EXEC [XADD outbox:<conversation>, SADD waiting]",
+        "#1 GET chat:<chat>",
+    ]
+    assert "secret" not in repr(traced)
