@@ -52,6 +52,9 @@ STAGES: List[Tuple[str, Tuple[str, ...]]] = [
     ("JSON", ("/json/", "/ujson", "/orjson")),
     ("event loop and sockets", ("/asyncio/", "/uvloop/", "/selectors.py", "/socket.py")),
 ]
+# Helpers of every stage count to their callers: Rasa's utilities (events are resolved
+# by walking Event's subclasses in rasa/shared/utils/common.py, for the tracker).
+HELPERS = ("/rasa/shared/utils/", "/rasa/utils/")
 OTHER = "other"
 STAGE_NAMES = [name for name, _ in STAGES] + [OTHER]
 SANIC = "Sanic and HTTP parsing"
@@ -124,6 +127,8 @@ def stage_of_path(path: str) -> Optional[str]:
     if path.startswith("<attrs generated") and " aiohttp." in path:
         return AIOHTTP
     normal = path.replace("\\", "/")
+    if any(fragment in normal for fragment in HELPERS):
+        return None
     for name, fragments in STAGES:
         if any(fragment in normal for fragment in fragments):
             return name
@@ -148,7 +153,14 @@ def _label(func: Func) -> str:
 
 
 class _Stages:
-    """Each function's share of each stage, through its callers where it has none itself."""
+    """Each function's share of each stage, through its callers where it has none itself.
+
+    A stage-less function called by itself (recursion, or two helpers calling each
+    other) counts to the callers that entered the cycle; a share found while a
+    cycle was cut short is not kept, so it is worked out again from each entry.
+    """
+
+    MAX_DEPTH = 60
 
     def __init__(self, stats: Dict[Func, Any]) -> None:
         self.stats = stats
@@ -156,38 +168,46 @@ class _Stages:
         self._open: Set[Func] = set()
 
     def of(self, func: Func) -> Dict[str, float]:
+        shares, _ = self._resolve(func)
+        return shares or {OTHER: 1.0}
+
+    def _resolve(self, func: Func) -> Tuple[Dict[str, float], bool]:
+        """(shares, complete): complete when no cycle or depth limit cut the walk short."""
         found = self._memo.get(func)
         if found is not None:
-            return found
+            return found, True
         own = None if func[0] == "~" else stage_of_path(func[0])
         if own is not None:
-            shares = {own: 1.0}
-        elif func in self._open:
-            return {OTHER: 1.0}  # a cycle of stage-less functions
-        else:
-            self._open.add(func)
-            try:
-                shares = self._from_callers(func)
-            finally:
-                self._open.discard(func)
-        self._memo[func] = shares
-        return shares
-
-    def _from_callers(self, func: Func) -> Dict[str, float]:
+            self._memo[func] = {own: 1.0}
+            return self._memo[func], True
+        if func in self._open or len(self._open) >= self.MAX_DEPTH:
+            return {}, False
         callers: Dict[Func, Any] = self.stats[func][4] if func in self.stats else {}
+        if not callers:
+            self._memo[func] = {OTHER: 1.0}
+            return self._memo[func], True
         weights = {caller: float(values[2]) for caller, values in callers.items()}
-        total = sum(weights.values())
-        if total <= 0:
-            # No time through any caller: count by calls, or else it is "other".
+        if sum(weights.values()) <= 0:
+            # No time through any caller: count by calls.
             weights = {caller: float(values[1]) for caller, values in callers.items()}
-            total = sum(weights.values())
-        if total <= 0:
-            return {OTHER: 1.0}
-        shares: Dict[str, float] = {}
-        for caller, weight in weights.items():
-            for stage, share in self.of(caller).items():
-                shares[stage] = shares.get(stage, 0.0) + share * weight / total
-        return shares
+        self._open.add(func)
+        try:
+            total, complete = 0.0, True
+            summed: Dict[str, float] = {}
+            for caller, weight in weights.items():
+                shares, whole = self._resolve(caller)
+                complete = complete and whole
+                if not shares or weight <= 0:
+                    continue
+                total += weight
+                for stage, share in shares.items():
+                    summed[stage] = summed.get(stage, 0.0) + share * weight
+        finally:
+            self._open.discard(func)
+        result = {stage: value / total for stage, value in summed.items()} if total > 0 else {}
+        if complete:
+            self._memo[func] = result
+        return result, complete
 
 
 def summarise(
@@ -268,3 +288,21 @@ def lines(name: str, summary: Dict[str, Any], top: int = 8) -> List[str]:
                 f"      {entry[field]:7.3f}  {entry['calls_per_turn']:7.2f}  {entry['function']}"
             )
     return out
+
+
+def main() -> None:
+    """Summarise a profile the benchmark kept: ``python -m bench.cpu_profile FILE --turns N``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("profile", type=Path, help="a .prof file from the run's profiles/")
+    parser.add_argument("--turns", type=int, required=True, help="turns the profile spans")
+    parser.add_argument("--cpu-ms", type=float, default=None, help="unprofiled CPU ms per turn")
+    parser.add_argument("--top", type=int, default=20, help="functions listed in each top list")
+    args = parser.parse_args()
+    summary = summarise(args.profile, args.turns, args.cpu_ms, top=args.top)
+    print("\n".join(lines(str(args.profile), summary, top=args.top)))
+
+
+if __name__ == "__main__":
+    main()

@@ -164,17 +164,35 @@ async def count(
 
 
 async def _traces(redis_port: int, product: Product, one: Conversation) -> Dict[str, List[str]]:
-    """One relayed turn and one agent message as redis-server ran them, request by request."""
+    """One relayed turn and one agent message as redis-server ran them, request by request.
+
+    A request that also comes with no traffic at all (the outbox poll, the sweeper's tick,
+    seen over a tick and a half of quiet first) is marked "(background)".
+    """
     monitor = Monitor("127.0.0.1", redis_port)
     names = {"<conversation>": one.sender, "<chat>": one.chat_session_id}
+    quiet = await monitor.trace(lambda: asyncio.sleep(SWEEP_TICK * 1.5))
+    background = {_what(request) for request in trace_requests(quiet, names)}
     turn = await monitor.trace(lambda: product.relay(one, "traced turn"))
     message = await monitor.trace(
         lambda: product.agent_reply(one, "traced agent message"), tail=DRAIN_TAIL
     )
-    return {
-        "relayed_turn": trace_requests(turn, names),
-        "agent_message": trace_requests(message, names),
-    }
+
+    def marked(traced: List[Any]) -> List[str]:
+        return [
+            request + (BACKGROUND if _what(request) in background else "")
+            for request in trace_requests(traced, names)
+        ]
+
+    return {"relayed_turn": marked(turn), "agent_message": marked(message)}
+
+
+BACKGROUND = "  (background)"
+
+
+def _what(request: str) -> str:
+    """A traced request without the connection it came on."""
+    return request.split(" ", 1)[1] if " " in request else request
 
 
 def lines(results: Dict[str, Any], n: int) -> List[str]:

@@ -7,6 +7,7 @@ summary on a profile of real calls (the standard library's json).
 
 import asyncio
 import cProfile
+import importlib.util
 import json
 import subprocess
 import sys
@@ -95,3 +96,32 @@ def test_files_name_their_stage() -> None:
     assert cpu_profile.stage_of_path(f"{site}/aiohttp/client.py") == "aiohttp client"
     assert cpu_profile.stage_of_path("/usr/lib/python3.10/logging/__init__.py") == "logging"
     assert cpu_profile.stage_of_path("/usr/lib/python3.10/uuid.py") is None
+    assert cpu_profile.stage_of_path(f"{site}/rasa/shared/utils/common.py") is None
+
+
+def test_recursive_helpers_count_to_the_stage_that_called_them(tmp_path: Path) -> None:
+    # A module whose file says "the connector", calling the standard library's
+    # deepcopy, which recurses through helpers of no stage.
+    module_dir = tmp_path / "connectors" / "omnidesk"
+    module_dir.mkdir(parents=True)
+    (module_dir / "copying.py").write_text(
+        "import copy\n\n"
+        "def copy_many():\n"
+        "    nested = {'a': [{'b': [1, 2, {'c': [3] * 20}]}] * 20}\n"
+        "    for _ in range(200):\n"
+        "        copy.deepcopy(nested)\n"
+    )
+    spec = importlib.util.spec_from_file_location("copying", module_dir / "copying.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    profile = cProfile.Profile(time.thread_time)
+    profile.enable()
+    module.copy_many()
+    profile.disable()
+    path = tmp_path / "copy.prof"
+    profile.dump_stats(str(path))
+
+    shares = {s["stage"]: s["share"] for s in cpu_profile.summarise(path, turns=200)["stages"]}
+    assert shares["the connector"] > 0.95, shares
