@@ -21,7 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, TypeVar
 
 from connectors.omnidesk.redis_connection import RedisAddress, RedisConnection
 from tests.e2e.stack import (
@@ -75,9 +75,12 @@ class RedisNode:
     def alive(self) -> bool:
         return self.process is not None and self.process.alive
 
-    def start(self, deadline: float) -> None:
+    def start(self, deadline: float, extra: Sequence[str] = ()) -> None:
+        """Start it (again) with its command and ``extra`` arguments; wait for its PING."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = launch(self.name, self.command, self.log, base_env(), cwd=self.directory)
+        self.process = launch(
+            self.name, [*self.command, *extra], self.log, base_env(), cwd=self.directory
+        )
         while True:
             if not self.process.alive:
                 raise self.failure(f"exited (status {self.process.popen.returncode}) on start")
@@ -154,6 +157,9 @@ def _wait(what: str, ready: Any, deadline: float, nodes: Sequence[RedisNode]) ->
         time.sleep(0.1)
 
 
+_D = TypeVar("_D", bound="Deployment")
+
+
 class Deployment:
     """What every deployment shares: its nodes, stopping them, its start time."""
 
@@ -164,7 +170,7 @@ class Deployment:
         for node in reversed(self.nodes):
             node.stop()
 
-    def __enter__(self) -> "Deployment":
+    def __enter__(self: _D) -> _D:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -228,6 +234,9 @@ class RedisClusterServers(Deployment):
                     "nodes.conf",
                     "--cluster-node-timeout",
                     str(CLUSTER_NODE_TIMEOUT_MS),
+                    # The bus port is the port + 10000 unless said, maybe taken or ephemeral.
+                    "--cluster-port",
+                    str(free_port()),
                     *_REPLICATION_ARGS,
                 ],
             )
@@ -499,12 +508,14 @@ class SentinelGroup(Deployment):
         return found[0]
 
     def restart_old_master(self, timeout: float = 30.0) -> RedisNode:
-        """Start the killed master again (empty: nothing was saved); the sentinels turn it
-        into a replica of the new master. Returns once it is in sync."""
+        """Start the killed master again, as a replica of the new master, as an operator
+        would: it is empty (nothing was saved), and as a master it would wait up to 10 s
+        for the sentinels to turn it into one. Returns once it is in sync."""
         assert self.killed is not None, "kill_master() first"
         node = self.killed
         deadline = time.monotonic() + timeout
-        node.start(deadline)
+        master = self.current_master()
+        node.start(deadline, extra=["--replicaof", master.host, str(master.port)])
         _wait(
             "the old master's return as a replica",
             lambda: node.info("replication").get("master_link_status") == "up",

@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import (
     Any,
@@ -232,9 +233,8 @@ class RedisConnection:
         where = ",".join(str(address) for address in self.addresses)
         if self.mode is RedisMode.STANDARD:
             scheme = "rediss" if self.use_ssl else "redis"
-            user = f"{self.username}:{_MASK}@" if self.username else ""
-            if not user and self.password:
-                user = f":{_MASK}@"
+            secret = f":{_MASK}" if self.password else ""
+            user = f"{self.username or ''}{secret}@" if self.username or secret else ""
             return f"{scheme}://{user}{where}/{self.db}"
         details = [f"db {self.db}"] if self.mode is RedisMode.SENTINEL else []
         if self.use_ssl:
@@ -573,7 +573,7 @@ def _its(key: str, given: Any) -> str:
 
 def _show(raw: Any) -> str:
     text = repr(raw)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _text(raw: Any) -> str:
@@ -695,7 +695,7 @@ def _endpoints(raw: Any, default_port: Optional[int] = None) -> Tuple[RedisAddre
         if not isinstance(item, str):
             raise _Invalid(rule)
         if default_port is None and ":" not in item:
-            raise _Invalid(f"{rule} (each with its port)")
+            raise _Invalid(f"{rule}, each with its port, and {item.strip()!r} is not")
         try:
             address = _address(item, default_port or DEFAULT_PORT)
         except _Invalid as invalid:
@@ -1103,19 +1103,33 @@ def describe_failure(error: BaseException, timeout: float) -> str:
         return "no sentinel names a master for the service: check sentinel_service and endpoints"
     if "CLUSTERDOWN" in text or name == "ClusterDownError":
         return "the cluster is down (CLUSTERDOWN): not every hash slot is served"
-    cause: Optional[BaseException] = error
-    while cause is not None:
-        if type(cause).__name__.startswith("SSL") or "CERTIFICATE_VERIFY_FAILED" in str(cause):
-            reason = getattr(cause, "reason", None) or type(cause).__name__
-            return f"TLS failed ({reason}): check use_ssl, ssl_ca_certs and the certificates"
-        cause = cause.__cause__ or cause.__context__
+    tls_reason = _tls_reason(error)
+    if tls_reason is not None:
+        return f"TLS failed ({tls_reason}): check use_ssl, ssl_ca_certs and the certificates"
     if "Timeout" in name or isinstance(error, asyncio.TimeoutError):
         return f"no answer within {timeout:g} s"
-    if "SSL" in text:
-        return "TLS failed: check use_ssl, ssl_ca_certs and the certificates"
     if isinstance(error, (ConnectionError, OSError)) or "Connection" in name:
         return "connection failed"
     return f"error ({name})"
+
+
+# OpenSSL's reason as Python words it: "[SSL: CERTIFICATE_VERIFY_FAILED] certificate ..."
+_SSL_REASON = re.compile(r"\[SSL(?:: ([A-Z0-9_]+))?\]")
+
+
+def _tls_reason(error: BaseException) -> Optional[str]:
+    """OpenSSL's reason for a failed handshake, wherever in the chain redis-py put it."""
+    import ssl
+
+    cause: Optional[BaseException] = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return str(cause.reason or type(cause).__name__)
+        found = _SSL_REASON.search(str(cause))
+        if found:
+            return found.group(1) or "SSL error"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class RedisPing:
