@@ -60,7 +60,7 @@ _MASK = "***"
 
 # The keys of Rasa Pro 3.21's redis lock store and tracker store blocks
 # (rasa/core/lock_store.py RedisLockStoreConfig, RedisTrackerStore.__init__,
-# rasa/core/redis_connection_factory.py RedisConfig).
+# rasa/core/redis_connection_factory.py RedisConfig); Rasa 3.6's are a subset.
 RASA_KEYS: Tuple[str, ...] = (
     "deployment_mode",
     "url",
@@ -351,7 +351,8 @@ class _Parser:
             if host is not None and "host" in self.from_url:
                 self.problem("host", "cannot be set beside a url that names the server", "")
         elif url is not None:
-            # Rasa's tracker store, and its lock store before 3.9, call the host `url`.
+            # Rasa's tracker store and Rasa 3.6's lock store (Pro's, deprecated) call the
+            # host `url`.
             if host is not None:
                 self.problem("url", "and host both name the server; keep host", "")
             else:
@@ -381,6 +382,8 @@ class _Parser:
 
         self.check_tls(use_ssl, ssl_files, check_hostname, sentinel_use_ssl)
         given = {key for key, value in self.raw.items() if value not in (None, "")}
+        if url is not None and "://" not in url:
+            given.add("host")  # the url key named the host
         if mode is RedisMode.STANDARD:
             for key in ("endpoints", "sentinel_service"):
                 if key in given or key in self.from_url:
@@ -403,14 +406,14 @@ class _Parser:
                     "must list the sentinels (host:port) in deployment_mode sentinel",
                     "[sentinel-0:26379, sentinel-1:26379, sentinel-2:26379]",
                 )
-            for key in ("host", "port"):
-                if key in given or key in self.from_url:
-                    self.problem(
-                        key if key in given else "url",
-                        f"{_its(key, given)}is not read in deployment_mode sentinel, the "
-                        "sentinels name the master: list the sentinels under endpoints",
-                        "",
-                    )
+            for key in self.server_keys(given):
+                filed, its = _filed_under(key, self.raw)
+                self.problem(
+                    filed,
+                    f"{its}is not read in deployment_mode sentinel, the sentinels name "
+                    "the master: list the sentinels under endpoints",
+                    "",
+                )
         if mode is RedisMode.CLUSTER:
             if db not in (None, 0):
                 self.problem(
@@ -423,14 +426,14 @@ class _Parser:
                 # Rasa Pro starts from host:port when a cluster block lists no endpoints.
                 endpoints = (RedisAddress(host or "localhost", port or DEFAULT_PORT),)
             else:
-                for key in ("host", "port"):
-                    if key in given or key in self.from_url:
-                        self.problem(
-                            key if key in given else "url",
-                            f"{_its(key, given)}is not read in deployment_mode cluster when "
-                            "endpoints are listed: put every startup node under endpoints",
-                            "",
-                        )
+                for key in self.server_keys(given):
+                    filed, its = _filed_under(key, self.raw)
+                    self.problem(
+                        filed,
+                        f"{its}is not read in deployment_mode cluster when endpoints "
+                        "are listed: put every startup node under endpoints",
+                        "",
+                    )
 
         if self.problems:
             order = {key: index for index, key in enumerate(KNOWN_KEYS)}
@@ -456,6 +459,13 @@ class _Parser:
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
         )
+
+    def server_keys(self, given: Any) -> List[str]:
+        """host and port where the block or its url gives them (a url counted once)."""
+        keys = [key for key in ("host", "port") if key in given or key in self.from_url]
+        if keys == ["host", "port"] and all(key not in given for key in keys):
+            return ["host"]
+        return keys
 
     def check_tls(
         self,
@@ -566,9 +576,12 @@ class _Parser:
                 self.problem("url", f"has a {name} that {invalid.rule}", "")
 
 
-def _its(key: str, given: Any) -> str:
-    """How a message names a host or port that came from the url, not from its own key."""
-    return "" if key in given else f"(its {key}) "
+def _filed_under(key: str, raw: Mapping[str, Any]) -> Tuple[str, str]:
+    """The key a problem of the host or port goes under, and how its message starts:
+    the key itself, or ``url`` ("its host ...") when the url gave it."""
+    if raw.get(key) not in (None, ""):
+        return key, ""
+    return "url", f"(its {key}) "
 
 
 def _show(raw: Any) -> str:
@@ -721,6 +734,23 @@ def _mask_url(url: str) -> str:
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
     )
     return parts._replace(netloc=netloc, query=query).geturl()
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def hash_tag(value: str) -> str:
+    """``{value}``: keys that carry the same tag live in one Redis Cluster hash slot.
+
+    Redis hashes only what stands between a key's first ``{`` and the next ``}``,
+    so a value holding a brace would cut its tag short, or leave it empty (and
+    each key hashed whole, in its own slot). Such a value is tagged by its SHA-256.
+    """
+    if "{" in value or "}" in value or not value:
+        import hashlib
+
+        value = "sha256-" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:32]
+    return f"{{{value}}}"
 
 
 # --- clients -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from connectors.omnidesk.redis_connection import (
     close_client,
     create_client,
     create_pubsub_client,
+    hash_tag,
 )
 from tests.redis_modes.test_standard import TWO_KEYS, next_message
 from tests.redis_servers import RedisClusterServers, RedisNode
@@ -84,14 +85,17 @@ async def test_a_script_whose_keys_hash_to_different_slots_is_refused(
     # The server refuses it, whichever master is asked...
     with pytest.raises(Exception) as by_server:
         master.call("EVAL", TWO_KEYS, 2, *apart, "x")
-    assert "CROSSSLOT" in str(by_server.value)
+    # CROSSSLOT; newer redis-py raises it as ClusterCrossSlotError, without the word.
+    assert "don't hash to the same slot" in str(by_server.value)
 
-    # ... and the cluster client does not even send it.
+    # ... and through the cluster client: redis-py 4.6 refuses it before sending it,
+    # newer redis-py passes the server's refusal on.
     client = create_client(redis_cluster.connection())
     try:
         with pytest.raises(Exception) as by_client:
             await client.register_script(TWO_KEYS)(keys=apart, args=["x"])
-        assert "same key slot" in str(by_client.value) or "CROSSSLOT" in str(by_client.value)
+        refusal = str(by_client.value)
+        assert "same key slot" in refusal or "don't hash to the same slot" in refusal
     finally:
         await close_client(client)
 
@@ -181,3 +185,20 @@ async def test_the_health_ping_reaches_every_master(redis_cluster: RedisClusterS
         await ping()
     finally:
         await ping.close()
+
+
+@pytest.mark.parametrize("conversation_id", ["customer-42", "}odd{id", "{", ""])
+async def test_keys_tagged_with_any_conversation_id_share_one_slot(
+    redis_cluster: RedisClusterServers, conversation_id: str
+) -> None:
+    tag = hash_tag(conversation_id)
+    keys = [f"omnidesk:{tag}:handoff", f"omnidesk:outbox:{tag}", f"omnidesk:{tag}:lease"]
+    master = redis_cluster.masters()[0]
+
+    assert len({key_slot(master, key) for key in keys}) == 1
+    client = create_client(redis_cluster.connection())
+    try:
+        assert await client.register_script(TWO_KEYS)(keys=keys[:2], args=["x"]) == 1
+    finally:
+        await client.delete(*keys[:2])
+        await close_client(client)
