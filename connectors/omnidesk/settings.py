@@ -19,8 +19,10 @@ error message. docs/configuration.md lists every setting.
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import hmac
+import json
 import math
 import os
 import pathlib
@@ -41,6 +43,7 @@ from typing import (
 from urllib.parse import urlsplit, urlunsplit
 
 from connectors.omnidesk import rules
+from connectors.omnidesk.redis_connection import RedisConnection, RedisSettingsError
 
 ENV_PREFIX = "OMNIDESK_"
 
@@ -352,7 +355,62 @@ def _switchboard_url(raw: Any) -> str:
         raise _Invalid(rule) from None
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise _Invalid(rule)
+    _redis_connection(value, "switchboard_url")
     return value
+
+
+def _redis_connection(raw: Any, key: str) -> RedisConnection:
+    """A ``RedisConnection`` from a URL or a block; its problems as one rule naming each key."""
+    try:
+        return RedisConnection.from_config(raw, setting=key)
+    except RedisSettingsError as error:
+        problems = "; ".join(f"{key}.{problem}" for problem in error.problems)
+        raise _Invalid(f"cannot work: {problems}") from None
+
+
+def _redis(raw: Any) -> RedisConnection:
+    """Rasa Pro's lock store block: a mapping in credentials.yml, a JSON object or a URL in
+    the environment."""
+    rule = (
+        "must be a mapping of Rasa Pro's redis lock store keys (deployment_mode, host, "
+        "port, endpoints, ...), in the environment a JSON object of them, or a Redis URL"
+    )
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("{"):
+            try:
+                raw = json.loads(text)
+            except ValueError as error:
+                raise _Invalid(f"{rule}; the JSON object does not parse ({error})") from None
+            if not isinstance(raw, dict):
+                raise _Invalid(rule)
+        elif "://" not in text:
+            raise _Invalid(rule)
+        else:
+            raw = text
+    elif not isinstance(raw, Mapping):
+        raise _Invalid(f"{rule} (not {type(raw).__name__})")
+    return _redis_connection(raw, "redis")
+
+
+def _show_redis(raw: Any) -> str:
+    """A Redis block or URL as given, its passwords masked."""
+    if isinstance(raw, str) and raw.strip().startswith("{"):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return "a JSON object that does not parse"
+    if isinstance(raw, Mapping):
+        masked = {
+            str(key): _MASK
+            if str(key).endswith("password")
+            else _mask_url_password(value)
+            if isinstance(value, str)
+            else value
+            for key, value in raw.items()
+        }
+        return _show(masked)
+    return _show_url(raw)
 
 
 def _redis_url(raw: Any) -> str:
@@ -554,6 +612,22 @@ class OmnideskSettings:
         example="{default} or redis://localhost:6379/0",
         show=_show_url,
     )
+    # The switchboard's Redis as Rasa Pro's lock store block (standard, sentinel,
+    # cluster; TLS, ACL user), for what a URL cannot say.
+    redis: Optional[RedisConnection] = setting(
+        None,
+        parse=_redis,
+        example='{deployment_mode: sentinel, endpoints: ["sentinel-0:26379"], '
+        "sentinel_service: mymaster}; in the environment as a JSON object or a URL",
+        show=_show_redis,
+    )
+    # How many replicas must hold an agent's message before its hookpoint answers ok.
+    redis_wait_replicas: int = setting(
+        0,
+        parse=_integer(0, 16, "must be a whole number of replicas from 0 to 16"),
+        example="{default} (or 1: a failover loses no message answered ok)",
+    )
+    redis_wait_timeout: float = setting(0.5, parse=_positive)
     agent_name_prefix: bool = setting(True, parse=_boolean)
     # Several instances: how long agent files are kept, and how many chats the
     # sweeper ends at once.
@@ -656,16 +730,7 @@ class OmnideskSettings:
                     )
                 )
 
-        if values.get("socketio_redis_url") and values.get(
-            "switchboard_url", by_key["switchboard_url"].default
-        ).startswith("memory://"):
-            problems.append(
-                by_key["socketio_redis_url"].problem(
-                    "needs a Redis switchboard (switchboard_url: redis://...): with memory:// "
-                    "the outbox and presence live in one process, so sharing sockets "
-                    "between instances would lose messages; leave it unset"
-                )
-            )
+        problems.extend(_redis_problems(values, by_key))
 
         if problems:
             order = {entry.key: index for index, entry in enumerate(table)}
@@ -726,14 +791,27 @@ class OmnideskSettings:
     def switchboard_url_for_logs(self) -> str:
         return _mask_url_password(self.switchboard_url)
 
-    @property
-    def socketio_url(self) -> Optional[str]:
-        """The Redis URL socket.io shares sockets through; None with memory:// (one process)."""
-        if self.socketio_redis_url:
-            return self.socketio_redis_url
+    @functools.cached_property
+    def redis_connection(self) -> Optional[RedisConnection]:
+        """The switchboard's Redis, from ``redis`` or ``switchboard_url``; None with memory://."""
+        if self.redis is not None:
+            return self.redis
         if self.switchboard_url.startswith("memory://"):
             return None
-        return self.switchboard_url
+        return RedisConnection.from_url(self.switchboard_url, setting="switchboard_url")
+
+    @property
+    def switchboard_for_logs(self) -> str:
+        """Where the switchboard is, without secrets: memory:// or the Redis connection."""
+        connection = self.redis_connection
+        return "memory://" if connection is None else connection.for_logs()
+
+    @functools.cached_property
+    def socketio_connection(self) -> Optional[RedisConnection]:
+        """The Redis socket.io shares sockets through; None with memory:// (one process)."""
+        if self.socketio_redis_url:
+            return RedisConnection.from_url(self.socketio_redis_url, setting="socketio_redis_url")
+        return self.redis_connection
 
     def __repr__(self) -> str:
         shown = []
@@ -792,6 +870,44 @@ def _settings_of(cls: type) -> Tuple[_Setting, ...]:
 
 # Checked at import: a field without a rule fails here, not at the first start-up.
 SETTING_KEYS: FrozenSet[str] = frozenset(entry.key for entry in _settings_of(OmnideskSettings))
+
+
+def _redis_problems(
+    values: Mapping[str, Any], by_key: Mapping[str, _Setting]
+) -> List[SettingProblem]:
+    """The Redis settings that contradict each other, or need a Redis switchboard."""
+    problems: List[SettingProblem] = []
+    switchboard_url = values.get("switchboard_url")
+    if values.get("redis") is not None and switchboard_url is not None:
+        problems.append(
+            by_key["redis"].problem(
+                f"and switchboard_url ({_show_url(switchboard_url)}) both say where the "
+                "switchboard is: keep one, the redis block for sentinel, cluster or TLS "
+                "files, or switchboard_url for one server"
+            )
+        )
+    with_redis = values.get("redis") is not None or (
+        switchboard_url is not None and not switchboard_url.startswith("memory://")
+    )
+    if with_redis:
+        return problems
+    if values.get("socketio_redis_url"):
+        problems.append(
+            by_key["socketio_redis_url"].problem(
+                "needs a Redis switchboard (switchboard_url: redis://... or redis): with "
+                "memory:// the outbox and presence live in one process, so sharing sockets "
+                "between instances would lose messages; leave it unset"
+            )
+        )
+    if values.get("redis_wait_replicas"):
+        problems.append(
+            by_key["redis_wait_replicas"].problem(
+                "needs a Redis switchboard (switchboard_url: redis://... or redis): with "
+                "memory:// there are no replicas to wait for; leave it unset",
+                example="0",
+            )
+        )
+    return problems
 
 
 def _unknown_key_problem(key: Any, keys: Sequence[str], ignored: Iterable[str]) -> SettingProblem:

@@ -443,12 +443,14 @@ def test_messages_for_an_absent_customer_wait_a_day_by_default():
 
 
 def test_socketio_shares_sockets_through_the_switchboard_s_redis_unless_told_otherwise():
-    assert OmnideskSettings.from_env(env_with()).socketio_url is None
+    assert OmnideskSettings.from_env(env_with()).socketio_connection is None
     redis = env_with(OMNIDESK_SWITCHBOARD_URL="redis://localhost:6379/0")
-    assert OmnideskSettings.from_env(redis).socketio_url == "redis://localhost:6379/0"
+    shared = OmnideskSettings.from_env(redis).socketio_connection
+    assert shared is not None and (shared.host, shared.port, shared.db) == ("localhost", 6379, 0)
     own = dict(redis, OMNIDESK_SOCKETIO_REDIS_URL="redis://:pw@other:6379/1")
     settings = OmnideskSettings.from_env(own)
-    assert settings.socketio_url == "redis://:pw@other:6379/1"
+    other = settings.socketio_connection
+    assert other is not None and (other.host, other.db, other.password) == ("other", 1, "pw")
     assert "pw" not in repr(settings)
 
 

@@ -98,7 +98,7 @@ def can_push(channel: InputChannel) -> bool:
 
 def check_deployment(settings: OmnideskSettings, env: Mapping[str, str]) -> None:
     """Refuse settings that only work in one process when Rasa runs in several."""
-    redis = not settings.switchboard_url.startswith("memory")
+    redis = settings.redis_connection is not None
     workers = env.get("SANIC_WORKERS", "1").strip()
     if not redis and workers.isdigit() and int(workers) > 1:
         raise ChannelConfigError(
@@ -118,7 +118,7 @@ def check_deployment(settings: OmnideskSettings, env: Mapping[str, str]) -> None
 
 def warn_lock_store(app: Any, settings: OmnideskSettings) -> None:
     """A Redis switchboard means several instances; Rasa's lock store must be shared too."""
-    if settings.switchboard_url.startswith("memory"):
+    if settings.redis_connection is None:
         return
     agent = getattr(app.ctx, "agent", None)
     lock_store = getattr(agent, "lock_store", None)
