@@ -211,11 +211,12 @@ async def channel_server(
             "connect_timeout": 1,
         }
         credentials.update(settings)
-        if str(credentials.get("switchboard_url", "")).startswith("redis") and not credentials.get(
+        redis = credentials.get("redis") or credentials.get("switchboard_url", "")
+        if (credentials.get("redis") or str(redis).startswith("redis")) and not credentials.get(
             "files_dir"
         ):
             # Instances that share a Redis switchboard share their agent files, as in production.
-            credentials["files_dir"] = shared_files_dir(str(credentials["switchboard_url"]))
+            credentials["files_dir"] = shared_files_dir(json.dumps(redis, sort_keys=True))
         channel = OmnideskInput.from_credentials(credentials)
         bot = BotScript()
         app = Sanic(f"omnidesk_test_{uuid.uuid4().hex[:12]}", configure_logging=False)

@@ -19,7 +19,11 @@ from sanic import Blueprint, response
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, OutboxTimings, ToCustomer
-from connectors.omnidesk.channel.outbox_store import create_outbox_store
+from connectors.omnidesk.channel.outbox_store import (
+    InMemoryOutboxStore,
+    OutboxStore,
+    RedisOutboxStore,
+)
 from connectors.omnidesk.channel.sides import FileLink
 from omnidesk_sandbox.testing import Sandbox
 from tests.channel.conftest import ChannelServer, callback_setup, channel_server
@@ -256,12 +260,19 @@ class AbsentCustomer:
         return True
 
 
+def store_at(url: str, retention: float) -> OutboxStore:
+    """The store a channel with ``switchboard_url: url`` has (a Redis one with its own clients)."""
+    if url == "memory://":
+        return InMemoryOutboxStore()
+    return RedisOutboxStore(url, retention)
+
+
 @pytest.mark.parametrize("store", ["memory", "redis"])
 async def test_a_message_that_waits_longer_than_the_retention_is_dropped_and_logged_with_its_chat(
     store: str, request: Any, caplog: Any
 ) -> None:
     switchboard_url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
-    store_ = create_outbox_store(switchboard_url, retention=0.2)
+    store_ = store_at(switchboard_url, retention=0.2)
     line = AbsentCustomer()
     outbox = Outbox(
         store_,
@@ -304,7 +315,7 @@ async def test_a_socket_stops_counting_when_its_instance_stops_renewing_it(
     store: str, request: Any
 ) -> None:
     url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
-    outbox_store = create_outbox_store(url, retention=60)
+    outbox_store = store_at(url, retention=60)
     try:
         await outbox_store.mark_present("session-1", "socket-a", 0.3)
         await outbox_store.mark_present_many([("session-2", "socket-b")], 0.3)

@@ -3,10 +3,12 @@
 - ``HealthState``: what is known now. ``switchboard_ok`` (the switchboard's
   Redis answered the last check) and ``omnidesk_ok`` (Omnidesk answered the
   last real call), each None while not known yet, with when and why.
-- ``SwitchboardCheck``: a PING on a connection of its own, bounded by
-  ``readiness_timeout`` whether Redis refuses connections (stopped) or takes
-  them and never answers (hung), its answer kept ``readiness_cache`` seconds
-  so a burst of probes costs Redis one PING. ``memory://`` is always ok.
+- ``SwitchboardCheck``: a PING on a connection of its own (redis_connection's
+  ``RedisPing``: the server, the master the sentinels name, or every master of
+  a Cluster), bounded by ``readiness_timeout`` whether Redis refuses
+  connections (stopped) or takes them and never answers (hung), its answer kept
+  ``readiness_cache`` seconds so a burst of probes costs Redis one PING.
+  ``memory://`` is always ok.
 - ``WatchedTransport``: the client's transport, wrapped; every attempt's
   outcome is written to the state. A probe never calls Omnidesk.
 - ``OmnideskWatch``: one ``requestChatConfig`` (read only) when no call has
@@ -31,6 +33,12 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from connectors.omnidesk.client import REQUEST_CHAT_CONFIG, OmnideskClient, OmnideskError
+from connectors.omnidesk.redis_connection import (
+    RedisConnection,
+    RedisPing,
+    RedisUnavailable,
+    describe_failure,
+)
 from connectors.omnidesk.settings import OmnideskSettings
 from connectors.omnidesk.transport import (
     AiohttpTransport,
@@ -157,26 +165,13 @@ class HealthState:
         return {"status": status, "switchboard": switchboard, "omnidesk": omnidesk}
 
 
-def _redis_ping(url: str, timeout: float) -> Tuple[Ping, Callable[[], Awaitable[None]]]:
-    """A PING on a client of its own (not the switchboard's pool), and how to close it."""
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    client: Any = aioredis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # One try: a probe that retries inside answers late; the next probe tries again.
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        max_connections=4,
-    )
-
-    async def close() -> None:
-        await client.connection_pool.disconnect()
-
-    return client.ping, close
+def _redis_ping(
+    connection: RedisConnection, timeout: float
+) -> Tuple[Ping, Callable[[], Awaitable[None]]]:
+    """A PING on a client of its own (not the switchboard's pool), one try, in any mode,
+    and how to close it."""
+    ping = RedisPing(connection, timeout)
+    return ping, ping.close
 
 
 class SwitchboardCheck:
@@ -218,21 +213,12 @@ class SwitchboardCheck:
             await asyncio.wait_for(self._ping(), self._timeout)
         except asyncio.TimeoutError:
             reason = f"no answer within {self._timeout:g} s"
-        except Exception as error:
-            reason = _redis_reason(error, self._timeout)
+        except RedisUnavailable as error:
+            reason = error.reason
+        except Exception as error:  # every failure is a reason; none is swallowed
+            reason = describe_failure(error, self._timeout)
         self._checked_at = self._monotonic()
         self._state.switchboard_checked(reason)
-
-
-def _redis_reason(error: BaseException, timeout: float) -> str:
-    """Why Redis did not answer, by the error's kind only: its text may name the host."""
-    name = type(error).__name__
-    if "Timeout" in name:
-        # redis-py's socket timeout, the same bound as the wait above.
-        return f"no answer within {timeout:g} s"
-    if isinstance(error, (ConnectionError, OSError)) or "Connection" in name:
-        return "connection failed"
-    return f"error ({name})"
 
 
 class WatchedTransport:
@@ -305,11 +291,10 @@ class Health:
     def start(self) -> None:
         settings = self.settings
         ping: Optional[Ping] = None
-        if not settings.switchboard_url.startswith("memory"):
+        connection = settings.redis_connection
+        if connection is not None:
             self.state.switchboard_kind = "redis"
-            ping, self._close_ping = _redis_ping(
-                settings.switchboard_url, settings.readiness_timeout
-            )
+            ping, self._close_ping = _redis_ping(connection, settings.readiness_timeout)
         self._switchboard = SwitchboardCheck(
             self.state, ping, settings.readiness_timeout, settings.readiness_cache
         )

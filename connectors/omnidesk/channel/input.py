@@ -31,6 +31,7 @@ from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings
 from connectors.omnidesk.channel.outbox_store import create_outbox_store
 from connectors.omnidesk.channel.rasa_bot import RasaBot
 from connectors.omnidesk.channel.rasa_compat import Handler
+from connectors.omnidesk.channel.redis_clients import RedisClients
 from connectors.omnidesk.channel.redis_switchboard import create_switchboard
 from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.routes import Routes
@@ -112,6 +113,8 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         # Where the customer's socket.io sessions are connected: the outbox keeps it.
         self.outbox: Optional[Outbox] = None
         self._socket_managers: List[Any] = []
+        # The one data client and subscriber the switchboard and the outbox share.
+        self._redis: Optional[RedisClients] = None
 
     # -- outputs -----------------------------------------------------------------
 
@@ -203,10 +206,10 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
                 rasa_compat.await_session_room(
                     channel, on_joined=self._socket_joined, on_left=self._socket_left
                 )
-                redis_url = self.settings.socketio_url
-                if redis_url is not None:
+                connection = self.settings.socketio_connection
+                if connection is not None:
                     self._socket_managers.append(
-                        rasa_compat.share_sockets_through_redis(channel, redis_url)
+                        rasa_compat.share_sockets_through_redis(channel, connection)
                     )
 
         bp = rasa_compat.BesideBlueprint(self.url_prefix(), wrapped, self._set_route_prefix)
@@ -231,7 +234,9 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         rasa_compat.install_secret_filter()
         handoff_events.configure(self.settings.log_format, self.settings.log_message_text)
         warn_lock_store(app, self.settings)
-        switchboard = create_switchboard(self.settings.switchboard_url)
+        connection = self.settings.redis_connection
+        self._redis = RedisClients(connection) if connection is not None else None
+        switchboard = create_switchboard(self._redis)
         client = OmnideskClient(self.settings, transport=self.health.transport())
         files_dir = str(self.settings.files_dir) if self.settings.files_dir else None
         files = AgentFileStore(
@@ -240,7 +245,12 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             f"{self.settings.public_url}{self.route_prefix}/files",
         )
         outbox = Outbox(
-            create_outbox_store(self.settings.switchboard_url, self.settings.outbox_retention),
+            create_outbox_store(
+                self._redis,
+                self.settings.outbox_retention,
+                wait_replicas=self.settings.redis_wait_replicas,
+                wait_timeout=self.settings.redis_wait_timeout,
+            ),
             self._lines,
             OutboxTimings.from_settings(self.settings),
         )
@@ -258,7 +268,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             "Omnidesk channel started: wrapping %s; hookpoints at %s; switchboard %s.",
             ", ".join(str(c.name()) for c in self.customer_channels),
             self.settings.chat_server_for_logs,
-            self.settings.switchboard_url_for_logs,
+            self.settings.switchboard_for_logs,
         )
 
     async def _stop(self) -> None:
@@ -277,5 +287,8 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             await relay.close()
         finally:
             self.outbox = None
+            if self._redis is not None:
+                await self._redis.close()
+                self._redis = None
             for manager in self._socket_managers:
                 await rasa_compat.stop_shared_sockets(manager)

@@ -6,20 +6,23 @@ JSON strings), a fenced lease per conversation, the conversations with entries
 waiting, socket.io presence with an expiry, and a nudge to every instance when
 an entry is put. ``InMemoryOutboxStore`` keeps it in this process
 (``memory://``); ``RedisOutboxStore`` keeps it in the switchboard's Redis, a
-Stream per conversation (docs/architecture.md, "The outbox", says why).
+Stream per conversation (docs/architecture.md, "The outbox", says why), on the
+clients the process shares (redis_clients.py). With ``redis_wait_replicas`` a
+put is confirmed by that many replicas (``WAIT``) before it counts as stored.
 """
 
 import abc
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from connectors.omnidesk import metrics
+from connectors.omnidesk.channel.redis_clients import RedisClients, index_members
 from connectors.omnidesk.channel.redis_switchboard import RedisKeys, reply_lost
 from connectors.omnidesk.channel.switchboard import SwitchboardError
+from connectors.omnidesk.redis_connection import RedisConnection
 
 logger = logging.getLogger(__name__)
 
@@ -192,28 +195,33 @@ class RedisOutboxStore(OutboxStore):
     ``retention`` plus an hour after its last entry as a safety net; the
     drainer drops and logs older entries first), ``outbox-lease:<conversation>``
     (string, PX), ``presence:<recipient>`` (sorted set: socket id scored by when
-    it stops counting), and ``outbox:waiting`` (set, the conversations with
-    entries; kept by commands of their own beside the per-conversation scripts).
+    it stops counting), and ``outbox:waiting`` (sets in shards, the conversations
+    with entries; kept by commands of their own beside the per-conversation scripts).
     """
 
     def __init__(
-        self, url: str, retention: float, prefix: str = "omnidesk:", timeout: float = 5.0
+        self,
+        redis: Union[RedisClients, RedisConnection, str],
+        retention: float,
+        prefix: str = "omnidesk:",
+        timeout: float = 5.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
     ) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis: Any = aioredis.from_url(
-            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        # Nudges arrive whenever someone puts: a quiet minute is no timeout there.
-        self._listener: Any = aioredis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=None,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        )
+        """``redis``: the process's clients (shared with the switchboard), or a connection
+        or URL to make clients of its own, closed with it. ``wait_replicas``: how many
+        replicas must confirm a put (``WAIT``) within ``wait_timeout`` seconds."""
+        self._owns_clients = not isinstance(redis, RedisClients)
+        if isinstance(redis, str):
+            redis = RedisClients.for_url(redis, timeout)
+        elif isinstance(redis, RedisConnection):
+            redis = RedisClients(redis, timeout)
+        self._clients: RedisClients = redis
+        self._redis: Any = redis.data
         self._keys = RedisKeys(prefix)
         self._key_ttl = int(retention) + 3600
+        self._wait_replicas = wait_replicas
+        self._wait_timeout = wait_timeout
         self._remove = self._redis.register_script(_REMOVE_SCRIPT)
         self._lease = self._redis.register_script(_LEASE_SCRIPT)
         self._release = self._redis.register_script(_RELEASE_SCRIPT)
@@ -226,8 +234,8 @@ class RedisOutboxStore(OutboxStore):
     def _lease_key(self, conversation_id: str) -> str:
         return self._keys.of(conversation_id, "outbox-lease")
 
-    def _waiting_key(self) -> str:
-        return f"{self._keys.prefix}outbox:waiting"
+    def _waiting_key(self, conversation_id: str) -> str:
+        return self._keys.outbox_waiting(conversation_id)
 
     def _presence_key(self, recipient_id: str) -> str:
         return self._keys.of(recipient_id, "presence")
@@ -241,27 +249,40 @@ class RedisOutboxStore(OutboxStore):
             metrics.switchboard_error(f"outbox_{what}")
             raise SwitchboardError(
                 f"outbox {what} failed: {type(error).__name__}: {error}; "
-                "check that Redis at OMNIDESK_SWITCHBOARD_URL is reachable"
+                f"check that Redis ({self._clients.connection.for_logs()}) is reachable"
             ) from error
 
     def _nudge_channel(self) -> str:
-        return f"{self._keys.prefix}outbox:nudge"
+        return self._keys.outbox_nudge
 
     async def put(self, conversation_id: str, raw: str) -> str:
         """Append the entry; a reply lost after it was sent is resolved by reading back.
 
-        The entry carries a mark of its own (``u``): when the reply times out,
-        the stream's tail is read for it, so an agent's message that was stored
-        is answered ``ok`` rather than 503 (and would otherwise be sent twice).
+        The entry carries a mark of its own (``u``): when the reply is lost (a
+        timeout, a connection cut by a dying master), the stream's tail is read for
+        it, so an agent's message that was stored is answered ``ok`` rather than
+        503 (and would otherwise be sent twice). With ``wait_replicas``, the put's
+        writes must reach that many replicas within ``wait_timeout``; when they do
+        not, the entry is taken back (unless it was delivered meanwhile) and the
+        put fails: the hookpoint answers 503 rather than ``ok`` for a message a
+        failover could lose.
         """
         stream = self._stream(conversation_id)
+        waiting = self._waiting_key(conversation_id)
         mark = uuid.uuid4().hex
-        pipe = self._redis.pipeline(transaction=False)
+        await self._call("put", self._clients.prepare())
+        pipe = self._clients.pipeline()
         pipe.xadd(stream, {"e": raw, "u": mark})
         pipe.expire(stream, self._key_ttl)
-        pipe.sadd(self._waiting_key(), conversation_id)
-        # The instance holding the customer's socket may be another one: tell them all.
-        pipe.publish(self._nudge_channel(), conversation_id)
+        pipe.sadd(waiting, conversation_id)
+        # The instance holding the customer's socket may be another one: tell them all
+        # (on a Cluster from the stream's node, after the entry).
+        self._clients.queue_publish(pipe, self._nudge_channel(), conversation_id, near=stream)
+        waits = 0
+        if self._wait_replicas > 0:
+            waits = self._clients.queue_wait(
+                pipe, self._wait_replicas, self._wait_timeout, [stream, waiting]
+            )
         try:
             results = await self._call("put", pipe.execute())
         except SwitchboardError as error:
@@ -272,9 +293,36 @@ class RedisOutboxStore(OutboxStore):
                 "Outbox put of conversation %s: the reply was lost, the entry is stored.",
                 conversation_id,
             )
-            await self._call("put", self._redis.sadd(self._waiting_key(), conversation_id))
+            await self._call("put", self._redis.sadd(waiting, conversation_id))
             return stored
-        return str(results[0])
+        entry_id = str(results[0])
+        if waits:
+            confirmed = min(int(copies) for copies in results[-waits:])
+            if confirmed < self._wait_replicas:
+                await self._withdraw(conversation_id, entry_id, confirmed)
+        return entry_id
+
+    async def _withdraw(self, conversation_id: str, entry_id: str, confirmed: int) -> None:
+        """Take back an entry too few replicas confirmed; raise, unless it was delivered."""
+        metrics.switchboard_error("outbox_put")
+        taken_back = int(
+            await self._call("put", self._redis.xdel(self._stream(conversation_id), entry_id))
+        )
+        if not taken_back:
+            logger.warning(
+                "Outbox put of conversation %s: %d of %d replicas confirmed it within %g s, "
+                "but it was delivered meanwhile.",
+                conversation_id,
+                confirmed,
+                self._wait_replicas,
+                self._wait_timeout,
+            )
+            return
+        raise SwitchboardError(
+            f"outbox put not confirmed: {confirmed} of {self._wait_replicas} replicas "
+            f"(redis_wait_replicas) had it within {self._wait_timeout:g} s "
+            "(redis_wait_timeout); it was taken back. Check the replicas' link to the master."
+        )
 
     async def _stored(self, stream: str, mark: str) -> Optional[str]:
         """The id of the entry carrying ``mark`` among the stream's newest, or None."""
@@ -293,38 +341,20 @@ class RedisOutboxStore(OutboxStore):
         entry, so either this sees the entry or the put's own add comes later).
         """
         stream = self._stream(conversation_id)
+        waiting = self._waiting_key(conversation_id)
         if int(await self._call("forget", self._redis.xlen(stream))) > 0:
             return
-        await self._call("forget", self._redis.srem(self._waiting_key(), conversation_id))
+        await self._call("forget", self._redis.srem(waiting, conversation_id))
         if int(await self._call("forget", self._redis.xlen(stream))) > 0:
-            await self._call("forget", self._redis.sadd(self._waiting_key(), conversation_id))
+            await self._call("forget", self._redis.sadd(waiting, conversation_id))
 
     async def listen(self, on_nudge: Callable[[str], None]) -> None:
-        failing = False
-        while True:
-            pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._nudge_channel())
-                if failing:
-                    logger.info("Outbox nudges heard again.")
-                    failing = False
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        on_nudge(str(message.get("data")))
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                if not failing:
-                    logger.error(
-                        "Outbox nudges not heard (the poll still finds waiting messages): %s: %s",
-                        type(error).__name__,
-                        error,
-                    )
-                failing = True
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.close()
+        """Hear the nudges on the process's one subscriber (it reconnects by itself; the
+        poll finds what was put while it was away)."""
+        subscriber = self._clients.subscriber
+        subscriber.register(self._nudge_channel(), on_nudge)
+        subscriber.start()
+        await asyncio.Event().wait()
 
     async def head(self, conversation_id: str, count: int) -> List[Tuple[str, str]]:
         stream = self._stream(conversation_id)
@@ -360,14 +390,16 @@ class RedisOutboxStore(OutboxStore):
         )
 
     async def waiting(self) -> List[str]:
-        members = await self._call("list", self._redis.smembers(self._waiting_key()))
-        return sorted(str(member) for member in members)
+        pipe = self._clients.pipeline()
+        for shard in self._keys.index_shards("outbox:waiting"):
+            pipe.smembers(shard)
+        return index_members(await self._call("list", pipe.execute()))
 
     async def count_waiting(self) -> int:
         conversations = await self.waiting()
         if not conversations:
             return 0
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._clients.pipeline()
         for conversation_id in conversations:
             pipe.xlen(self._stream(conversation_id))
         lengths = await self._call("count", pipe.execute())
@@ -380,12 +412,10 @@ class RedisOutboxStore(OutboxStore):
         )
 
     async def mark_present_many(self, held: List[Tuple[str, str]], ttl: float) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._clients.pipeline()
         for recipient_id, socket_id in held:
-            await self._mark(
-                keys=[self._presence_key(recipient_id)],
-                args=[socket_id, int(ttl * 1000)],
-                client=pipe,
+            self._clients.queue_script(
+                pipe, self._mark, [self._presence_key(recipient_id)], [socket_id, int(ttl * 1000)]
             )
         await self._call("presence", pipe.execute())
 
@@ -397,12 +427,20 @@ class RedisOutboxStore(OutboxStore):
         return int(count) > 0
 
     async def close(self) -> None:
-        await self._redis.close()
-        await self._listener.close()
+        if self._owns_clients:
+            await self._clients.close()
 
 
-def create_outbox_store(switchboard_url: str, retention: float) -> OutboxStore:
-    """In this process with ``memory://``; in the switchboard's Redis otherwise."""
-    if switchboard_url.startswith("memory://") or switchboard_url in {"", "memory"}:
+def create_outbox_store(
+    redis: Optional[RedisClients],
+    retention: float,
+    wait_replicas: int = 0,
+    wait_timeout: float = 0.5,
+) -> OutboxStore:
+    """In the process's Redis (the clients it shares with the switchboard); in this
+    process when there is none (``memory://``)."""
+    if redis is None:
         return InMemoryOutboxStore()
-    return RedisOutboxStore(switchboard_url, retention)
+    return RedisOutboxStore(
+        redis, retention, wait_replicas=wait_replicas, wait_timeout=wait_timeout
+    )

@@ -24,6 +24,7 @@ from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
 from connectors.omnidesk import handoff_events
+from connectors.omnidesk.redis_connection import RedisConnection, socketio_manager_options
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def keep_log_level() -> None:
 # -- socket.io across instances (Rasa 3.6 builds its AsyncServer without a manager) ----
 
 
-def share_sockets_through_redis(channel: SocketIOInput, url: str) -> Any:
+def share_sockets_through_redis(channel: SocketIOInput, connection: RedisConnection) -> Any:
     """Give the wrapped socket.io server python-socketio's own ``AsyncRedisManager``.
 
     Rasa 3.6 builds ``AsyncServer(async_mode="sanic", cors_allowed_origins=[])``
@@ -292,11 +293,18 @@ def share_sockets_through_redis(channel: SocketIOInput, url: str) -> Any:
     through Redis pub/sub to whichever instance holds the socket. It must be
     done before any socket connects (the blueprint is built before the server
     starts). Returns the manager, so the channel can stop its listener.
+
+    The manager follows the connection's mode (redis_connection's
+    ``socketio_manager_options``): one server, the master the sentinels name, or
+    one node of a Cluster at a time (classic pub/sub reaches every node).
     """
     import socketio
 
     sio = socketio_server(channel)
-    manager = socketio.AsyncRedisManager(url, channel="omnidesk-socketio")
+    options = socketio_manager_options(connection)
+    manager = socketio.AsyncRedisManager(
+        options.url, channel="omnidesk-socketio", redis_options=options.manager_options()
+    )
     manager.set_server(sio)
     sio.manager = manager
     return manager

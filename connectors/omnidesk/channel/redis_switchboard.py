@@ -6,7 +6,9 @@ hash slot and runs on a Redis Cluster as on one server. The chat ids the action
 opens carry that tag too (handoff.new_chat_session_id), so a chat's lookup key
 sits in its conversation's slot. The few keys that span conversations (the
 open set the sweeper lists, the waiting tracker records, the sweeper's lease)
-are touched by commands of their own, beside the scripts, never inside them.
+are touched by commands of their own, beside the scripts, never inside them;
+the sets are indexes cut in ``INDEX_SHARDS`` shards, each in a slot of its own
+(``RedisKeys.shard``), so no one slot takes every conversation's writes.
 
 Each mutation two callers may race on is one Lua script: taking a place in a
 conversation's line (which, when the place is first, also reads the handoff
@@ -14,8 +16,9 @@ and numbers the turn: one round trip before the Omnidesk call), leaving it
 (with the relayed turn kept for the tracker: one round trip after), ending a
 handoff (exactly one of two racing ends wins), starting one in place of
 another, claiming the one-time wait notice. switchboard.py has the interface
-and the in-memory twin; ``create_switchboard`` picks one of the two by the
-``switchboard_url`` setting.
+and the in-memory twin; ``create_switchboard`` picks one of the two: Redis
+when the channel has Redis clients (redis_clients.py, made from the ``redis``
+or ``switchboard_url`` setting), in memory otherwise.
 """
 
 import asyncio
@@ -25,9 +28,10 @@ import logging
 import time
 import uuid
 from dataclasses import replace
-from typing import Any, AsyncIterator, Dict, List, Optional, Set
+from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Set, Union
 
 from connectors.omnidesk import metrics
+from connectors.omnidesk.channel.redis_clients import RedisClients, index_members
 from connectors.omnidesk.channel.switchboard import (
     LINE_LEASE,
     Handoff,
@@ -41,6 +45,7 @@ from connectors.omnidesk.channel.switchboard import (
     optional_text,
 )
 from connectors.omnidesk.handoff import conversation_tag, tag_of_chat
+from connectors.omnidesk.redis_connection import RedisConnection
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +227,9 @@ return 0
 
 FLUSH_LEASE = 60.0  # seconds one instance may spend writing one conversation's turns
 RECORD_TTL = 7 * 24 * 3600  # seconds waiting tracker entries are kept at most
+# The sets that span conversations are cut in this many shards, each in a hash slot
+# of its own. Changing it strands the members of the shards that go away.
+INDEX_SHARDS = 16
 
 
 class RedisKeys:
@@ -229,6 +237,32 @@ class RedisKeys:
 
     def __init__(self, prefix: str = "omnidesk:") -> None:
         self.prefix = prefix
+
+    # -- the indexes that span conversations, in shards -------------------------------
+
+    @staticmethod
+    def shard(conversation_id: str) -> int:
+        """The shard of the indexes a conversation is listed in, by its tag."""
+        return int(conversation_tag(conversation_id), 16) % INDEX_SHARDS
+
+    def index(self, name: str, conversation_id: str) -> str:
+        """The shard of index ``name`` (``open``, ``outbox:waiting``, ``record:due``) that
+        lists ``conversation_id``."""
+        return self.index_shard(name, self.shard(conversation_id))
+
+    def index_shard(self, name: str, shard: int) -> str:
+        return f"{self.prefix}{{shard-{shard}}}:{name}"
+
+    def index_shards(self, name: str) -> List[str]:
+        """Every shard of index ``name``, to read them all in one pipeline."""
+        return [self.index_shard(name, shard) for shard in range(INDEX_SHARDS)]
+
+    def by_shard(self, name: str, conversation_ids: Iterable[str]) -> Dict[str, List[str]]:
+        """``conversation_ids`` grouped by the shard of index ``name`` that lists them."""
+        grouped: Dict[str, List[str]] = {}
+        for conversation_id in conversation_ids:
+            grouped.setdefault(self.index(name, conversation_id), []).append(conversation_id)
+        return grouped
 
     def of(self, conversation_id: str, what: str) -> str:
         """A key of one conversation, in its hash slot."""
@@ -242,9 +276,9 @@ class RedisKeys:
     def handoff(self, conversation_id: str) -> str:
         return self.of(conversation_id, "handoff")
 
-    @property
-    def open(self) -> str:
-        return f"{self.prefix}open"
+    def open(self, conversation_id: str) -> str:
+        """The shard of the open handoffs' index (the sweeper's) listing the conversation."""
+        return self.index("open", conversation_id)
 
     @property
     def sweeper(self) -> str:
@@ -254,17 +288,25 @@ class RedisKeys:
     def line_wake(self) -> str:
         return f"{self.prefix}line:wake"
 
+    def record_due(self, conversation_id: str) -> str:
+        """The shard of the conversations whose relayed turns wait for the tracker."""
+        return self.index("record:due", conversation_id)
+
+    def outbox_waiting(self, conversation_id: str) -> str:
+        """The shard of the conversations with outbox entries waiting (the outbox's poll)."""
+        return self.index("outbox:waiting", conversation_id)
+
     @property
-    def record_due(self) -> str:
-        return f"{self.prefix}record:due"
+    def outbox_nudge(self) -> str:
+        return f"{self.prefix}outbox:nudge"
 
 
 class RedisRecordBuffer(RecordBuffer):
     """Relayed turns waiting for the tracker, in Redis beside the handoffs.
 
-    A list per conversation (``record:<conversation>``, in its slot) and one
+    A list per conversation (``record:<conversation>``, in its slot) and a
     sorted set of the conversations with entries, scored by when their oldest
-    entry came (``record:due``, kept by commands of its own).
+    entry came (``record:due``, in shards, kept by commands of its own).
     """
 
     def __init__(self, board: "RedisSwitchboard") -> None:
@@ -274,6 +316,9 @@ class RedisRecordBuffer(RecordBuffer):
         self._drop = redis.register_script(_DROP_SCRIPT)
         self._unlock = redis.register_script(_UNLOCK_SCRIPT)
 
+    def _due(self, conversation_id: str) -> str:
+        return self._board.keys.record_due(conversation_id)
+
     def _list(self, conversation_id: str) -> str:
         return self._board.keys.of(conversation_id, "record")
 
@@ -282,10 +327,10 @@ class RedisRecordBuffer(RecordBuffer):
 
     async def add(self, conversation_id: str, raw: str) -> None:
         key = self._list(conversation_id)
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._board.clients.pipeline()
         pipe.rpush(key, raw)
         pipe.expire(key, RECORD_TTL)
-        pipe.zadd(self._board.keys.record_due, {conversation_id: time.time()}, nx=True)
+        pipe.zadd(self._due(conversation_id), {conversation_id: time.time()}, nx=True)
         await self._board.call("record", pipe.execute())
 
     async def noted(self, conversation_id: str, waited_before: int) -> None:
@@ -294,7 +339,7 @@ class RedisRecordBuffer(RecordBuffer):
             await self._board.call(
                 "record",
                 self._redis.zadd(
-                    self._board.keys.record_due, {conversation_id: time.time()}, nx=True
+                    self._due(conversation_id), {conversation_id: time.time()}, nx=True
                 ),
             )
 
@@ -308,7 +353,7 @@ class RedisRecordBuffer(RecordBuffer):
         left = await self._board.call(
             "record drop", self._drop(keys=[self._list(conversation_id)], args=[count])
         )
-        due = self._board.keys.record_due
+        due = self._due(conversation_id)
         if int(left) == 0:
             await self._board.call("record drop", self._redis.zrem(due, conversation_id))
         else:
@@ -319,10 +364,13 @@ class RedisRecordBuffer(RecordBuffer):
 
     async def due(self, older_than: Optional[float]) -> List[str]:
         top = "+inf" if older_than is None else time.time() - older_than
-        members = await self._board.call(
-            "record due", self._redis.zrangebyscore(self._board.keys.record_due, "-inf", top)
-        )
-        return [str(member) for member in members]
+        pipe = self._board.clients.pipeline()
+        for shard in self._board.keys.index_shards("record:due"):
+            pipe.zrangebyscore(shard, "-inf", top, withscores=True)
+        rows = await self._board.call("record due", pipe.execute())
+        # Oldest first across the shards, as one set would give them.
+        scored = sorted((float(score), str(member)) for row in rows for member, score in row)
+        return [member for _, member in scored]
 
     async def lock(self, conversation_id: str) -> Optional[str]:
         token = uuid.uuid4().hex
@@ -342,18 +390,27 @@ class RedisRecordBuffer(RecordBuffer):
 
 
 class _Wakes:
-    """Hears the line's wake-ups (one pub/sub channel) and wakes this process's waiters."""
+    """Hears the line's wake-ups (a channel of the process's one subscriber) and wakes
+    this process's waiters; after the subscriber connected again, every waiter looks."""
 
     def __init__(self, board: "RedisSwitchboard") -> None:
         self._board = board
         self._events: Dict[str, asyncio.Event] = {}
         self._waiting: Dict[str, int] = {}
-        self._listening: Optional[asyncio.Task[None]] = None
+        board.clients.subscriber.register(board.keys.line_wake, self._woken, self._wake_all)
+
+    def _woken(self, conversation_id: str) -> None:
+        event = self._events.get(conversation_id)
+        if event is not None:
+            event.set()
+
+    def _wake_all(self) -> None:
+        for event in self._events.values():
+            event.set()
 
     def arm(self, conversation_id: str) -> asyncio.Event:
         """An event the next wake-up of ``conversation_id`` sets; arm it before looking."""
-        if self._listening is None or self._listening.done():
-            self._listening = asyncio.ensure_future(self._listen())
+        self._board.clients.subscriber.start()
         event = self._events.get(conversation_id)
         if event is None:
             event = self._events[conversation_id] = asyncio.Event()
@@ -371,44 +428,6 @@ class _Wakes:
         else:
             self._waiting[conversation_id] = left
 
-    async def _listen(self) -> None:
-        failing = False
-        while True:
-            pubsub = self._board.listener.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._board.keys.line_wake)
-                if failing:
-                    logger.info("Line wake-ups heard again.")
-                    failing = False
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    event = self._events.get(str(message.get("data")))
-                    if event is not None:
-                        event.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                if not failing:
-                    logger.error(
-                        "Line wake-ups not heard (places look again every %.0f s): %s: %s",
-                        LINE_LEASE / 3,
-                        type(error).__name__,
-                        error,
-                    )
-                failing = True
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.close()
-
-    async def close(self) -> None:
-        if self._listening is not None:
-            self._listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listening
-            self._listening = None
-
 
 class RedisSwitchboard(Switchboard):
     """Handoffs in Redis: shared by every Rasa instance, kept across restarts."""
@@ -417,28 +436,21 @@ class RedisSwitchboard(Switchboard):
 
     def __init__(
         self,
-        url: str,
+        redis: Union[RedisClients, RedisConnection, str],
         prefix: str = "omnidesk:",
         timeout: float = 5.0,
         line_lease: float = LINE_LEASE,
     ) -> None:
-        import redis.asyncio as aioredis
-
+        """``redis``: the process's clients (shared with the outbox store), or a
+        connection or URL to make clients of its own, closed with it."""
         self.line_lease = line_lease
-        self._redis: Any = aioredis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-        # Wake-ups arrive whenever a place is left: a quiet minute is no timeout there.
-        self.listener: Any = aioredis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=None,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        )
+        self._owns_clients = not isinstance(redis, RedisClients)
+        if isinstance(redis, str):
+            redis = RedisClients.for_url(redis, timeout)
+        elif isinstance(redis, RedisConnection):
+            redis = RedisClients(redis, timeout)
+        self.clients: RedisClients = redis
+        self._redis: Any = redis.data
         self.keys = RedisKeys(prefix)
         self._arrive = self._redis.register_script(_ARRIVE_SCRIPT)
         self._check = self._redis.register_script(_CHECK_SCRIPT)
@@ -453,7 +465,11 @@ class RedisSwitchboard(Switchboard):
         self._release = self._redis.register_script(_RELEASE_SCRIPT)
         self._wakes = _Wakes(self)
         self.records = RedisRecordBuffer(self)
-        self._holding: Set[asyncio.Task[None]] = set()
+        # Leaves of the line retried in the background after Redis failed them.
+        self._holding: Set[asyncio.Future[None]] = set()
+        # conversation -> the ticket of a place whose arrival may have been stored
+        # though its answer was lost: the turn, tried again, asks with that ticket.
+        self._unsure: Dict[str, str] = {}
 
     @property
     def redis(self) -> Any:
@@ -474,7 +490,7 @@ class RedisSwitchboard(Switchboard):
             metrics.switchboard_error(what)
             raise SwitchboardError(
                 f"switchboard {what} failed: {type(error).__name__}: {error}; "
-                "check that Redis at OMNIDESK_SWITCHBOARD_URL is reachable"
+                f"check that Redis ({self.clients.connection.for_logs()}) is reachable"
             ) from error
 
     async def _read(self, conversation_id: str) -> Optional[Handoff]:
@@ -511,14 +527,23 @@ class RedisSwitchboard(Switchboard):
         ]
         keys = self._line_keys(place.conversation_id)
         try:
-            answer = await self.call("line", script(keys=keys, args=args))
+            try:
+                answer = await self.call("line", script(keys=keys, args=args))
+            except SwitchboardError as error:
+                if not reply_lost(error):
+                    raise
+                # The script may have run: ask again with the same ticket. The check
+                # script stands it in line only if it is not there yet, and gives a
+                # served place the number it was given.
+                answer = await self.call("line", self._check(keys=keys, args=args))
         except SwitchboardError as error:
-            if not reply_lost(error):
-                raise
-            # The script may have run: ask again with the same ticket. The check
-            # script stands it in line only if it is not there yet, and gives a
-            # served place the number it was given.
-            answer = await self.call("line", self._check(keys=keys, args=args))
+            if reply_lost(error):
+                # Still unknown (Redis is failing over): the turn, tried again, asks
+                # with this ticket, so it neither waits behind itself nor skips a number.
+                if len(self._unsure) > 10000:
+                    self._unsure.clear()
+                self._unsure[place.conversation_id] = place.ticket
+            raise
         return self._served(place.conversation_id, answer, place)
 
     @contextlib.asynccontextmanager
@@ -526,13 +551,18 @@ class RedisSwitchboard(Switchboard):
         self, conversation_id: str, numbered: bool, wait: float
     ) -> AsyncIterator[Place]:
         deadline = time.monotonic() + wait
+        unsure = self._unsure.pop(conversation_id, None)
         place = Place(conversation_id, first=False)
+        if unsure is not None:
+            place.ticket = unsure
         self._wakes.enter(conversation_id)
         entered = False
         keeper: Optional[asyncio.Task[None]] = None
         try:
             woken = self._wakes.arm(conversation_id)
-            place = await self._take(place, self._arrive, numbered)
+            place = await self._take(
+                place, self._arrive if unsure is None else self._check, numbered
+            )
             entered = True
             while not place.first:
                 remaining = deadline - time.monotonic()
@@ -576,33 +606,70 @@ class RedisSwitchboard(Switchboard):
         keys = [*self._line_keys(conversation_id)[:2], self.keys.of(conversation_id, "record")]
         args: List[Any] = [place.ticket, self.keys.line_wake, conversation_id, RECORD_TTL]
         args.extend(place.kept)
-        leaving = asyncio.ensure_future(self.call("line", self._leave(keys=keys, args=args)))
+        leaving = asyncio.ensure_future(self._leave_once(place, keys, args))
         try:
-            before = await asyncio.shield(leaving)
-            if place.kept:
-                await self.records.noted(conversation_id, int(before))
+            await asyncio.shield(leaving)
         except SwitchboardError as error:
-            # The place lapses on its own within the lease; turns kept here are lost
-            # to the tracker (they did reach the agent), so say so.
-            logger.error(
-                "Could not leave the line of conversation %s%s: %s",
+            # Redis failing over, most likely: keep trying in the background for as
+            # long as the place would hold the line, so the relayed turns still
+            # reach the tracker (a repeat is harmless: each entry's id is written once).
+            logger.warning(
+                "Could not leave the line of conversation %s yet%s, trying again for %.0f s: %s",
                 conversation_id,
                 f" nor keep {len(place.kept)} relayed turns for its tracker" if place.kept else "",
+                self.line_lease,
                 error,
             )
+            retrying = asyncio.ensure_future(self._leave_later(place, keys, args))
+            self._holding.add(retrying)
+            retrying.add_done_callback(self._holding.discard)
+
+    async def _leave_once(self, place: Place, keys: List[str], args: List[Any]) -> None:
+        before = await self.call("line", self._leave(keys=keys, args=args))
+        if place.kept:
+            await self.records.noted(place.conversation_id, int(before))
+
+    async def _leave_later(self, place: Place, keys: List[str], args: List[Any]) -> None:
+        deadline = time.monotonic() + self.line_lease
+        pause = 0.25
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self._leave_once(place, keys, args)
+            except SwitchboardError as error:
+                if time.monotonic() + pause > deadline:
+                    # The place lapses on its own within the lease; turns kept here are
+                    # lost to the tracker (they did reach the agent), so say so.
+                    logger.error(
+                        "Could not leave the line of conversation %s%s: %s",
+                        place.conversation_id,
+                        f" nor keep {len(place.kept)} relayed turns for its tracker"
+                        if place.kept
+                        else "",
+                        error,
+                    )
+                    return
+                pause = min(pause * 2, 2.0)
+                continue
+            logger.info(
+                "Left the line of conversation %s after Redis came back.", place.conversation_id
+            )
+            return
 
     # -- handoffs -------------------------------------------------------------------------
 
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.clients.pipeline()
         # The chat's lookup first: a lookup of a chat whose handoff is not there
         # yet finds nothing (it is checked against the handoff), never a wrong one.
+        # Both are in the conversation's slot, so a Cluster keeps their order too.
         pipe.set(self.keys.chat(handoff.chat_session_id), handoff.conversation_id)
-        pipe.sadd(self.keys.open, handoff.conversation_id)
-        await self._start(
-            keys=[self.keys.handoff(handoff.conversation_id)],
-            args=[handoff.to_json(), handoff.next_message_number, handoff.last_activity],
-            client=pipe,
+        pipe.sadd(self.keys.open(handoff.conversation_id), handoff.conversation_id)
+        self.clients.queue_script(
+            pipe,
+            self._start,
+            [self.keys.handoff(handoff.conversation_id)],
+            [handoff.to_json(), handoff.next_message_number, handoff.last_activity],
         )
         results = await self.call("start", pipe.execute())
         replaced = _from_fields(results[-1], including_ending=True) if results[-1] else None
@@ -671,29 +738,33 @@ class RedisSwitchboard(Switchboard):
             self._told(keys=[self.keys.handoff(conversation_id)], args=[chat_session_id]),
         )
         if int(forgotten):
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self.clients.pipeline()
             pipe.delete(self.keys.chat(chat_session_id))
-            pipe.srem(self.keys.open, conversation_id)
+            pipe.srem(self.keys.open(conversation_id), conversation_id)
             await self.call("told", pipe.execute())
 
     async def _forget(self, handoff: Handoff) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.clients.pipeline()
         pipe.delete(self.keys.chat(handoff.chat_session_id))
-        pipe.srem(self.keys.open, handoff.conversation_id)
+        pipe.srem(self.keys.open(handoff.conversation_id), handoff.conversation_id)
         await self.call("end", pipe.execute())
 
     async def count_open(self) -> int:
-        return int(await self.call("count", self._redis.scard(self.keys.open)))
+        pipe = self.clients.pipeline()
+        for shard in self.keys.index_shards("open"):
+            pipe.scard(shard)
+        return sum(int(count) for count in await self.call("count", pipe.execute()))
 
     async def all(self) -> List[Handoff]:
-        members = sorted(
-            str(m) for m in await self.call("list", self._redis.smembers(self.keys.open))
-        )
+        pipe = self.clients.pipeline()
+        for shard in self.keys.index_shards("open"):
+            pipe.smembers(shard)
+        members = index_members(await self.call("list", pipe.execute()))
         if not members:
             return []
-        # One round trip for every handoff: the sweeper must not hold up the loop
-        # with one trip per chat.
-        pipe = self._redis.pipeline(transaction=False)
+        # One round trip for every handoff (per node on a Cluster): the sweeper must
+        # not hold up the loop with one trip per chat.
+        pipe = self.clients.pipeline()
         for conversation_id in members:
             pipe.hmget(self.keys.handoff(conversation_id), *_FIELDS)
         rows = await self.call("list", pipe.execute())
@@ -712,7 +783,10 @@ class RedisSwitchboard(Switchboard):
                 handoffs.append(handoff)
         if gone:
             # An index entry left by an instance that stopped between two steps.
-            await self.call("list", self._redis.srem(self.keys.open, *gone))
+            pipe = self.clients.pipeline()
+            for shard, conversations in self.keys.by_shard("open", gone).items():
+                pipe.srem(shard, *conversations)
+            await self.call("list", pipe.execute())
         return handoffs
 
     async def claim_sweeper(self, holder: str, lease_seconds: float) -> bool:
@@ -726,16 +800,32 @@ class RedisSwitchboard(Switchboard):
         await self.call("release_sweeper", self._release(keys=[self.keys.sweeper], args=[holder]))
 
     async def close(self) -> None:
-        await self._wakes.close()
-        await self._redis.close()
-        await self.listener.close()
+        for retrying in list(self._holding):
+            retrying.cancel()
+        if self._owns_clients:
+            await self.clients.close()
 
 
 def reply_lost(error: SwitchboardError) -> bool:
-    """Whether a call timed out after it was sent: the server may have done it."""
+    """Whether a call may have been done though its answer never came: it timed out, or
+    its connection broke (a master killed mid-call). Refused connections say it was not."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
 
-    return isinstance(error.__cause__, (RedisTimeout, asyncio.TimeoutError))
+    cause = error.__cause__
+    if isinstance(cause, (RedisTimeout, asyncio.TimeoutError)):
+        return True
+    if isinstance(cause, (RedisConnectionError, ConnectionError)):
+        # redis-py words a connection that never opened "Error ... connecting to ...";
+        # Sentinel's "no master" and a refused connection sent nothing either.
+        text = str(cause).lower()
+        never_sent = (
+            "connecting to" in text
+            or "refused" in text
+            or type(cause).__name__ in ("MasterNotFoundError", "SlaveNotFoundError")
+        )
+        return not never_sent
+    return False
 
 
 def _from_fields(values: Any, including_ending: bool = False) -> Optional[Handoff]:
@@ -771,12 +861,11 @@ def _from_fields(values: Any, including_ending: bool = False) -> Optional[Handof
     )
 
 
-def create_switchboard(url: str) -> Switchboard:
-    """The switchboard settings.switchboard_url names: ``memory://`` or ``redis://...``."""
-    if url.startswith("memory://") or url in {"", "memory"}:
+def create_switchboard(
+    redis: Optional[RedisClients], line_lease: float = LINE_LEASE
+) -> Switchboard:
+    """The switchboard on the process's Redis clients, or in memory when there are none
+    (``memory://``)."""
+    if redis is None:
         return InMemorySwitchboard()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisSwitchboard(url)
-    raise SwitchboardError(
-        "switchboard_url must be memory:// or a Redis URL such as redis://localhost:6379/0"
-    )
+    return RedisSwitchboard(redis, line_lease=line_lease)
