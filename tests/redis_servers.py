@@ -120,8 +120,18 @@ class RedisNode:
                 self.process.popen.wait(5)
             self.process.stopped = True
 
+    def pause(self) -> None:
+        """SIGSTOP: it holds its connections and answers nothing, reads nothing."""
+        if self.process is not None:
+            self.process.signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.signal_group(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
+            self.resume()
             self.process.stop(timeout=5)
 
     def failure(self, problem: str) -> RedisServerError:
@@ -354,27 +364,34 @@ def cluster_info(node: RedisNode) -> Dict[str, str]:
 
 
 class SentinelGroup(Deployment):
-    """A master, a replica and three sentinels (quorum 2) watching service ``SENTINEL_SERVICE``.
+    """A master, ``replicas`` replicas (one unless said) and three sentinels (quorum 2)
+    watching service ``SENTINEL_SERVICE``.
 
     Down after ``SENTINEL_DOWN_AFTER_MS``, so ``kill_master()`` then
     ``wait_for_new_master()`` takes a few seconds.
     """
 
-    def __init__(self, program: str, directory: Path, sentinels: int = 3) -> None:
+    def __init__(
+        self, program: str, directory: Path, sentinels: int = 3, replicas: int = 1
+    ) -> None:
         self.program = program
         self.directory = directory
         self.service = SENTINEL_SERVICE
         self.master = _redis_node(
             program, "sentinel-master", directory / "master", _REPLICATION_ARGS
         )
-        self.replica = _redis_node(
-            program,
-            "sentinel-replica",
-            directory / "replica",
-            [*_REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(self.master.port)],
-        )
+        self.replicas = [
+            _redis_node(
+                program,
+                "sentinel-replica" + (f"-{index}" if index else ""),
+                directory / ("replica" + (f"-{index}" if index else "")),
+                [*_REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(self.master.port)],
+            )
+            for index in range(replicas)
+        ]
+        self.replica = self.replicas[0]
         self.sentinels = [self._sentinel(index) for index in range(sentinels)]
-        self.nodes = [self.master, self.replica, *self.sentinels]
+        self.nodes = [self.master, *self.replicas, *self.sentinels]
         self.killed: Optional[RedisNode] = None
 
     def _sentinel(self, index: int) -> RedisNode:
@@ -406,20 +423,24 @@ class SentinelGroup(Deployment):
 
     @classmethod
     def start(
-        cls, program: str, directory: Path, timeout: float = START_TIMEOUT
+        cls, program: str, directory: Path, timeout: float = START_TIMEOUT, replicas: int = 1
     ) -> "SentinelGroup":
         began = time.monotonic()
         deadline = began + timeout
-        group = cls(program, directory)
+        group = cls(program, directory, replicas=replicas)
         atexit.register(group.stop)
         try:
             group.master.start(deadline)
-            group.replica.start(deadline)
+            for replica in group.replicas:
+                replica.start(deadline)
             _wait(
-                "the replica's sync with the master",
-                lambda: group.replica.info("replication").get("master_link_status") == "up",
+                "the replicas' sync with the master",
+                lambda: all(
+                    replica.info("replication").get("master_link_status") == "up"
+                    for replica in group.replicas
+                ),
                 deadline,
-                [group.master, group.replica],
+                [group.master, *group.replicas],
             )
             for sentinel in group.sentinels:
                 sentinel.start(deadline)
@@ -443,7 +464,7 @@ class SentinelGroup(Deployment):
         learn from each other's hellos (every 2 s): until then a kill is not acted on.
         """
         live_sentinels = [sentinel for sentinel in self.sentinels if sentinel.alive]
-        replicas = sum(1 for node in (self.master, self.replica) if node.alive) - 1
+        replicas = sum(1 for node in self.data_nodes if node.alive) - 1
 
         def agreed() -> bool:
             master = self.current_master()
@@ -473,8 +494,13 @@ class SentinelGroup(Deployment):
             raise RedisServerError("no sentinel names a master")
         return max(named, key=lambda address: named[address])
 
+    @property
+    def data_nodes(self) -> List[RedisNode]:
+        """The master and the replicas as started (roles change with a failover)."""
+        return [self.master, *self.replicas]
+
     def node_at(self, address: RedisAddress) -> RedisNode:
-        return next(node for node in (self.master, self.replica) if node.port == address.port)
+        return next(node for node in self.data_nodes if node.port == address.port)
 
     def kill_master(self) -> RedisNode:
         """SIGKILL the current master; returns its node (``restart_old_master`` brings it back)."""

@@ -59,6 +59,14 @@ def fresh_sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
         yield group
 
 
+@pytest.fixture
+def sentinel_group_of_two_replicas(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A master, two replicas and 3 sentinels of this test's own: after a failover the new
+    master still has a replica to confirm writes (WAIT)."""
+    with SentinelGroup.start(_redis_server(), tmp_path / "redis-sentinel", replicas=2) as group:
+        yield group
+
+
 @pytest.fixture(scope="session")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     """redis-server on TLS only, client certificates required, an ACL user, default user off."""
