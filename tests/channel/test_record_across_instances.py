@@ -71,3 +71,15 @@ async def test_a_write_retried_after_the_tracker_already_took_it_adds_nothing() 
         store = setup.server.app.ctx.agent.tracker_store
         assert relayed(await store.retrieve("cust-w")) == [("customer", "hello")]
         assert chat
+
+
+async def test_a_turn_kept_twice_by_a_leave_tried_again_is_written_once() -> None:
+    async with callback_setup() as setup:
+        await setup.hand_over("cust-twice")
+        assert await setup.say("cust-twice", "hello") == 200
+        record = setup.server.record
+        waiting = await record.waiting("cust-twice")
+        # A leave whose answer was lost, tried again after a failover, kept it twice.
+        await record._bot.record("cust-twice", waiting + waiting)
+        store = setup.server.app.ctx.agent.tracker_store
+        assert relayed(await store.retrieve("cust-twice")) == [("customer", "hello")]

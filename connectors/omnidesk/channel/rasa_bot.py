@@ -79,7 +79,12 @@ class RasaBot:
                 (getattr(event, "metadata", None) or {}).get("omnidesk", {}).get("entry_id")
                 for event in tracker.events
             }
-            fresh = [entry for entry in entries if entry.entry_id not in written]
+            fresh = []
+            for entry in entries:
+                # A leave tried again after a failover may have kept an entry twice.
+                if entry.entry_id not in written:
+                    written.add(entry.entry_id)
+                    fresh.append(entry)
             if not fresh:
                 return
             for entry in fresh:
