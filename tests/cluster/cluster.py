@@ -694,7 +694,13 @@ class Cluster:
                 secret,
                 {
                     **REPLICA_ENV,
-                    "OMNIDESK_SWITCHBOARD_URL": redis.url(SWITCHBOARD_DB),
+                    # The switchboard on this Redis, unless the caller names another
+                    # (OMNIDESK_REDIS: a Sentinel group or a Cluster).
+                    **(
+                        {}
+                        if "OMNIDESK_REDIS" in (env or {})
+                        else {"OMNIDESK_SWITCHBOARD_URL": redis.url(SWITCHBOARD_DB)}
+                    ),
                     # One directory for both replicas, as shared storage would be.
                     "OMNIDESK_FILES_DIR": str(files_dir),
                     **dict(env or {}),
@@ -792,6 +798,29 @@ class Cluster:
         replica.process = process
         self.watchdog.watch(self.processes, [self.postgres.data_root, self.proxy.workdir])
         wait_http(process, f"{replica.url}/status", time.monotonic() + timeout)
+
+    def restart_replicas(self, env: Mapping[str, Optional[str]], timeout: float = 180.0) -> None:
+        """Start every replica again with ``env`` changed (None removes a variable), all at
+        once; e.g. to move the switchboard to another Redis. Rasa's lock store stays."""
+        for name, value in env.items():
+            if value is None:
+                self.env.pop(name, None)
+            else:
+                self.env[name] = value
+        deadline = time.monotonic() + timeout
+        for replica in self.replicas:
+            replica.process.stop()
+            with contextlib.suppress(OSError):
+                replica.log.rename(replica.log.with_suffix(f".{int(time.time())}.log"))
+            process = launch(
+                f"Rasa replica {replica.name} (rasa run)", replica.command, replica.log, self.env
+            )
+            self.processes[self.processes.index(replica.process)] = process
+            replica.process = process
+        self.watchdog.watch(self.processes, [self.postgres.data_root, self.proxy.workdir])
+        for replica in self.replicas:
+            wait_http(replica.process, f"{replica.url}/status", deadline)
+        wait_http(self.proxy.process, f"{self.proxy_url}/webhooks/omnidesk/", deadline)
 
     def check_alive(self) -> None:
         """Raise StackError naming any process that has died (a killed replica included)."""

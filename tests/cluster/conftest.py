@@ -31,6 +31,7 @@ from tests.conftest import require_program
 from tests.e2e.people import CallbackCustomer, Desk, ready_desk
 from tests.e2e.receiver import CallbackReceiver
 from tests.e2e.stack import ROOT
+from tests.redis_servers_fixtures import redis_cluster  # noqa: F401 -- a fixture, by name
 
 ARTIFACTS = ROOT / "artifacts" / "cluster"
 

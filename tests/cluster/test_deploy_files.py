@@ -129,3 +129,51 @@ def test_the_deployment_doc_names_the_parts() -> None:
     ]:
         assert name in doc, f"docs/deployment.md does not mention {name}"
     assert "docs/deployment.md" in (ROOT / "README.md").read_text()
+
+
+# The overrides that put the switchboard on a Sentinel group or a Cluster.
+REDIS_OVERRIDES = {
+    "sentinel": DEPLOY / "docker-compose.sentinel.yml",
+    "cluster": DEPLOY / "docker-compose.cluster.yml",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(REDIS_OVERRIDES))
+def test_a_redis_override_gives_every_replica_a_block_the_connector_takes(
+    mode: str, compose: Dict[str, Any]
+) -> None:
+    from connectors.omnidesk.redis_connection import RedisMode
+    from connectors.omnidesk.settings import OmnideskSettings
+
+    override: Dict[str, Any] = yaml.safe_load(REDIS_OVERRIDES[mode].read_text())
+    services = override["services"]
+    base_env = compose["services"]["rasa-a"]["environment"]
+    for name in ("action-server", *REPLICAS):
+        env = {**base_env, **services[name]["environment"]}
+        # What compose hands the process: the required variables filled in, the
+        # switchboard URL emptied (an empty variable counts as not set).
+        filled = {
+            key: "https://bot.example.com"
+            if key.endswith("_URL") and value
+            else "AccountToken1234567890"
+            if "TOKEN" in key
+            else "hookpoint-secret-0123456789abcdef"
+            if key == "OMNIDESK_HOOKPOINT_SECRET"
+            else str(value)
+            for key, value in env.items()
+        }
+        assert filled["OMNIDESK_SWITCHBOARD_URL"] == ""
+        settings = OmnideskSettings.from_env(filled)
+        connection = settings.redis_connection
+        assert connection is not None and connection.mode is RedisMode(mode), name
+        assert settings.redis_wait_replicas == 1
+    # Every address the block names is a service of the override.
+    for address in connection.endpoints:
+        assert address.host in services, f"{address.host} is no service of {mode}"
+    if mode == "sentinel":
+        command = " ".join(services["sentinel-0"]["command"])
+        assert f"sentinel monitor {connection.service} redis-master 6379 2" in command
+    assert (
+        str(REDIS_OVERRIDES[mode].relative_to(ROOT))
+        in (ROOT / "docs" / "deployment.md").read_text()
+    )

@@ -754,9 +754,12 @@ class Run:
                     await person.customer.drop()
 
 
-def report(counts: Dict[str, Any]) -> str:
+def report(counts: Dict[str, Any], redis: str = "one Redis") -> str:
     shown = {k: v for k, v in counts.items() if not k.startswith("_")}
-    lines = ["", "== cluster test: 30 customers, 2 replicas, a reconnect and a SIGKILL =="]
+    lines = [
+        "",
+        f"== cluster test: 30 customers, 2 replicas, a reconnect and a SIGKILL ({redis}) ==",
+    ]
     for key, value in shown.items():
         if isinstance(value, dict) and key not in ("errors", "refusals"):
             inner = ", ".join(f"{k} {v}" for k, v in value.items())
@@ -787,6 +790,21 @@ async def test_thirty_customers_on_two_replicas_lose_nothing_through_a_reconnect
     callback_inbox: CallbackReceiver,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    await thirty_customers(
+        cluster, desk, http, callback_inbox, capsys, "one Redis", "thirty-customers.json"
+    )
+
+
+async def thirty_customers(
+    cluster: Cluster,
+    desk: Desk,
+    http: aiohttp.ClientSession,
+    callback_inbox: CallbackReceiver,
+    capsys: pytest.CaptureFixture[str],
+    redis: str,
+    artifact: str,
+) -> None:
+    """The run, its report (printed and written to ``artifact``) and what it must show."""
     run = Run(cluster, desk, http, callback_inbox)
     try:
         problem = await guarded(run.everything(), RUN_BUDGET)
@@ -797,11 +815,11 @@ async def test_thirty_customers_on_two_replicas_lose_nothing_through_a_reconnect
             # The session's cluster stays whole for the tests after this one.
             await asyncio.to_thread(cluster.restart_replica, "rasa-a")
     counts = run.counts()
-    text = report(counts)
+    text = report(counts, redis)
     with capsys.disabled():
         print(text, flush=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "thirty-customers.json").write_text(
+    (ARTIFACTS / artifact).write_text(
         json.dumps({k: v for k, v in counts.items() if not k.startswith("_")}, indent=2) + "\n"
     )
 
