@@ -31,15 +31,26 @@ from tests.redis_servers import (
 
 pytestmark = pytest.mark.redis
 
-MODES = ["standard", "sentinel", "cluster", "tls"]
+MODES = ["standard", "sentinel", "cluster", "tls", "narrow-acl"]
+
+# The rules docs/deployment.md ("TLS and an ACL user") gives a user of its own, on
+# the connector's keys and channels only.
+NARROW_ACL = ["+@read", "+@write", "+@keyspace", "+@scripting", "+@pubsub", "+@connection", "+time"]
 
 
 @pytest.fixture(params=MODES)
-def connection(request: pytest.FixtureRequest) -> RedisConnection:
+def connection(request: pytest.FixtureRequest, prefix: str) -> RedisConnection:
     mode = request.param
     if mode == "standard":
         plain: PlainRedis = request.getfixturevalue("plain_redis")
         return plain.connection()
+    if mode == "narrow-acl":
+        plain = request.getfixturevalue("plain_redis")
+        user = f"connector-{prefix.strip(':')}"
+        plain.node.call(
+            "ACL", "SETUSER", user, "on", ">narrow-pw", f"~{prefix}*", f"&{prefix}*", *NARROW_ACL
+        )
+        return plain.connection(username=user, password="narrow-pw")
     if mode == "sentinel":
         group: SentinelGroup = request.getfixturevalue("sentinel_group")
         return group.connection()
