@@ -230,6 +230,41 @@ class RedisCounter:
             self._writer = self._reader = None
 
 
+class NodesCounter(RedisCounter):
+    """The same counts summed over several redis-servers: the masters of a Redis Cluster.
+
+    A client's request goes to the master of its key's slot, so the round trips and
+    commands of a unit are the sum over the masters. Replicas are left out: what they
+    read is the replication stream, not a client's request.
+    """
+
+    def __init__(self, addresses: List[Tuple[str, int]]) -> None:
+        super().__init__(*addresses[0])
+        self.counters = [RedisCounter(host, port) for host, port in addresses]
+
+    async def snapshot(self) -> Snapshot:
+        snapshots = [await counter.snapshot() for counter in self.counters]
+        calls: Dict[str, int] = {}
+        for one in snapshots:
+            for name, count in one.calls.items():
+                calls[name] = calls.get(name, 0) + count
+        return Snapshot(
+            at=snapshots[-1].at,
+            reads=sum(one.reads for one in snapshots),
+            bytes_in=sum(one.bytes_in for one in snapshots),
+            bytes_out=sum(one.bytes_out for one in snapshots),
+            calls=calls,
+            own_reads=sum(one.own_reads for one in snapshots),
+            own_calls=sum(one.own_calls for one in snapshots),
+            own_in=sum(one.own_in for one in snapshots),
+            own_out=sum(one.own_out for one in snapshots),
+        )
+
+    async def close(self) -> None:
+        for counter in self.counters:
+            await counter.close()
+
+
 def top_commands(per_unit: Dict[str, Any], count: int = 6) -> str:
     """``EVALSHA 3.00, HSET 2.00, ...``: the most frequent commands per unit, for printing."""
     items: List[Tuple[str, float]] = list(per_unit.get("by_command", {}).items())[:count]

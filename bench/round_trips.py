@@ -100,17 +100,22 @@ async def _phase(
 
 async def count(
     plan: Counting,
-    redis_url: str,
-    redis_port: int,
+    redis: Any,
+    counter: RedisCounter,
     product: Product,
     few: List[Conversation],
     many: List[Conversation],
+    trace_port: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Count the phases on ``product`` (the Redis stack); ``few`` for one client, ``many`` for N."""
+    """Count the phases on ``product`` (the Redis stack); ``few`` for one client, ``many`` for N.
+
+    ``redis``: the stack's switchboard (a URL or a ``RedisConnection``); ``counter``
+    reads its servers (``NodesCounter`` for a Cluster's masters); ``trace_port``: the
+    one server to trace a turn and a message on with MONITOR, if any.
+    """
     from connectors.omnidesk.channel.redis_switchboard import RedisSwitchboard
 
-    counter = RedisCounter("127.0.0.1", redis_port)
-    board = RedisSwitchboard(redis_url)
+    board = RedisSwitchboard(redis)
     results: Dict[str, Any] = {"open_handoffs": await board.count_open()}
     try:
         # What the earlier rows left behind (tracker writes) is done first.
@@ -154,7 +159,8 @@ async def count(
             results["relayed_turn_c1"] = await _phase(counter, background, relayed_turns, 0.05)
             results["relayed_turn_n"] = await _phase(counter, background, relayed_at_n, 0.05)
             # Last: what their tracker writes leave behind falls in no counted window.
-            results["traces"] = await _traces(redis_port, product, few[0])
+            if trace_port is not None:
+                results["traces"] = await _traces(trace_port, product, few[0])
         finally:
             await _release_sweeper(board)
     finally:
@@ -225,6 +231,8 @@ def lines(results: Dict[str, Any], n: int) -> List[str]:
         ("relayed_turn", "one relayed turn"),
         ("agent_message", "one agent message"),
     ):
+        if "traces" not in results:
+            break
         out.append(
             f"  {label} as redis-server ran it (MONITOR; #n a connection, in brackets "
             "what a script called or a MULTI held):"

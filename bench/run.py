@@ -14,7 +14,10 @@ and stops on loopback). It prints p50, p99 and throughput of each, the ratios
 and the targets (PASS/FAIL, reported, never asserted). Then, untimed: a
 cProfile of each product's Rasa process under the N-handoff load, by stage
 (bench/cpu_profile.py), and the Redis round trips and commands per relayed turn
-and per agent message (bench/round_trips.py). It writes results/latest.json and
+and per agent message (bench/round_trips.py). Last, the Redis rows once more on
+a fourth stack whose switchboard is a Redis Cluster of 3 masters (no replicas:
+the price of the mode, not of replication), with the round trips summed over
+the masters (``--no-cluster`` leaves it out). It writes results/latest.json and
 results/latest.png (a --quick run writes quick.json and quick.png unless --out
 says otherwise); the profiles are kept beside the processes' logs.
 """
@@ -53,8 +56,10 @@ from bench.product import (  # noqa: E402
     warm_relay,
 )
 from bench.receiver import Receiver  # noqa: E402
+from bench.redis_traffic import NodesCounter, RedisCounter  # noqa: E402
 from tests.cluster.cluster import RedisServer, redis_program  # noqa: E402
 from tests.e2e.stack import Stack  # noqa: E402
+from tests.redis_servers import RedisClusterServers  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 # The sandbox keeps this many chats (it drops the oldest beyond): room for every handoff.
@@ -63,6 +68,8 @@ SANDBOX_MAX_CHATS = 2000
 REDIS_START_TIMEOUT = 30.0
 # The floor's Redis round trips go to their own database of that server.
 FLOOR_REDIS_DB = 2
+# The Redis Cluster of the last rows: this many masters, no replicas.
+CLUSTER_MASTERS = 3
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ def _row(figures: Figures) -> str:
     )
 
 
-async def measure_all(plan: Plan, log_dir: Path) -> Dict[str, Any]:
+async def measure_all(plan: Plan, log_dir: Path, cluster: bool = True) -> Dict[str, Any]:
     figures: Dict[str, Any] = {}
     checks: Dict[str, Any] = {}
     extra: Dict[str, Any] = {}  # the untimed measures: cpu_profiles, redis_round_trips
@@ -235,6 +242,8 @@ async def measure_all(plan: Plan, log_dir: Path) -> Dict[str, Any]:
                         await loop.run_in_executor(None, stack.stop)
         finally:
             await loop.run_in_executor(None, redis.stop)
+        if cluster:
+            await _measure_on_a_cluster(plan, receiver, log_dir, files_dir, figures, extra)
     finally:
         await receiver.stop()
         shutil.rmtree(files_dir, ignore_errors=True)
@@ -507,10 +516,11 @@ async def _measure_stacks(
                 background_seconds=plan.background_seconds,
             ),
             stacks.redis.url(),
-            stacks.redis.port,
+            RedisCounter("127.0.0.1", stacks.redis.port),
             on_redis,
             short_redis,
             many_redis,
+            trace_port=stacks.redis.port,
         )
         switched.check_alive()
         _say_beside_floor(figures, n, extra["redis_round_trips"])
@@ -538,6 +548,156 @@ async def _profile_relay(
     summary["errors"] = result.errors
     summary["cpu_ms_per_turn_under_profiler"] = _per_turn(cpu.get("rasa"), result.count)
     return summary
+
+
+async def _measure_on_a_cluster(
+    plan: Plan,
+    receiver: Receiver,
+    log_dir: Path,
+    files_dir: Path,
+    figures: Dict[str, Any],
+    extra: Dict[str, Any],
+) -> None:
+    """The Redis rows once more, the switchboard on a Redis Cluster, after the other stacks
+    stopped (the machine runs one stack at a time here)."""
+    loop = asyncio.get_running_loop()
+    program, cli = redis_program(), shutil.which("redis-cli")
+    if program is None or cli is None:
+        _say("no redis-cli (apt-get install redis-tools): the Redis Cluster rows are left out")
+        return
+    _say(f"starting a Redis Cluster of {CLUSTER_MASTERS} masters and a stack on it")
+    started = time.monotonic()
+    servers = await loop.run_in_executor(
+        None,
+        lambda: RedisClusterServers.start(
+            program, cli, log_dir / "redis-cluster", masters=CLUSTER_MASTERS, replicas=0
+        ),
+    )
+    try:
+        block = {
+            "deployment_mode": "cluster",
+            "endpoints": [str(node.address) for node in servers.nodes],
+        }
+        stack = await loop.run_in_executor(
+            None,
+            lambda: Stack.start(
+                log_dir=log_dir / "redis-cluster-stack",
+                callback_url=receiver.url,
+                env={
+                    "OMNIDESK_RECORD_INTERVAL": str(round_trips.RECORD_INTERVAL),
+                    "OMNIDESK_REDIS": json.dumps(block),
+                    "OMNIDESK_FILES_DIR": str(files_dir),
+                },
+                sandbox_args=["--max-chats", str(SANDBOX_MAX_CHATS), "--log-level", "WARNING"],
+            ),
+        )
+        try:
+            _say(f"  up in {time.monotonic() - started:.0f} s")
+            await _measure_cluster_rows(plan, stack, servers, block, receiver, figures, extra)
+        finally:
+            await loop.run_in_executor(None, stack.stop)
+    finally:
+        await loop.run_in_executor(None, servers.stop)
+
+
+async def _measure_cluster_rows(
+    plan: Plan,
+    stack: Any,
+    servers: RedisClusterServers,
+    block: Dict[str, Any],
+    receiver: Receiver,
+    figures: Dict[str, Any],
+    extra: Dict[str, Any],
+) -> None:
+    def keep(key: str, result: Figures) -> None:
+        figures[key] = result.as_dict()
+        _say(_row(result))
+
+    n = plan.handoffs
+    checks: Dict[str, Any] = {}
+    async with http_session() as http:
+        on_cluster = Product(
+            http, receiver, stack.rasa_url, stack.sandbox_url, stack.hookpoint_base
+        )
+        few = await on_cluster.escalate_many("cluster-short", plan.relay_chats, concurrency=4)
+        single = await measure_interleaved(
+            {
+                "relayed turn c=1, Redis Cluster": relay_turn(on_cluster, few, "single"),
+                "agent reply, Redis Cluster outbox": agent_reply_turn(on_cluster, few),
+            },
+            count=plan.relay_turns,
+            pace=plan.pace,
+        )
+        keep("relay_cluster_c1", single["relayed turn c=1, Redis Cluster"])
+        keep("agent_reply_cluster", single["agent reply, Redis Cluster outbox"])
+        many = await on_cluster.escalate_many("cluster-load", n, concurrency=8)
+        result = await relayed_throughput(on_cluster, many, plan.handoff_turns, "load")
+        result.name += ", Redis Cluster"
+        keep(f"relay_cluster_c{n}", result)
+        checks["delivery"] = await on_cluster.check_delivery(many)
+        _say(f"  delivery, Redis Cluster: {json.dumps(checks['delivery'])}")
+        stack.check_alive()
+
+        from connectors.omnidesk.redis_connection import RedisConnection
+
+        masters = [("127.0.0.1", node.port) for node in servers.masters()]
+        counter: RedisCounter = NodesCounter(masters)
+        _say(f"counting Redis round trips and commands over the {len(masters)} masters")
+        extra["redis_cluster_round_trips"] = await round_trips.count(
+            round_trips.Counting(
+                agent_messages=plan.count_agent_messages,
+                relay_turns=plan.count_relay_turns,
+                background_seconds=plan.background_seconds,
+            ),
+            RedisConnection.from_config(block),
+            counter,
+            on_cluster,
+            few,
+            many,
+        )
+        extra["redis_cluster_checks"] = checks
+        stack.check_alive()
+    _say_cluster_beside_one_redis(figures, n, extra)
+
+
+def _say_cluster_beside_one_redis(figures: Dict[str, Any], n: int, extra: Dict[str, Any]) -> None:
+    _say(f"the Redis Cluster ({CLUSTER_MASTERS} masters) beside one Redis (p50)")
+    one, cluster = extra.get("redis_round_trips", {}), extra["redis_cluster_round_trips"]
+    for label, cluster_key, redis_key, counted_key in (
+        ("relayed turn, 1 client", "relay_cluster_c1", "relay_redis_c1", "relayed_turn_c1"),
+        (
+            f"relayed turn, {n} handoffs",
+            f"relay_cluster_c{n}",
+            f"relay_redis_c{n}",
+            "relayed_turn_n",
+        ),
+        (
+            "agent reply through the outbox",
+            "agent_reply_cluster",
+            "agent_reply_redis",
+            "agent_message",
+        ),
+    ):
+        on_cluster, on_one = figures[cluster_key], figures.get(redis_key, {})
+        trips = cluster[counted_key]["total"]
+        line = (
+            f"  {label:<32} Cluster {on_cluster['p50_ms']:8.2f} ms   one Redis "
+            f"{on_one.get('p50_ms', float('nan')):8.2f} ms "
+            f"({ratio(on_cluster['p50_ms'], on_one.get('p50_ms')):.2f}x)   "
+            f"{trips['round_trips']:.2f} round trips, {trips['commands']:.1f} commands"
+        )
+        if counted_key in one:
+            single = one[counted_key]["total"]
+            line += f" (one Redis {single['round_trips']:.2f}, {single['commands']:.1f})"
+        _say(line)
+    _say(
+        f"  {'throughput, ' + str(n) + ' handoffs':<32} Cluster "
+        f"{figures[f'relay_cluster_c{n}']['throughput']:8.1f} /s   one Redis "
+        f"{figures.get(f'relay_redis_c{n}', {}).get('throughput', float('nan')):8.1f} /s"
+    )
+    _say("Redis Cluster round trips and commands (summed over the masters; background taken off)")
+    for line in round_trips.lines(cluster, n):
+        _say(line)
 
 
 def _say_beside_floor(figures: Dict[str, Any], n: int, counted: Dict[str, Any]) -> None:
@@ -697,6 +857,21 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
             floor_redis_cpu_n.get("floor_hop1_redis"), cpu_n.get("floor_hop1")
         ),
     }
+    if "relay_cluster_c1" in f:
+        # The Redis Cluster's rows against one Redis's, measured one after the other.
+        cluster_n = f.get(f"relay_cluster_c{n}", {})
+        ratios["cluster_over_one_redis_relay_p50"] = ratio(
+            f["relay_cluster_c1"]["p50_ms"], f["relay_redis_c1"]["p50_ms"]
+        )
+        ratios[f"cluster_over_one_redis_relay_p50_c{n}"] = ratio(
+            cluster_n.get("p50_ms"), redis_n.get("p50_ms")
+        )
+        ratios[f"cluster_over_one_redis_relay_throughput_c{n}"] = ratio(
+            cluster_n.get("throughput"), redis_n.get("throughput")
+        )
+        ratios["cluster_over_one_redis_agent_reply_p50"] = ratio(
+            f["agent_reply_cluster"]["p50_ms"], f["agent_reply_redis"]["p50_ms"]
+        )
     per_handoff = checks["memory"]["bytes_per_handoff"]
     targets = [
         _target(
@@ -779,6 +954,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small counts: checks that it runs")
     parser.add_argument("--out", type=Path, default=None, help="directory for the JSON and PNG")
     parser.add_argument("--log-dir", type=Path, default=None, help="logs of the started processes")
+    parser.add_argument(
+        "--no-cluster", action="store_true", help="leave out the rows on a Redis Cluster"
+    )
     args = parser.parse_args(argv)
     if redis_program() is None:
         # Before anything starts: the Redis switchboard's rows need one of its own.
@@ -791,7 +969,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     stem = "quick" if args.quick and args.out is None else "latest"
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="rasa-omnidesk-bench-"))
     began = time.monotonic()
-    measured = asyncio.run(measure_all(plan, log_dir))
+    measured = asyncio.run(measure_all(plan, log_dir, cluster=not args.no_cluster))
     evaluated = evaluate(plan, measured)
     results = _clean(
         {

@@ -794,6 +794,22 @@ def _retry(retries: Optional[int]) -> Dict[str, Any]:
     return {"retry": Retry(backoff, retries)}
 
 
+def _cluster_retries(retries: Optional[int]) -> Dict[str, Any]:
+    """How often redis-py 4's RedisCluster sends a command or pipeline again after a
+    connection error, to match ``retries``: there ``retry`` is only each node's.
+
+    Newer redis-py takes ``retry`` for the cluster itself (and warns about this
+    argument). redis-py 4.6 needs at least 1: a pipeline is tried that many times
+    (once), a single command once more after the slots are read again.
+    """
+    import redis
+
+    major = int(str(getattr(redis, "__version__", "5")).split(".", 1)[0] or 5)
+    if retries is None or major >= 5:
+        return {}
+    return {"cluster_error_retry_attempts": max(1, retries)}
+
+
 def _sentinel_kwargs(connection: RedisConnection, connect_timeout: float) -> Dict[str, Any]:
     """How to speak to the sentinels themselves (not to the master they name)."""
     kwargs: Dict[str, Any] = {
@@ -857,6 +873,7 @@ def _build(
             password=connection.password,
             **tls,
             **common,
+            **_cluster_retries(retries),
         )
     import redis.asyncio as aioredis
 

@@ -21,9 +21,10 @@ from tests.e2e.stack import ROOT
 
 pytestmark = pytest.mark.e2e
 
-# A bound, not the expected time (about 100 s): three Rasa processes start side by side,
-# and the counted phases wait for the tracker record (5 s) before and after each.
-RUN_TIMEOUT = 360
+# A bound, not the expected time (about 100 s, and a minute more for the Redis Cluster's
+# stack): three Rasa processes start side by side, then a fourth, and the counted
+# phases wait for the tracker record (5 s) before and after each.
+RUN_TIMEOUT = 480
 
 FIGURE_FIELDS = ("p50_ms", "p99_ms", "mean_ms", "throughput")
 TARGETS = 9
@@ -230,3 +231,28 @@ def test_results_name_the_machine_and_come_with_a_plot(quick_run: Dict[str, Any]
     assert machine["libraries"]["rasa"]
     png: Path = quick_run["_png"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_redis_rows_are_measured_on_a_cluster_too(quick_run: Dict[str, Any]) -> None:
+    figures = quick_run["figures"]
+    plan = quick_run["plan"]
+    n = plan["handoffs"]
+    for name in ("relay_cluster_c1", f"relay_cluster_c{n}", "agent_reply_cluster"):
+        assert name in figures, f"no figure {name}; got {sorted(figures)}"
+        _assert_measured(name, figures[name])
+    delivery = quick_run["redis_cluster_checks"]["delivery"]
+    assert not delivery["chats_with_lost_messages"] and not delivery["chats_out_of_order"]
+    counted = quick_run["redis_cluster_round_trips"]
+    for key in ("relayed_turn_c1", "relayed_turn_n", "agent_message"):
+        during = counted[key]["in_turns"]
+        # Summed over the masters: a relayed turn and an agent message reach some master.
+        assert during["round_trips"] >= 1 and during["commands"] >= during["round_trips"], key
+    for name in (
+        "cluster_over_one_redis_relay_p50",
+        f"cluster_over_one_redis_relay_throughput_c{n}",
+        "cluster_over_one_redis_agent_reply_p50",
+    ):
+        assert name in quick_run["ratios"], name
+    stdout = quick_run["_stdout"]
+    assert "the Redis Cluster (3 masters) beside one Redis" in stdout
+    assert "Redis Cluster round trips and commands" in stdout

@@ -145,3 +145,34 @@ async def test_a_trace_shows_each_request_and_what_it_held(
         "#1 GET chat:<chat>",
     ]
     assert "secret" not in repr(traced)
+
+
+async def test_a_cluster_s_masters_are_counted_together(
+    redis_cluster: Any, key_prefix: str
+) -> None:
+    from bench.redis_traffic import NodesCounter
+    from connectors.omnidesk.redis_connection import close_client, create_client
+
+    masters = [("127.0.0.1", node.port) for node in redis_cluster.masters()]
+    counting = NodesCounter(masters)
+    client = create_client(redis_cluster.connection())
+    try:
+        await client.ping(target_nodes=client.PRIMARIES)  # connections open first
+        # Keys without a common tag: each goes to its own slot's master.
+        keys = [f"{key_prefix.strip('{}:')}:key-{index}" for index in range(12)]
+        first = await counting.snapshot()
+        for key in keys:
+            await client.set(key, "1")
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        await pipe.execute()
+        traffic = RedisCounter.between(first, await counting.snapshot())
+    finally:
+        await close_client(client)
+        await counting.close()
+
+    # Twelve commands one by one, then one pipelined request per master that holds a key.
+    owners = {redis_cluster.masters()[0].call("CLUSTER", "KEYSLOT", key) for key in keys}
+    assert traffic.calls == {"set": 12, "get": 12}
+    assert 12 + 1 < traffic.reads <= 12 + len(masters) and len(owners) > 1
