@@ -41,6 +41,7 @@ class Tally:
     duplicated: int = 0
     reordered: int = 0
     refused_tries: int = 0  # answers other than 200/ok, each sent again
+    slowest: float = 0.0  # seconds, the longest a turn or message took to be taken
 
     def add(self, label: str, taken: List[int], arrivals: List[int]) -> None:
         seen: List[int] = []
@@ -62,7 +63,8 @@ class Tally:
         return (
             f"taken {self.taken}, arrived {self.arrived}, lost {len(self.lost)}, "
             f"duplicated {self.duplicated}, reordered {self.reordered} "
-            f"({self.refused_tries} tries refused and sent again)"
+            f"({self.refused_tries} tries refused and sent again; the slowest taken "
+            f"in {self.slowest:.2f} s)"
         )
 
 
@@ -155,7 +157,8 @@ async def converse(
 
         async def say(person: _Person, number: int, server: ChannelServer) -> None:
             text = f"q{number} {person.label}"
-            deadline = time.monotonic() + retry_for
+            began = time.monotonic()
+            deadline = began + retry_for
             while True:
                 try:
                     async with http.post(
@@ -169,6 +172,8 @@ async def converse(
                     status = 0
                 if status == 200:
                     person.said.append(number)
+                    taken = report.customer_turns
+                    taken.slowest = max(taken.slowest, time.monotonic() - began)
                     return
                 report.customer_turns.refused_tries += 1
                 _note_refusal(report, "customer turns", fault_started)
@@ -180,11 +185,14 @@ async def converse(
             chat = sandbox.chat(person.chat)
             base = chat.chat_server.split("/webhooks/", 1)
             chat.chat_server = f"{server.url}/webhooks/{base[1]}"
-            deadline = time.monotonic() + retry_for
+            began = time.monotonic()
+            deadline = began + retry_for
             while True:
                 result = await sandbox.agent_reply(person.chat, f"a{number} {person.label}")
                 if result.ok and result.body.strip() == "ok":
                     person.written.append(number)
+                    taken = report.agent_messages
+                    taken.slowest = max(taken.slowest, time.monotonic() - began)
                     return
                 report.agent_messages.refused_tries += 1
                 _note_refusal(report, "agent messages", fault_started)

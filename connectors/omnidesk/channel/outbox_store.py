@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 from connectors.omnidesk import metrics
 from connectors.omnidesk.channel.redis_clients import RedisClients, index_members
@@ -25,6 +25,10 @@ from connectors.omnidesk.channel.switchboard import SwitchboardError
 from connectors.omnidesk.redis_connection import RedisConnection
 
 logger = logging.getLogger(__name__)
+
+# How long a lease Redis would not let go is tried again: a drainer's lease lives 15 s
+# (outbox.OutboxTimings.lease_ttl); past that it has lapsed anyway.
+RELEASE_RETRY_FOR = 15.0
 
 
 class OutboxStore(abc.ABC):
@@ -227,6 +231,8 @@ class RedisOutboxStore(OutboxStore):
         self._release = self._redis.register_script(_RELEASE_SCRIPT)
         self._mark = self._redis.register_script(_MARK_SCRIPT)
         self._present = self._redis.register_script(_PRESENT_SCRIPT)
+        # Leases whose release Redis refused (a failover), let go in the background.
+        self._releasing: Set[asyncio.Future[None]] = set()
 
     def _stream(self, conversation_id: str) -> str:
         return self._keys.of(conversation_id, "outbox")
@@ -385,9 +391,36 @@ class RedisOutboxStore(OutboxStore):
         return bool(int(taken))
 
     async def release(self, conversation_id: str, token: str) -> None:
+        """Let the lease go; when Redis refuses (failing over), raise, and keep trying in the
+        background: a lease the new master holds would keep every drainer off this
+        conversation until it lapses."""
+        try:
+            await self._release_once(conversation_id, token)
+        except SwitchboardError:
+            later = asyncio.ensure_future(self._release_later(conversation_id, token))
+            self._releasing.add(later)
+            later.add_done_callback(self._releasing.discard)
+            raise
+
+    async def _release_once(self, conversation_id: str, token: str) -> None:
         await self._call(
             "release", self._release(keys=[self._lease_key(conversation_id)], args=[token])
         )
+
+    async def _release_later(self, conversation_id: str, token: str) -> None:
+        deadline = time.monotonic() + RELEASE_RETRY_FOR
+        pause = 0.25
+        while time.monotonic() + pause < deadline:
+            await asyncio.sleep(pause)
+            try:
+                await self._release_once(conversation_id, token)
+            except SwitchboardError:
+                pause = min(pause * 2, 2.0)
+                continue
+            logger.info(
+                "Outbox lease of conversation %s let go after Redis came back.", conversation_id
+            )
+            return
 
     async def waiting(self) -> List[str]:
         pipe = self._clients.pipeline()
@@ -427,6 +460,8 @@ class RedisOutboxStore(OutboxStore):
         return int(count) > 0
 
     async def close(self) -> None:
+        for later in list(self._releasing):
+            later.cancel()
         if self._owns_clients:
             await self._clients.close()
 
