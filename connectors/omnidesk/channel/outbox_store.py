@@ -26,8 +26,9 @@ from connectors.omnidesk.redis_connection import RedisConnection
 
 logger = logging.getLogger(__name__)
 
-# How long a lease Redis would not let go is tried again: a drainer's lease lives 15 s
-# (outbox.OutboxTimings.lease_ttl); past that it has lapsed anyway.
+# How long a removal or a release Redis refused is tried again: a drainer's lease lives
+# 15 s (outbox.OutboxTimings.lease_ttl); past that it has lapsed, and the removal's
+# fencing check would fail anyway.
 RELEASE_RETRY_FOR = 15.0
 
 
@@ -231,8 +232,11 @@ class RedisOutboxStore(OutboxStore):
         self._release = self._redis.register_script(_RELEASE_SCRIPT)
         self._mark = self._redis.register_script(_MARK_SCRIPT)
         self._present = self._redis.register_script(_PRESENT_SCRIPT)
-        # Leases whose release Redis refused (a failover), let go in the background.
-        self._releasing: Set[asyncio.Future[None]] = set()
+        # What a drainer could not finish when Redis refused (a failover): per (conversation,
+        # lease token), the entries sent but not removed, and whether the lease is still to
+        # let go; finished in the background, in that order, once Redis answers.
+        self._unfinished: Dict[Tuple[str, str], _Unfinished] = {}
+        self._finishing: Set[asyncio.Future[None]] = set()
 
     def _stream(self, conversation_id: str) -> str:
         return self._keys.of(conversation_id, "outbox")
@@ -370,15 +374,13 @@ class RedisOutboxStore(OutboxStore):
         return [(str(entry_id), str(fields.get("e", ""))) for entry_id, fields in rows]
 
     async def remove(self, conversation_id: str, entry_id: str, token: str) -> bool:
-        left = int(
-            await self._call(
-                "remove",
-                self._remove(
-                    keys=[self._stream(conversation_id), self._lease_key(conversation_id)],
-                    args=[token, entry_id],
-                ),
-            )
-        )
+        """Remove a sent entry under the lease; when Redis refuses, raise and keep trying in
+        the background (with the same lease), so the new master does not send it again."""
+        try:
+            left = await self._remove_once(conversation_id, entry_id, token)
+        except SwitchboardError:
+            self._unfinished_of(conversation_id, token).sent.append(entry_id)
+            raise
         if left == 0:
             await self._forget(conversation_id)
         return left >= 0
@@ -397,9 +399,7 @@ class RedisOutboxStore(OutboxStore):
         try:
             await self._release_once(conversation_id, token)
         except SwitchboardError:
-            later = asyncio.ensure_future(self._release_later(conversation_id, token))
-            self._releasing.add(later)
-            later.add_done_callback(self._releasing.discard)
+            self._unfinished_of(conversation_id, token).release = True
             raise
 
     async def _release_once(self, conversation_id: str, token: str) -> None:
@@ -407,20 +407,63 @@ class RedisOutboxStore(OutboxStore):
             "release", self._release(keys=[self._lease_key(conversation_id)], args=[token])
         )
 
-    async def _release_later(self, conversation_id: str, token: str) -> None:
+    async def _remove_once(self, conversation_id: str, entry_id: str, token: str) -> int:
+        return int(
+            await self._call(
+                "remove",
+                self._remove(
+                    keys=[self._stream(conversation_id), self._lease_key(conversation_id)],
+                    args=[token, entry_id],
+                ),
+            )
+        )
+
+    def _unfinished_of(self, conversation_id: str, token: str) -> "_Unfinished":
+        key = (conversation_id, token)
+        unfinished = self._unfinished.get(key)
+        if unfinished is None:
+            unfinished = self._unfinished[key] = _Unfinished()
+            later = asyncio.ensure_future(self._finish_later(conversation_id, token, unfinished))
+            self._finishing.add(later)
+            later.add_done_callback(self._finishing.discard)
+        return unfinished
+
+    async def _finish_later(
+        self, conversation_id: str, token: str, unfinished: "_Unfinished"
+    ) -> None:
+        """Remove what was sent, then let the lease go, once Redis answers again: the entries
+        are not sent twice, and the next drainer need not wait for the lease to lapse."""
         deadline = time.monotonic() + RELEASE_RETRY_FOR
         pause = 0.25
-        while time.monotonic() + pause < deadline:
-            await asyncio.sleep(pause)
-            try:
-                await self._release_once(conversation_id, token)
-            except SwitchboardError:
-                pause = min(pause * 2, 2.0)
-                continue
-            logger.info(
-                "Outbox lease of conversation %s let go after Redis came back.", conversation_id
+        try:
+            while time.monotonic() + pause < deadline:
+                await asyncio.sleep(pause)
+                try:
+                    while unfinished.sent:
+                        if await self._remove_once(conversation_id, unfinished.sent[0], token) < 0:
+                            # The lease lapsed, or the new master never had it: a drainer
+                            # may send these again (at least once).
+                            unfinished.sent.clear()
+                            break
+                        unfinished.sent.pop(0)
+                    if unfinished.release:
+                        await self._release_once(conversation_id, token)
+                except SwitchboardError:
+                    pause = min(pause * 2, 2.0)
+                    continue
+                logger.info(
+                    "Outbox of conversation %s: what its drainer left at a Redis failure is done.",
+                    conversation_id,
+                )
+                return
+            logger.warning(
+                "Outbox of conversation %s: %d delivered entries could not be removed after "
+                "Redis failed; they may be sent again.",
+                conversation_id,
+                len(unfinished.sent),
             )
-            return
+        finally:
+            self._unfinished.pop((conversation_id, token), None)
 
     async def waiting(self) -> List[str]:
         pipe = self._clients.pipeline()
@@ -460,10 +503,18 @@ class RedisOutboxStore(OutboxStore):
         return int(count) > 0
 
     async def close(self) -> None:
-        for later in list(self._releasing):
+        for later in list(self._finishing):
             later.cancel()
         if self._owns_clients:
             await self._clients.close()
+
+
+class _Unfinished:
+    """What a drainer left when Redis failed: entries sent but not removed, the lease."""
+
+    def __init__(self) -> None:
+        self.sent: List[str] = []
+        self.release = False
 
 
 def create_outbox_store(
