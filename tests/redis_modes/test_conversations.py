@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Dict, List, Tuple
 
+import aiohttp
 import pytest
 
 from omnidesk_sandbox.testing import Sandbox
@@ -227,3 +228,24 @@ async def test_customers_and_agents_on_tls_with_an_acl_user_lose_nothing(
     show("TLS with an ACL user (client certificate required), two instances", report, capsys)
 
     assert report.clean, str(report)
+
+
+@pytest.mark.parametrize("mode", ["sentinel", "cluster", "tls"])
+async def test_readiness_pings_the_switchboard_in_every_mode(
+    mode: str, request: pytest.FixtureRequest, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    if mode == "sentinel":
+        block = sentinel_block(request.getfixturevalue("sentinel_group"))
+    elif mode == "cluster":
+        block = cluster_block(request.getfixturevalue("redis_cluster"))
+    else:
+        block = {"type": "redis", **request.getfixturevalue("tls_redis").block()}
+    async with callback_receiver() as customer, channel_server(
+        {"callback": {"url": customer.url}}, sandbox=sandbox, redis=block, files_dir=str(tmp_path)
+    ) as server, aiohttp.ClientSession() as http, http.get(
+        f"{server.url}/webhooks/omnidesk/health/ready"
+    ) as answer:
+        body = await answer.json()
+
+    assert answer.status == 200, body
+    assert body["switchboard"]["status"] == "ok" and body["switchboard"]["kind"] == "redis"

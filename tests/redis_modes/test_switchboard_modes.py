@@ -20,7 +20,11 @@ from connectors.omnidesk.channel.redis_clients import RedisClients
 from connectors.omnidesk.channel.redis_switchboard import INDEX_SHARDS, RedisKeys, RedisSwitchboard
 from connectors.omnidesk.channel.switchboard import Handoff, SwitchboardError
 from connectors.omnidesk.handoff import new_chat_session_id
-from connectors.omnidesk.redis_connection import RedisConnection
+from connectors.omnidesk.redis_connection import (
+    RedisConnection,
+    close_client,
+    create_pubsub_client,
+)
 from tests.redis_modes.test_cluster import key_slot, restart_node
 from tests.redis_servers import (
     PlainRedis,
@@ -294,3 +298,37 @@ async def test_the_same_clients_work_on_after_a_cluster_master_dies(
             ]
         finally:
             await loop.run_in_executor(None, restart_node, redis_cluster, victim)
+
+
+async def test_the_subscriber_hears_again_when_its_cluster_node_dies(
+    redis_cluster: RedisClusterServers, prefix: str
+) -> None:
+    # It starts on a replica: killing that leaves every slot served for the other tests.
+    replica = redis_cluster.replicas_of_cluster()[0]
+    others = [node for node in redis_cluster.nodes if node is not replica]
+    listening = RedisClients(redis_cluster.connection(endpoints=[replica, *others]))
+    # redis-py 4.6's RedisCluster cannot PUBLISH without a node: a plain client on others.
+    publishing = create_pubsub_client(redis_cluster.connection(endpoints=others))
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    try:
+        listening.subscriber.register(f"{prefix}nudge", heard.put_nowait)
+        listening.subscriber.start()
+        await asyncio.wait_for(listening.subscriber.connected.wait(), 10)
+        replica.kill()
+        killed_at = time.monotonic()
+
+        while heard.empty():
+            assert time.monotonic() - killed_at < 15, "never heard again"
+            await publishing.publish(f"{prefix}nudge", "after")
+            await asyncio.sleep(0.2)
+        print(
+            f"\nthe subscriber heard again {time.monotonic() - killed_at:.2f} s after its node died"
+        )
+
+        assert await heard.get() == "after"
+    finally:
+        await listening.close()
+        await close_client(publishing)
+        if not replica.alive:
+            await loop.run_in_executor(None, restart_node, redis_cluster, replica)

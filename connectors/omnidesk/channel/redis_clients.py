@@ -48,6 +48,7 @@ class Subscriber:
     """
 
     def __init__(self, client: Any, where: str) -> None:
+        """``client``: a client of ``create_pubsub_client``; the subscriber closes it."""
         self._client = client
         self._where = where
         self._handlers: Dict[str, Callable[[str], None]] = {}
@@ -131,6 +132,7 @@ class Subscriber:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._running
             self._running = None
+        await close_client(self._client)
 
 
 async def _close_pubsub(pubsub: Any) -> None:
@@ -220,7 +222,6 @@ class RedisClients:
 
     async def close(self) -> None:
         await self.subscriber.close()
-        await close_client(self.subscriber._client)
         await close_client(self.data)
 
 
