@@ -332,3 +332,18 @@ async def test_the_subscriber_hears_again_when_its_cluster_node_dies(
         await close_client(publishing)
         if not replica.alive:
             await loop.run_in_executor(None, restart_node, redis_cluster, replica)
+
+
+async def test_a_master_that_lost_the_scripts_is_given_them_again(
+    redis_cluster: RedisClusterServers, prefix: str
+) -> None:
+    async with instance(redis_cluster.connection(), prefix) as (board, outbox):
+        await board.start(handoff("conv-noscript"))
+        await _served_number(board, "conv-noscript")
+        # A master restarted, or a replica just promoted: its script cache is empty.
+        for master in redis_cluster.masters():
+            master.call("SCRIPT", "FLUSH")
+
+        assert await _served_number(board, "conv-noscript") == 3
+        assert await outbox.lease("conv-noscript", "me", 5)
+        assert await board.claim_wait_notice("conv-noscript")
