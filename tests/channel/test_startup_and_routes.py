@@ -19,10 +19,19 @@ BASE = {
 }
 
 
-def test_rest_channel_is_refused_at_start_up_naming_the_channels_that_can() -> None:
+def test_a_voice_channel_is_refused_at_start_up_naming_the_reason_and_the_channels_that_can() -> (
+    None
+):
     with pytest.raises(ChannelConfigError) as raised:
-        OmnideskInput.from_credentials({**BASE, "customer_channels": {"rest": None}})
-    assert "rest" in str(raised.value) and "socketio" in str(raised.value)
+        OmnideskInput.from_credentials({**BASE, "customer_channels": {"twilio_voice": {}}})
+    message = str(raised.value)
+    assert message.startswith("customer_channels: twilio_voice cannot send")
+    assert "rest" in message and "socketio" in message and "transferring" in message
+
+
+def test_rest_is_served_and_its_customer_pulls() -> None:
+    channel = OmnideskInput.from_credentials({**BASE, "customer_channels": {"rest": None}})
+    assert [c.name() for c in channel.customer_channels] == ["rest"]
 
 
 def test_missing_or_unknown_customer_channels_fail_naming_the_key() -> None:

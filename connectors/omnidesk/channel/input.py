@@ -2,7 +2,7 @@
 
 Rasa's face of the connector: ``from_credentials`` validates everything at
 start-up, ``blueprint`` wraps the customer's own channels (socketio, callback,
-or any channel that can send outside a request) and serves their routes at
+rest, or any channel that can send outside a request) and serves their routes at
 their usual URLs beside the connector's own (routes.py), and the listeners
 build and close the running parts. It routes a customer turn by asking the
 relay once; relay.py decides. The start-up checks live in startup.py, what
@@ -27,6 +27,7 @@ from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.health import Health
 from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text, wait_for_turns_before
 from connectors.omnidesk.channel.lines import line_for
+from connectors.omnidesk.channel.lines.rest import carrying_what_waits
 from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings
 from connectors.omnidesk.channel.outbox_store import create_outbox_store
 from connectors.omnidesk.channel.rasa_bot import RasaBot
@@ -95,9 +96,12 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         if refused:
             raise ChannelConfigError(
                 f"customer_channels: {', '.join(refused)} cannot send a message outside the "
-                "request that brought the customer's turn, so agent replies could not reach "
-                "the customer. Use a channel that can push: socketio, callback, or one with "
-                "its own get_output_channel (telegram, slack, facebook, twilio, ...)."
+                "request that brought the customer's turn, and its customer cannot fetch one "
+                "later, so agent replies could not reach the customer. Use rest (its client "
+                "polls or streams them), or a channel that can push: socketio, callback, or "
+                "one with its own get_output_channel (telegram, slack, facebook, twilio, ...). "
+                "A voice channel hands a call to a person by transferring it, not by relaying "
+                "text."
             )
         self.settings = settings
         self.customer_channels = list(customer_channels)
@@ -186,9 +190,14 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         rasa_compat.install_secret_filter()
         wrapped: List[Tuple[InputChannel, Blueprint]] = []
         for channel in self.customer_channels:
-            blueprint = channel.blueprint(self._relayed(channel, on_new_message))
+            line = line_for(channel, self.settings.agent_name_prefix)
+            handler = self._relayed(channel, on_new_message)
+            if line.pulled:
+                # rest: the answer to a turn also carries what waits for the customer.
+                handler = carrying_what_waits(handler, lambda: self.outbox)
+            blueprint = channel.blueprint(handler)
             wrapped.append((channel, blueprint))
-            self._lines[str(channel.name())] = line_for(channel, self.settings.agent_name_prefix)
+            self._lines[str(channel.name())] = line
             sio = (
                 rasa_compat.socketio_server(channel) if isinstance(channel, SocketIOInput) else None
             )

@@ -6,7 +6,10 @@ answers ``ok``. A drainer takes them off one at a time, oldest first, and
 removes an entry only once the customer's channel took it. A socket.io
 customer's entries are sent by the instance a socket of that session is
 connected to (``Presence``; a put nudges every instance through Redis); for the
-callback channel and any other, the send must succeed. What the channel
+callback channel and any other, the send must succeed. A customer who pulls
+(rest: ``CustomerLine.pulled``) is sent nothing: their client reads what waits
+after its cursor and acknowledges it (``read``, ``wait``, ``acknowledge``), or
+the answer to their next turn carries it (``take_for_answer``). What the channel
 refused stays and is tried again with backoff (``outbox_backoff_base`` doubling
 up to ``outbox_backoff_max``); what waits longer than ``outbox_retention`` is
 dropped and logged with its chat id.
@@ -20,7 +23,7 @@ with ``memory://``, in the switchboard's Redis otherwise. docs/architecture.md
 
 Here, top to bottom: what an entry is (``ToCustomer``, ``OutboxEntry``), its
 timings (``OutboxTimings``), which instance holds a socket (``Presence``), and
-the ``Outbox`` itself (put, drain, poll, flush, lifecycle).
+the ``Outbox`` itself (put, drain, the customer's pulls, poll, lifecycle).
 """
 
 import asyncio
@@ -34,7 +37,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set,
 
 from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.outbox_store import OutboxStore
+from connectors.omnidesk.channel.outbox_store import OutboxStore, entry_order
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink, Undeliverable
 from connectors.omnidesk.channel.switchboard import SwitchboardError
 from connectors.omnidesk.settings import OmnideskSettings
@@ -47,11 +50,12 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ToCustomer:
     """One thing for the customer: text (agent's or a notice), an agent file, typing,
-    the handoff's details (the customer token and the routes it opens), or a bot
+    the handoff's details (the customer token and the routes it opens), a bot
     message as Rasa uttered it (``response``: the bot's words when it takes back
-    a conversation)."""
+    a conversation), or, for a customer who pulls, the end of the chat
+    (``ended``, after the bot's words: a stream closes on it)."""
 
-    kind: str  # "text" | "file" | "typing" | "details" | "response"
+    kind: str  # "text" | "file" | "typing" | "details" | "response" | "ended"
     text: str = ""
     file: Optional[FileLink] = None
     typing: bool = False
@@ -60,14 +64,22 @@ class ToCustomer:
     response: Optional[Mapping[str, Any]] = None
     # A connector notice's text: "notice", or "end" for the end-of-chat message.
     notice: str = ""
+    # How the chat ended (a HandoffOutcome's value), on an "ended" entry.
+    outcome: str = ""
 
     @property
     def metric_kind(self) -> str:
         """What omnidesk_agent_deliveries_total calls it: message, file, typing, notice, end."""
         if self.notice:
             return self.notice
-        # The handoff's details and the bot's words are the connector's own, like a notice.
-        kinds = {"text": "message", "file": "file", "details": "notice", "response": "notice"}
+        # The handoff's details, the bot's words and the end are the connector's own.
+        kinds = {
+            "text": "message",
+            "file": "file",
+            "details": "notice",
+            "response": "notice",
+            "ended": "notice",
+        }
         return kinds.get(self.kind, "typing")
 
     def describe(self) -> str:
@@ -78,6 +90,7 @@ class ToCustomer:
             "file": "agent file",
             "details": "handoff details",
             "response": "bot message",
+            "ended": "end of the chat",
         }
         return names.get(self.kind, "agent typing")
 
@@ -101,6 +114,8 @@ class ToCustomer:
             data["response"] = dict(self.response)
         if self.notice:
             data["notice"] = self.notice
+        if self.outcome:
+            data["outcome"] = self.outcome
         return data
 
     @classmethod
@@ -130,6 +145,7 @@ class ToCustomer:
             ),
             response=dict(response) if isinstance(response, Mapping) else None,
             notice=str(data.get("notice", "")),
+            outcome=str(data.get("outcome", "")),
         )
 
 
@@ -146,6 +162,9 @@ async def send_to(line: CustomerLine, conversation_id: str, item: ToCustomer) ->
             logger.debug(
                 "The channel of conversation %s has no use for handoff details.", conversation_id
             )
+    elif item.kind == "ended":
+        # Only a customer who pulls is told; a pushing channel had the bot's words.
+        return
     elif not await line.send_typing(conversation_id, item.typing):
         logger.debug("The channel of conversation %s cannot show typing; dropped.", conversation_id)
 
@@ -184,6 +203,14 @@ class OutboxEntry:
         )
 
 
+@dataclass(frozen=True)
+class Pulled:
+    """An entry as a customer who pulls reads it: its id is their cursor."""
+
+    entry_id: str
+    entry: OutboxEntry
+
+
 # -- timings ---------------------------------------------------------------------------
 
 
@@ -215,6 +242,7 @@ class OutboxTimings:
     # which refreshes it every presence_refresh.
     presence_ttl: float = 6.0
     presence_refresh: float = 2.0
+    pull_batch: int = 50  # entries one poll answer or stream read carries at most
 
     @classmethod
     def from_settings(cls, settings: OmnideskSettings) -> "OutboxTimings":
@@ -322,6 +350,8 @@ class Outbox:
         self._not_before: Dict[str, float] = {}  # monotonic: retry after backoff, or away
         self._background: List[asyncio.Task[None]] = []
         self._poll_failing = False
+        # Polls and streams waiting for a conversation's next entry, woken by any put.
+        self._pullers: Dict[str, Set[asyncio.Event]] = {}
 
     # -- putting -----------------------------------------------------------------
 
@@ -337,7 +367,10 @@ class Outbox:
             chat_session_id,
             item.describe(),
         )
-        self.kick(conversation_id)
+        self._wake(conversation_id)
+        if not self.pulls(channel):
+            # A customer who pulls is sent nothing: no drainer to start.
+            self.kick(conversation_id)
 
     async def send_now(self, conversation_id: str, channel: str, item: ToCustomer) -> None:
         """Send ``item`` on the customer's channel directly, bypassing the store.
@@ -474,6 +507,14 @@ class Outbox:
             )
             _given_up(entry, "channel_not_wrapped")
             return await self._store.remove(conversation_id, entry_id, token)
+        if getattr(line, "pulled", False):
+            # The customer's client reads and acknowledges it; the drainer only keeps
+            # the retention, looking again after a while.
+            self._not_before[conversation_id] = time.monotonic() + self.timings.away_recheck
+            return False
+        if entry.item.kind == "ended":
+            # Only a customer who pulls is told of the end this way.
+            return await self._store.remove(conversation_id, entry_id, token)
         if line.held_by_socket and not self.presence.here(conversation_id):
             await self._wait_for_socket(conversation_id, entry)
             return False
@@ -570,6 +611,147 @@ class Outbox:
         self._not_before[conversation_id] = time.monotonic() + delay
         return delay
 
+    # -- the customer pulls (rest) --------------------------------------------------
+
+    def pulls(self, channel: str) -> bool:
+        """Whether the customer of ``channel`` fetches what waits (rest) rather than being sent it."""
+        return bool(getattr(self._lines.get(channel), "pulled", False))
+
+    async def mark_ended(
+        self, conversation_id: str, channel: str, chat_session_id: str, outcome: str
+    ) -> None:
+        """For a customer who pulls: the chat is over, after the bot's words. Never raises.
+
+        Not stored (Redis down), a stream still ends: it looks at the handoff on
+        every heartbeat (routes.py).
+        """
+        if not self.pulls(channel):
+            return
+        try:
+            await self.put(
+                conversation_id, channel, chat_session_id, ToCustomer("ended", outcome=outcome)
+            )
+        except SwitchboardError as error:
+            logger.warning(
+                "Outbox of conversation %s (chat %s): the end of the chat not stored: %s",
+                conversation_id,
+                chat_session_id,
+                error,
+            )
+
+    async def acknowledge(self, conversation_id: str, up_to: str) -> int:
+        """The customer's client has everything up to ``up_to``: it is taken off."""
+        removed = await self._store.acknowledge(conversation_id, up_to)
+        if removed:
+            logger.debug(
+                "Outbox of conversation %s: %d entries acknowledged up to %s.",
+                conversation_id,
+                removed,
+                up_to,
+            )
+        return removed
+
+    async def chats_waiting(self, conversation_id: str) -> Set[str]:
+        """The chats whose entries wait in the conversation's outbox (the oldest few hundred)."""
+        rows = await self._store.read_after(conversation_id, None, self.timings.pull_batch * 4)
+        chats = set()
+        for _, raw in rows:
+            entry = _readable(conversation_id, raw)
+            if entry is not None:
+                chats.add(entry.chat_session_id)
+        return chats
+
+    async def read(
+        self, conversation_id: str, after: Optional[str], chat_session_id: str
+    ) -> List[Pulled]:
+        """What waits after ``after`` for chat ``chat_session_id``, oldest first, up to a batch.
+
+        Entries of another chat (an earlier handoff's leftovers), entries past
+        the retention and agent typing gone stale are skipped: an
+        acknowledgement past them takes them off.
+        """
+        found: List[Pulled] = []
+        cursor = after
+        batch = self.timings.pull_batch
+        while True:
+            rows = await self._store.read_after(conversation_id, cursor, batch)
+            for entry_id, raw in rows:
+                entry = _readable(conversation_id, raw)
+                if (
+                    entry is not None
+                    and entry.chat_session_id == chat_session_id
+                    and self._fresh(entry)
+                ):
+                    found.append(Pulled(entry_id, entry))
+            if found or len(rows) < batch:
+                return found[:batch]
+            cursor = rows[-1][0]
+
+    async def wait(
+        self, conversation_id: str, after: Optional[str], chat_session_id: str, timeout: float
+    ) -> List[Pulled]:
+        """``read``, waiting up to ``timeout`` seconds for something to arrive.
+
+        Woken by a put on this instance and, through the store's nudge, on any
+        other; no polling. Without a nudge (pub/sub reconnecting) it still
+        reads again when ``timeout`` runs out.
+        """
+        woken = asyncio.Event()
+        waiting = self._pullers.setdefault(conversation_id, set())
+        waiting.add(woken)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                woken.clear()
+                found = await self.read(conversation_id, after, chat_session_id)
+                remaining = deadline - loop.time()
+                if found or remaining <= 0:
+                    return found
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woken.wait(), remaining)
+        finally:
+            waiting.discard(woken)
+            if not waiting:
+                self._pullers.pop(conversation_id, None)
+
+    async def hand_out(self, conversation_id: str, pulled: List[Pulled]) -> None:
+        """A poll or stream is about to give the client ``pulled``: the next answer skips them."""
+        if pulled:
+            await self._store.note_handed(conversation_id, pulled[-1].entry_id)
+
+    async def take_for_answer(self, conversation_id: str) -> List[Pulled]:
+        """What waits for a customer who pulls, for the answer to their turn; taken off.
+
+        Only what no poll or stream has handed out yet, of any chat, agent
+        typing left out (it would be stale by the time it is shown). The
+        answer is the cursor: what it carries is acknowledged with it.
+        """
+        handed = await self._store.handed(conversation_id)
+        rows = await self._store.read_after(conversation_id, handed, self.timings.pull_batch)
+        taken = []
+        for entry_id, raw in rows:
+            entry = _readable(conversation_id, raw)
+            if entry is not None and entry.item.kind != "typing" and self._fresh(entry):
+                taken.append(Pulled(entry_id, entry))
+        if rows:
+            await self.acknowledge(conversation_id, rows[-1][0])
+        return taken
+
+    def _fresh(self, entry: OutboxEntry) -> bool:
+        age = time.time() - entry.stored_at
+        if age > self.timings.retention:
+            return False
+        return not (entry.item.kind == "typing" and age > self.timings.typing_stale)
+
+    def _wake(self, conversation_id: str) -> None:
+        for woken in self._pullers.get(conversation_id, ()):
+            woken.set()
+
+    def pullers_waiting(self) -> int:
+        """How many polls and streams wait here now."""
+        return sum(len(waiting) for waiting in self._pullers.values())
+
     async def count_waiting(self) -> int:
         """How many entries wait, in every conversation (the metrics)."""
         return await self._store.count_waiting()
@@ -585,6 +767,7 @@ class Outbox:
         ]
 
     def _on_nudge(self, conversation_id: str) -> None:
+        self._wake(conversation_id)
         if self.presence.here(conversation_id):
             self.kick(conversation_id)
 
@@ -640,6 +823,28 @@ class Outbox:
     def drainer_state_size(self) -> Tuple[int, int, int]:
         """How many conversations the drainer keeps state for (failures, waits, running)."""
         return len(self._failures), len(self._not_before), len(self._drainers)
+
+
+def _readable(conversation_id: str, raw: str) -> Optional[OutboxEntry]:
+    """The entry, or None (logged) when this version cannot read it."""
+    try:
+        return OutboxEntry.from_json(raw)
+    except (ValueError, KeyError, TypeError) as error:
+        logger.error(
+            "Outbox of conversation %s holds an entry this version cannot read (%s); skipped.",
+            conversation_id,
+            error,
+        )
+        return None
+
+
+def later_id(first: Optional[str], second: Optional[str]) -> Optional[str]:
+    """The later of two entry ids (None is before every id)."""
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return first if entry_order(first) >= entry_order(second) else second
 
 
 def _given_up(entry: OutboxEntry, reason: str) -> None:

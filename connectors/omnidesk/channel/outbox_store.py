@@ -1,10 +1,13 @@
 """Where outbox entries, drainer leases and socket.io presence live.
 
-``OutboxStore`` is what the outbox (outbox.py: its drainer and presence) asks
-of storage: per-conversation ordered entries (as
-JSON strings), a fenced lease per conversation, the conversations with entries
-waiting, socket.io presence with an expiry, and a nudge to every instance when
-an entry is put. ``InMemoryOutboxStore`` keeps it in this process
+``OutboxStore`` is what the outbox (outbox.py: its drainer, presence and the
+customer's pulls) asks of storage: per-conversation ordered entries (as JSON
+strings) under ids that compare in the order they were put (``entry_order``),
+a fenced lease per conversation, the conversations with entries waiting,
+socket.io presence with an expiry, a nudge to every instance when an entry is
+put, and, for a customer who pulls (rest), reading after a cursor,
+acknowledging up to an id and the last entry a poll or stream handed out.
+``InMemoryOutboxStore`` keeps it in this process
 (``memory://``); ``RedisOutboxStore`` keeps it in the switchboard's Redis, a
 Stream per conversation (docs/architecture.md, "The outbox", says why).
 """
@@ -13,13 +16,34 @@ import abc
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from connectors.omnidesk import metrics
 from connectors.omnidesk.channel.switchboard import SwitchboardError
 
 logger = logging.getLogger(__name__)
+
+# An entry id: milliseconds and a sequence number, as Redis Streams make them.
+_ENTRY_ID = re.compile(r"[0-9]{1,15}-[0-9]{1,15}")
+
+
+def is_entry_id(text: str) -> bool:
+    """Whether ``text`` has an entry id's shape (``1733000000000-0``)."""
+    return bool(_ENTRY_ID.fullmatch(text))
+
+
+def entry_order(entry_id: str) -> Tuple[int, int]:
+    """An entry id as (milliseconds, sequence): ids compare in the order entries were put."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _next_id(entry_id: str) -> str:
+    """The smallest id after ``entry_id`` (an exclusive range start Redis 5 understands too)."""
+    milliseconds, sequence = entry_order(entry_id)
+    return f"{milliseconds}-{sequence + 1}"
 
 
 class OutboxStore(abc.ABC):
@@ -54,6 +78,24 @@ class OutboxStore(abc.ABC):
         """How many entries wait, in every conversation, for the metrics."""
 
     @abc.abstractmethod
+    async def read_after(
+        self, conversation_id: str, after: Optional[str], count: int
+    ) -> List[Tuple[str, str]]:
+        """Up to ``count`` entries with ids after ``after`` (all with None), oldest first."""
+
+    @abc.abstractmethod
+    async def acknowledge(self, conversation_id: str, up_to: str) -> int:
+        """Remove every entry with an id up to ``up_to``, whoever drains; how many went."""
+
+    @abc.abstractmethod
+    async def note_handed(self, conversation_id: str, entry_id: str) -> None:
+        """A poll or stream handed the customer's client the entries up to ``entry_id``."""
+
+    @abc.abstractmethod
+    async def handed(self, conversation_id: str) -> Optional[str]:
+        """The last entry id a poll or stream handed out, or None."""
+
+    @abc.abstractmethod
     async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
         """A socket of ``recipient_id`` is connected; counts for ``ttl`` seconds."""
 
@@ -79,17 +121,28 @@ class OutboxStore(abc.ABC):
 
 
 class InMemoryOutboxStore(OutboxStore):
-    """One process: entries in lists, leases and presence in dicts."""
+    """One process: entries in lists, leases and presence in dicts.
+
+    Entry ids have the Redis Streams' shape and order (milliseconds, then a
+    sequence within the millisecond, never going back), so a customer's
+    cursor reads the same with either store.
+    """
 
     def __init__(self) -> None:
         self._entries: Dict[str, List[Tuple[str, str]]] = {}
         self._leases: Dict[str, Tuple[str, float]] = {}
         self._presence: Dict[str, Dict[str, float]] = {}
-        self._counter = 0
+        self._handed: Dict[str, str] = {}
+        self._last_id: Tuple[int, int] = (0, 0)
+
+    def _new_id(self) -> str:
+        now = int(time.time() * 1000)
+        milliseconds, sequence = self._last_id
+        self._last_id = (now, 0) if now > milliseconds else (milliseconds, sequence + 1)
+        return f"{self._last_id[0]}-{self._last_id[1]}"
 
     async def put(self, conversation_id: str, raw: str) -> str:
-        self._counter += 1
-        entry_id = f"{self._counter}"
+        entry_id = self._new_id()
         self._entries.setdefault(conversation_id, []).append((entry_id, raw))
         return entry_id
 
@@ -106,8 +159,13 @@ class InMemoryOutboxStore(OutboxStore):
         entries = self._entries.get(conversation_id, [])
         self._entries[conversation_id] = [e for e in entries if e[0] != entry_id]
         if not self._entries[conversation_id]:
-            del self._entries[conversation_id]
+            self._forget(conversation_id)
         return True
+
+    def _forget(self, conversation_id: str) -> None:
+        # With nothing waiting, what was handed out no longer matters.
+        self._entries.pop(conversation_id, None)
+        self._handed.pop(conversation_id, None)
 
     async def lease(self, conversation_id: str, token: str, ttl: float) -> bool:
         held = self._leases.get(conversation_id)
@@ -126,6 +184,35 @@ class InMemoryOutboxStore(OutboxStore):
 
     async def count_waiting(self) -> int:
         return sum(len(entries) for entries in self._entries.values())
+
+    async def read_after(
+        self, conversation_id: str, after: Optional[str], count: int
+    ) -> List[Tuple[str, str]]:
+        entries = self._entries.get(conversation_id, [])
+        if after is not None:
+            cursor = entry_order(after)
+            entries = [entry for entry in entries if entry_order(entry[0]) > cursor]
+        return list(entries[:count])
+
+    async def acknowledge(self, conversation_id: str, up_to: str) -> int:
+        entries = self._entries.get(conversation_id, [])
+        cursor = entry_order(up_to)
+        kept = [entry for entry in entries if entry_order(entry[0]) > cursor]
+        if kept:
+            self._entries[conversation_id] = kept
+        else:
+            self._forget(conversation_id)
+        return len(entries) - len(kept)
+
+    async def note_handed(self, conversation_id: str, entry_id: str) -> None:
+        if conversation_id not in self._entries:
+            return
+        current = self._handed.get(conversation_id)
+        if current is None or entry_order(entry_id) > entry_order(current):
+            self._handed[conversation_id] = entry_id
+
+    async def handed(self, conversation_id: str) -> Optional[str]:
+        return self._handed.get(conversation_id)
 
     async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
         self._presence.setdefault(recipient_id, {})[socket_id] = time.monotonic() + ttl
@@ -181,6 +268,35 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 """
 
+# Remove every entry up to an id, whoever drains: the customer's client says it
+# has them. An empty stream stays until it expires, so the ids of the entries
+# put after it keep growing (a deleted stream would start again from the clock).
+_ACKNOWLEDGE_SCRIPT = """
+local rows = redis.call('XRANGE', KEYS[1], '-', ARGV[1])
+for _, row in ipairs(rows) do redis.call('XDEL', KEYS[1], row[1]) end
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return #rows
+"""
+
+# Keep the larger of two entry ids (milliseconds, then sequence), with an expiry.
+_HANDED_SCRIPT = """
+local function order(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local current = redis.call('GET', KEYS[1])
+if current then
+  local cms, cseq = order(current)
+  local nms, nseq = order(ARGV[1])
+  if cms > nms or (cms == nms and cseq >= nseq) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _FORGET_EMPTY_SCRIPT = """
 if redis.call('XLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
 return 1
@@ -194,7 +310,9 @@ class RedisOutboxStore(OutboxStore):
     ``retention`` plus an hour after its last entry as a safety net; the
     drainer drops and logs older entries first), ``outbox:waiting`` (set),
     ``outbox-lease:<conversation>`` (string, PX), ``presence:<recipient>``
-    (sorted set: socket id scored by when it stops counting).
+    (sorted set: socket id scored by when it stops counting),
+    ``outbox-handed:<conversation>`` (string: the last entry id a poll or
+    stream handed out, expiring with the stream).
     """
 
     def __init__(
@@ -221,6 +339,8 @@ class RedisOutboxStore(OutboxStore):
         self._mark = self._redis.register_script(_MARK_SCRIPT)
         self._present = self._redis.register_script(_PRESENT_SCRIPT)
         self._forget_empty = self._redis.register_script(_FORGET_EMPTY_SCRIPT)
+        self._acknowledge = self._redis.register_script(_ACKNOWLEDGE_SCRIPT)
+        self._note_handed = self._redis.register_script(_HANDED_SCRIPT)
 
     def _stream(self, conversation_id: str) -> str:
         return f"{self._prefix}outbox:{conversation_id}"
@@ -233,6 +353,9 @@ class RedisOutboxStore(OutboxStore):
 
     def _presence_key(self, recipient_id: str) -> str:
         return f"{self._prefix}presence:{recipient_id}"
+
+    def _handed_key(self, conversation_id: str) -> str:
+        return f"{self._prefix}outbox-handed:{conversation_id}"
 
     async def _call(self, what: str, coroutine: Any) -> Any:
         from redis.exceptions import RedisError
@@ -336,6 +459,38 @@ class RedisOutboxStore(OutboxStore):
             pipe.xlen(self._stream(conversation_id))
         lengths = await self._call("count", pipe.execute())
         return sum(int(length) for length in lengths)
+
+    async def read_after(
+        self, conversation_id: str, after: Optional[str], count: int
+    ) -> List[Tuple[str, str]]:
+        start = "-" if after is None else _next_id(after)
+        rows = await self._call(
+            "read",
+            self._redis.xrange(self._stream(conversation_id), start, "+", count=count),
+        )
+        return [(str(entry_id), str(fields.get("e", ""))) for entry_id, fields in rows]
+
+    async def acknowledge(self, conversation_id: str, up_to: str) -> int:
+        removed = await self._call(
+            "acknowledge",
+            self._acknowledge(
+                keys=[self._stream(conversation_id), self._waiting_key()],
+                args=[up_to, conversation_id],
+            ),
+        )
+        return int(removed)
+
+    async def note_handed(self, conversation_id: str, entry_id: str) -> None:
+        await self._call(
+            "handed",
+            self._note_handed(
+                keys=[self._handed_key(conversation_id)], args=[entry_id, self._key_ttl * 1000]
+            ),
+        )
+
+    async def handed(self, conversation_id: str) -> Optional[str]:
+        value = await self._call("handed", self._redis.get(self._handed_key(conversation_id)))
+        return None if value is None else str(value)
 
     async def mark_present(self, recipient_id: str, socket_id: str, ttl: float) -> None:
         await self._call(

@@ -20,7 +20,9 @@ import contextlib
 import hmac
 import logging
 import time
-from typing import List, Optional, Set
+from dataclasses import dataclass
+from typing import List, Optional, Set, Tuple
+from urllib.parse import urlencode
 
 from connectors.omnidesk import handoff_events
 from connectors.omnidesk.channel.files import AgentFileStore, StoredFile
@@ -39,7 +41,7 @@ from connectors.omnidesk.channel.notices import (
     HANDOFF_FAILED,
     Notices,
 )
-from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, ToCustomer
+from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, Pulled, ToCustomer
 from connectors.omnidesk.channel.record import TurnRecord, buffer_for
 from connectors.omnidesk.channel.sides import BotSide, FileLink, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
@@ -56,7 +58,23 @@ from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Relay"]
+__all__ = ["Reader", "Relay"]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A customer who pulls, as a poll or stream proved it: whose outbox, which chat's entries.
+
+    ``open`` is False once that chat has ended: its last entries can still be read.
+    """
+
+    conversation_id: str
+    chat_session_id: str
+    open: bool
+
+
+class NotPulled(LookupError):
+    """The conversation's channel delivers its messages itself; only rest is pulled from."""
 
 
 class Relay:
@@ -137,6 +155,10 @@ class Relay:
             "upload_url": f"{self._routes_url}/upload",
             "event_url": f"{self._routes_url}/event",
         }
+        if self._outbox.pulls(handoff.channel):
+            # rest: where its client fetches what the agent sends (docs/channel.md).
+            details["messages_url"] = f"{self._routes_url}/messages"
+            details["stream_url"] = f"{self._routes_url}/stream"
         try:
             await self._put(handoff, ToCustomer("details", details=details))
         except SwitchboardError as error:
@@ -281,6 +303,75 @@ class Relay:
             handoff.conversation_id,
             handoff.chat_session_id,
         )
+
+    # -- the customer pulls (rest): long polls and streams -----------------------------
+
+    async def reader(self, conversation_id: str, token: Optional[str]) -> Reader:
+        """Whose entries a customer token reads; NotInRelay (404) as ``check_customer``.
+
+        The open handoff's chat, or an ended chat whose last entries still wait
+        (the end of the chat, the bot's words): its client fetches those with
+        the token it had. The tokens are derived, so any instance checks them.
+        """
+        handoff = await self._switchboard.get(conversation_id)
+        if handoff is not None and self._is_customer_token(token, handoff.chat_session_id):
+            if not self._outbox.pulls(handoff.channel):
+                raise NotPulled(conversation_id)
+            return Reader(conversation_id, handoff.chat_session_id, open=True)
+        for chat_session_id in await self._outbox.chats_waiting(conversation_id):
+            if self._is_customer_token(token, chat_session_id):
+                return Reader(conversation_id, chat_session_id, open=False)
+        logger.warning(
+            "Customer pull for conversation %s without its customer token refused (404).",
+            conversation_id,
+        )
+        raise NotInRelay(conversation_id)
+
+    def _is_customer_token(self, token: Optional[str], chat_session_id: str) -> bool:
+        expected = self._settings.customer_token(chat_session_id)
+        return bool(token) and hmac.compare_digest(
+            str(token).encode("utf-8", "replace"), expected.encode("ascii")
+        )
+
+    def stream_url(self, reader: Reader) -> Tuple[str, int]:
+        """The URL of ``reader``'s stream, its short-lived ticket inside, and how long it opens it."""
+        ttl = max(1, int(self._settings.stream_ticket_ttl))
+        ticket = self._settings.stream_ticket(
+            reader.conversation_id, reader.chat_session_id, int(time.time()) + ttl
+        )
+        query = urlencode({"sender": reader.conversation_id, "ticket": ticket})
+        return f"{self._routes_url}/stream?{query}", ttl
+
+    async def ticket_reader(self, conversation_id: str, ticket: Optional[str]) -> Reader:
+        """The reader a stream ticket stands for; NotInRelay (404) when forged or expired."""
+        chat_session_id = self._settings.stream_ticket_chat(
+            conversation_id, ticket or "", time.time()
+        )
+        if chat_session_id is None:
+            logger.warning(
+                "Stream for conversation %s without a valid ticket refused (404).", conversation_id
+            )
+            raise NotInRelay(conversation_id)
+        return Reader(
+            conversation_id,
+            chat_session_id,
+            open=await self.still_open(conversation_id, chat_session_id),
+        )
+
+    async def still_open(self, conversation_id: str, chat_session_id: str) -> bool:
+        handoff = await self._switchboard.get(conversation_id)
+        return handoff is not None and handoff.chat_session_id == chat_session_id
+
+    async def acknowledge(self, reader: Reader, up_to: str) -> None:
+        """The client has everything up to ``up_to``: taken off the outbox."""
+        await self._outbox.acknowledge(reader.conversation_id, up_to)
+
+    async def pull(self, reader: Reader, after: Optional[str], wait: float) -> List[Pulled]:
+        """What waits for ``reader`` after ``after``, waiting up to ``wait`` s for it; handed out."""
+        conversation_id = reader.conversation_id
+        found = await self._outbox.wait(conversation_id, after, reader.chat_session_id, wait)
+        await self._outbox.hand_out(conversation_id, found)
+        return found
 
     # -- the agent's side: into the customer's outbox, before the hookpoint's ok ----
 
@@ -444,6 +535,9 @@ class Relay:
             handed_back = False
         if not handed_back:
             await self._notices.tell(ended, CHAT_ENDED)
+        await self._outbox.mark_ended(
+            ended.conversation_id, ended.channel, ended.chat_session_id, outcome.value
+        )
         return True
 
     # -- what the sweeper does ------------------------------------------------------------

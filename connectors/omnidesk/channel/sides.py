@@ -2,7 +2,7 @@
 
 The relay, the outbox, the tracker record and the sweeper know neither Sanic
 nor Rasa (tests/architecture checks it); they see the customer through
-``CustomerLine`` (customer.py implements it per wrapped channel) and Rasa
+``CustomerLine`` (lines/ implements it per wrapped channel) and Rasa
 through ``BotSide`` (rasa_bot.py implements it on a running Rasa server).
 """
 
@@ -39,9 +39,12 @@ class CustomerLine(Protocol):
     ``held_by_socket`` is true for a channel whose customer is reached only
     through the socket they hold (socket.io): the outbox then sends from the
     instance that socket is connected to, and waits while they are away.
+    ``pulled`` is true for a channel that cannot be sent to at all (rest): the
+    customer's client fetches what waits, and the outbox sends nothing.
     """
 
     held_by_socket: bool
+    pulled: bool
 
     async def send_text(
         self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None

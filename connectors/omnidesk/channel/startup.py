@@ -3,7 +3,8 @@
 ``from_credentials`` (input.py) builds each wrapped customer channel here and
 refuses, with a ``ChannelConfigError`` that names the key and the fix, what
 cannot work: a channel that is not an InputChannel, one that cannot send
-outside a request, memory:// with several Sanic workers, a Redis switchboard
+outside a request and whose customer cannot fetch what waits either (rest's
+can: lines/rest.py), memory:// with several Sanic workers, a Redis switchboard
 without shared ``files_dir``. At start it warns of what may not work: Rasa's
 lock store in memory beside a Redis switchboard, hookpoint tokens over plain
 http on a public host.
@@ -19,6 +20,7 @@ from rasa.core.channels import BUILTIN_CHANNELS
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel
 from rasa.core.channels.socketio import SocketIOInput
 
+from connectors.omnidesk.channel.lines.rest import is_rest
 from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
@@ -80,9 +82,15 @@ def build_customer_channel(key: Any, credentials: Any) -> InputChannel:
 
 
 def can_push(channel: InputChannel) -> bool:
-    """Whether ``channel`` can send a message outside the request that brought a turn."""
+    """Whether an agent's reply can reach a customer of ``channel`` after the turn's request.
+
+    The channel sends outside a request, or, on rest, the customer fetches what waits.
+    """
     if isinstance(channel, SocketIOInput):
         # Its output channel exists once its blueprint has been built.
+        return True
+    if is_rest(channel):
+        # The customer's client pulls it (lines/rest.py).
         return True
     output = channel.get_output_channel()
     if output is None:

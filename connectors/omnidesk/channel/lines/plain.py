@@ -12,6 +12,7 @@ class PlainLine:
     """Any other channel: its own output channel; the agent's name as a text prefix."""
 
     held_by_socket = False
+    pulled = False
 
     def __init__(self, channel: InputChannel, name_prefix: bool) -> None:
         self._channel = channel
