@@ -251,3 +251,25 @@ async def test_a_socketio_conversation_is_not_polled() -> None:
         ) as answer:
             assert answer.status == 409
             assert "only a rest conversation" in (await answer.json())["message"]
+
+
+async def test_a_stream_on_one_instance_gets_what_the_agent_sends_to_the_other(
+    sandbox: Any, redis_url: str
+) -> None:
+    shared = {"sandbox": sandbox, "switchboard_url": redis_url}
+    async with channel_server({"rest": None}, **shared) as a, channel_server(
+        {"rest": None}, **shared
+    ) as b, rest_customer("rest-two", server=a) as customer:
+        # Omnidesk calls B's hookpoints: the chat was opened with B's chatServer.
+        started = await b.open_chat()
+        a.escalate_on("escalate rest-two", started)
+        await customer.say("escalate rest-two")
+        chat = started.chat_session_id
+        cursor = the_id(customer.answers[-1])
+        async with customer.stream(after=cursor) as (status, events):
+            assert status == 200 and events is not None
+            for line in AGENT_LINES:
+                result = await sandbox.agent_reply(chat, line, name="Anna")
+                assert result.status == 200
+            assert [e.data["text"] for e in await events.until(3)] == AGENT_LINES
+        assert sandbox.chat(chat).chat_server.startswith(b.url)

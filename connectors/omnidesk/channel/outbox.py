@@ -640,16 +640,20 @@ class Outbox:
             )
 
     async def acknowledge(self, conversation_id: str, up_to: str) -> int:
-        """The customer's client has everything up to ``up_to``: it is taken off."""
+        """The customer's client has everything up to ``up_to``: taken off, counted delivered."""
         removed = await self._store.acknowledge(conversation_id, up_to)
+        for raw in removed:
+            entry = _readable(conversation_id, raw)
+            if entry is not None and self._fresh(entry):
+                metrics.agent_delivery(entry.item.metric_kind, delivered=True)
         if removed:
-            logger.debug(
-                "Outbox of conversation %s: %d entries acknowledged up to %s.",
+            logger.info(
+                "Delivered %d outbox entries to conversation %s: its client has them up to %s.",
+                len(removed),
                 conversation_id,
-                removed,
                 up_to,
             )
-        return removed
+        return len(removed)
 
     async def chats_waiting(self, conversation_id: str) -> Set[str]:
         """The chats whose entries wait in the conversation's outbox (the oldest few hundred)."""

@@ -84,8 +84,8 @@ class OutboxStore(abc.ABC):
         """Up to ``count`` entries with ids after ``after`` (all with None), oldest first."""
 
     @abc.abstractmethod
-    async def acknowledge(self, conversation_id: str, up_to: str) -> int:
-        """Remove every entry with an id up to ``up_to``, whoever drains; how many went."""
+    async def acknowledge(self, conversation_id: str, up_to: str) -> List[str]:
+        """Remove every entry with an id up to ``up_to``, whoever drains; the entries removed."""
 
     @abc.abstractmethod
     async def note_handed(self, conversation_id: str, entry_id: str) -> None:
@@ -194,7 +194,7 @@ class InMemoryOutboxStore(OutboxStore):
             entries = [entry for entry in entries if entry_order(entry[0]) > cursor]
         return list(entries[:count])
 
-    async def acknowledge(self, conversation_id: str, up_to: str) -> int:
+    async def acknowledge(self, conversation_id: str, up_to: str) -> List[str]:
         entries = self._entries.get(conversation_id, [])
         cursor = entry_order(up_to)
         kept = [entry for entry in entries if entry_order(entry[0]) > cursor]
@@ -202,7 +202,7 @@ class InMemoryOutboxStore(OutboxStore):
             self._entries[conversation_id] = kept
         else:
             self._forget(conversation_id)
-        return len(entries) - len(kept)
+        return [raw for entry_id, raw in entries if entry_order(entry_id) <= cursor]
 
     async def note_handed(self, conversation_id: str, entry_id: str) -> None:
         if conversation_id not in self._entries:
@@ -273,9 +273,13 @@ return redis.call('ZCARD', KEYS[1])
 # put after it keep growing (a deleted stream would start again from the clock).
 _ACKNOWLEDGE_SCRIPT = """
 local rows = redis.call('XRANGE', KEYS[1], '-', ARGV[1])
-for _, row in ipairs(rows) do redis.call('XDEL', KEYS[1], row[1]) end
+local removed = {}
+for _, row in ipairs(rows) do
+  redis.call('XDEL', KEYS[1], row[1])
+  removed[#removed + 1] = row[2][2]
+end
 if redis.call('XLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
-return #rows
+return removed
 """
 
 # Keep the larger of two entry ids (milliseconds, then sequence), with an expiry.
@@ -470,7 +474,7 @@ class RedisOutboxStore(OutboxStore):
         )
         return [(str(entry_id), str(fields.get("e", ""))) for entry_id, fields in rows]
 
-    async def acknowledge(self, conversation_id: str, up_to: str) -> int:
+    async def acknowledge(self, conversation_id: str, up_to: str) -> List[str]:
         removed = await self._call(
             "acknowledge",
             self._acknowledge(
@@ -478,7 +482,7 @@ class RedisOutboxStore(OutboxStore):
                 args=[up_to, conversation_id],
             ),
         )
-        return int(removed)
+        return [str(raw) for raw in removed or []]
 
     async def note_handed(self, conversation_id: str, entry_id: str) -> None:
         await self._call(

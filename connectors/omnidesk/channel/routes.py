@@ -747,14 +747,10 @@ async def _stream(
         try:
             await asyncio.wait_for(sse.send(data), STREAM_WRITE_TIMEOUT)
         except asyncio.TimeoutError:
-            logger.info(
-                "Stream of conversation %s closed: its client took nothing for %.0f s.",
-                conversation_id,
-                STREAM_WRITE_TIMEOUT,
-            )
+            # A hung client costs a task and a socket, and only until here.
             if transport is not None:
                 transport.abort()
-            raise
+            raise _ClientGone() from None
 
     cursor = after
     gone = 0
@@ -780,9 +776,19 @@ async def _stream(
                 ended = {"recipient_id": conversation_id, "custom": {ENDED_KEY: {"outcome": ""}}}
                 await send(f"event: ended\ndata: {json.dumps(ended)}\n\n".encode())
                 return
-    except (SwitchboardError, asyncio.TimeoutError) as error:
+    except _ClientGone:
+        logger.info(
+            "Stream of conversation %s closed: its client took nothing for %.0f s.",
+            conversation_id,
+            STREAM_WRITE_TIMEOUT,
+        )
+    except SwitchboardError as error:
         # The client comes back with its Last-Event-ID; nothing was acknowledged.
         logger.warning("Stream of conversation %s ended early: %s", conversation_id, error)
+
+
+class _ClientGone(Exception):
+    """A stream's client took nothing within STREAM_WRITE_TIMEOUT."""
 
 
 def _counted(request: Request, answer: HTTPResponse) -> HTTPResponse:
