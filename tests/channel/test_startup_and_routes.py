@@ -19,13 +19,12 @@ BASE = {
 }
 
 
-def test_a_voice_channel_is_refused_at_start_up_naming_the_reason_and_the_channels_that_can() -> (
-    None
-):
+def test_a_channel_that_answers_only_in_the_request_is_refused_naming_the_ones_that_can() -> None:
+    # Hangouts answers inside the request, as rest does, and has no way to be polled.
     with pytest.raises(ChannelConfigError) as raised:
-        OmnideskInput.from_credentials({**BASE, "customer_channels": {"twilio_voice": {}}})
+        OmnideskInput.from_credentials({**BASE, "customer_channels": {"hangouts": None}})
     message = str(raised.value)
-    assert message.startswith("customer_channels: twilio_voice cannot send")
+    assert message.startswith("customer_channels: hangouts cannot send")
     assert "rest" in message and "socketio" in message and "transferring" in message
 
 

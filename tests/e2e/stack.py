@@ -7,7 +7,7 @@ group, each logging to its own file under ``log_dir``:
   gives the port),
 - the action server (``rasa run actions``),
 - Rasa with the trained example bot and the Omnidesk channel wrapping socketio
-  (``session_persistence: true``) and callback (posting to ``callback_url``),
+  (``session_persistence: true``), callback (posting to ``callback_url``) and rest,
   with ``--enable-api`` so trackers can be read.
 
 Each is waited for by polling it (bounded); a process that dies or does not
@@ -544,7 +544,7 @@ class Stack:
 
 
 def generated_credentials(callback_url: str) -> Dict[str, Any]:
-    """credentials.yml for the stack: the Omnidesk channel wrapping socketio and callback."""
+    """credentials.yml for the stack: the Omnidesk channel wrapping socketio, callback and rest."""
     return {
         "connectors.omnidesk.OmnideskInput": {
             "customer_channels": {
@@ -554,6 +554,7 @@ def generated_credentials(callback_url: str) -> Dict[str, Any]:
                     "session_persistence": True,
                 },
                 "callback": {"url": callback_url},
+                "rest": None,
             }
         }
     }
