@@ -83,13 +83,6 @@ async def say(page: Any, text: str) -> None:
     await page.click("[data-testid=send-button]")
 
 
-async def shown(page: Any, kind: str) -> List[str]:
-    texts: List[str] = await page.eval_on_selector_all(
-        f"li[data-kind={kind}]", "items => items.map(item => item.textContent)"
-    )
-    return texts
-
-
 async def seen_by_the_customer(page: Any, kind: str) -> List[str]:
     """What the page showed of ``kind``, in order, across its reloads."""
     seen: List[List[str]] = await page.evaluate("JSON.parse(sessionStorage.getItem('seen'))")
