@@ -7,6 +7,9 @@ must reach the customer once, in order, whichever way it is fetched.
 """
 
 import asyncio
+import json
+import re
+import sys
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Dict, List, Optional
 
@@ -14,6 +17,7 @@ import aiohttp
 
 from tests.channel.conftest import ChannelServer, channel_server
 from tests.channel.rest_client import RestCustomer, texts
+from tests.docs.support import DOCS
 
 AGENT_LINES = ["Hello, I am Anna", "I see your order", "It ships today"]
 
@@ -273,3 +277,37 @@ async def test_a_stream_on_one_instance_gets_what_the_agent_sends_to_the_other(
                 assert result.status == 200
             assert [e.data["text"] for e in await events.until(3)] == AGENT_LINES
         assert sandbox.chat(chat).chat_server.startswith(b.url)
+
+
+def poll_client_from_the_docs() -> str:
+    text = (DOCS / "channel.md").read_text(encoding="utf-8")
+    found = re.search(r"^```python\n(# poll\.py:.*?)^```", text, re.MULTILINE | re.DOTALL)
+    assert found, "docs/channel.md has no ```python block starting # poll.py"
+    return found.group(1)
+
+
+async def test_the_documented_python_long_poll_client_prints_every_message_then_stops(
+    tmp_path: Any,
+) -> None:
+    script = tmp_path / "poll.py"
+    script.write_text(poll_client_from_the_docs(), encoding="utf-8")
+    async with rest_customer("rest-docs-poll") as customer:
+        chat = await hand_over(customer)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            customer.details["messages_url"],
+            customer.sender,
+            customer.token,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        sandbox = server_of(customer).sandbox
+        for line in AGENT_LINES:
+            await sandbox.agent_reply(chat, line, name="Anna")
+        await sandbox.agent_end(chat)
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0
+        printed = [json.loads(line) for line in out.decode().splitlines()]
+        assert texts(printed) == [*AGENT_LINES, "Back with the bot (ended_by_agent)."]
+        assert printed[-1]["custom"] == {"omnidesk_ended": {"outcome": "ended_by_agent"}}
+        assert await server_of(customer).channel.outbox.read("rest-docs-poll", None, chat) == []
