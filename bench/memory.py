@@ -13,7 +13,7 @@ import tracemalloc
 import uuid
 from typing import Any, Dict
 
-from connectors.omnidesk.channel.switchboard import InMemorySwitchboard, new_handoff
+from connectors.omnidesk.channel.switchboard import InMemorySwitchboard, LocalLine, new_handoff
 from connectors.omnidesk.handoff import new_chat_session_id
 
 
@@ -21,7 +21,7 @@ async def bytes_per_idle_handoff(count: int) -> Dict[str, Any]:
     # Ids are made before tracing starts: they belong to the caller, not the switchboard,
     # but the switchboard keeps them alive, so they are counted when its handoffs hold them.
     conversation_ids = [uuid.uuid4().hex for _ in range(count)]
-    chat_ids = [new_chat_session_id() for _ in range(count)]
+    chat_ids = [new_chat_session_id(conversation_id) for conversation_id in conversation_ids]
     now = time.time()
     gc.collect()
     tracemalloc.start()
@@ -33,10 +33,12 @@ async def bytes_per_idle_handoff(count: int) -> Dict[str, Any]:
                 new_handoff(conversation_id, chat_id, "callback", next_message_number=2, now=now)
             )
         # A handoff that has seen a few turns: its record was replaced a few times.
+        line = LocalLine()
         for conversation_id in conversation_ids:
-            ticket = await switchboard.begin_turn(conversation_id, lease_seconds=5, now=now + 1)
-            assert ticket is not None
-            await switchboard.finish_turn(conversation_id, ticket.fence)
+            async with line.place(conversation_id, 5.0) as first, switchboard.in_line(
+                conversation_id, True, 5.0
+            ) as place:
+                assert first and place.message_number is not None
             await switchboard.touch(conversation_id, now=now + 1)
         gc.collect()
         after, _ = tracemalloc.get_traced_memory()

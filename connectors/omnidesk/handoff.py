@@ -8,6 +8,8 @@ one place that writes and reads that payload.
 """
 
 import enum
+import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
@@ -56,14 +58,36 @@ class HandoffOutcome(str, enum.Enum):
     TIMED_OUT = "timed_out"
 
 
-def new_chat_session_id() -> str:
-    """A fresh chatSessionID: 'rasa-' and 32 hex digits, valid for Omnidesk's pattern.
+def conversation_tag(conversation_id: str) -> str:
+    """The hash tag of every Redis key of one conversation: 8 hex digits of a digest of its id.
+
+    A tag of the id itself would break on ids holding ``{`` or ``}``; the digest
+    also fits a chat id's alphabet, so a chat id can carry its conversation's tag.
+    """
+    return hashlib.blake2s(conversation_id.encode("utf-8"), digest_size=4).hexdigest()
+
+
+def new_chat_session_id(conversation_id: Optional[str] = None) -> str:
+    """A fresh chatSessionID: 'rasa-', the conversation's tag, '-' and 24 random hex digits.
 
     A Rasa sender_id can hold characters chatSessionID forbids, and must not be
     guessable from the outside, so each handoff gets a random id that the
-    switchboard maps back to the conversation.
+    switchboard maps back to the conversation. The tag (8 hex digits of the
+    conversation id's SHA-1) puts the chat's lookup key in its conversation's
+    hash slot on a Redis Cluster (channel/redis_switchboard.py); without a
+    conversation the tag is random.
     """
-    return rules.CHAT_SESSION_ID.check("rasa-" + uuid.uuid4().hex)
+    tag = conversation_tag(conversation_id) if conversation_id is not None else uuid.uuid4().hex[:8]
+    return rules.CHAT_SESSION_ID.check(f"rasa-{tag}-{uuid.uuid4().hex[:24]}")
+
+
+_TAGGED_CHAT = re.compile(r"rasa-([0-9a-f]{8})-[0-9a-f]{24}")
+
+
+def tag_of_chat(chat_session_id: str) -> Optional[str]:
+    """The conversation tag a chat id made by ``new_chat_session_id`` carries, or None."""
+    match = _TAGGED_CHAT.fullmatch(chat_session_id)
+    return match.group(1) if match else None
 
 
 class ControlPayloadError(ValueError):

@@ -534,6 +534,8 @@ class OmnideskSettings:
     record_interval: float = setting(30.0, parse=_positive)
     new_chat_grace: float = setting(0.3, parse=_positive)
     outage_hold: float = setting(30.0, parse=_non_negative)
+    # How long a customer turn waits for the turns of its conversation before it.
+    turn_wait: float = setting(60.0, parse=_positive)
     # What the customer may say and send.
     leave_command: str = setting("/leave_human_chat", parse=_non_empty)
     max_upload_bytes: int = setting(

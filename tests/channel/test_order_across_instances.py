@@ -97,7 +97,7 @@ async def test_a_relayed_turn_makes_one_redis_round_trip_before_the_omnidesk_cal
         board = server.switchboard
         client = server.relay._client
         steps: List[str] = []
-        redis_call, notify = board._call, client.notify_user_new_chat_message
+        redis_call, notify = board.call, client.notify_user_new_chat_message
 
         async def counted_call(what: str, coroutine: Any) -> Any:
             steps.append(f"redis {what}")
@@ -107,10 +107,10 @@ async def test_a_relayed_turn_makes_one_redis_round_trip_before_the_omnidesk_cal
             steps.append("omnidesk")
             return await notify(**fields)
 
-        board._call = counted_call
+        board.call = counted_call
         client.notify_user_new_chat_message = counted_notify
         await CallbackSetup(server=server, customer=customer).say("cust-3", "hello")
-        assert steps[: steps.index("omnidesk")] == ["redis begin_turn"]
+        assert steps[: steps.index("omnidesk")] == ["redis line"]
 
 
 async def test_turns_on_two_instances_under_faults_keep_the_guarantee(

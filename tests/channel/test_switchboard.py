@@ -1,16 +1,20 @@
 """The switchboard's contract, for the in-memory and the Redis implementation."""
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, List, Optional
 
 import pytest
+from redis.crc import key_slot
 
 from connectors.omnidesk.channel.redis_switchboard import RedisSwitchboard
 from connectors.omnidesk.channel.switchboard import (
     InMemorySwitchboard,
+    LocalLine,
+    Place,
     Switchboard,
     new_handoff,
 )
+from connectors.omnidesk.handoff import new_chat_session_id
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -25,30 +29,67 @@ async def switchboard(request: pytest.FixtureRequest) -> AsyncIterator[Switchboa
         await board.close()
 
 
+async def served(
+    board: Switchboard,
+    line: LocalLine,
+    conversation_id: str,
+    numbered: bool = True,
+    hold: float = 0.0,
+    wait: float = 5.0,
+    keep: Optional[str] = None,
+) -> Place:
+    """A turn as the relay serves it: first in this process's line, then across instances."""
+    async with line.place(conversation_id, wait) as first:
+        assert first
+        async with board.in_line(conversation_id, numbered, wait) as place:
+            if hold:
+                await asyncio.sleep(hold)
+            if keep is not None:
+                place.kept.append(keep)
+            return place
+
+
 async def test_a_handoff_is_found_by_conversation_and_by_chat(switchboard: Switchboard) -> None:
-    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "socketio", 2))
-    assert (await switchboard.get("conv-1")).chat_session_id == "rasa-aaaaaaaaaa"  # type: ignore[union-attr]
-    assert (await switchboard.find_by_chat_session("rasa-aaaaaaaaaa")).conversation_id == "conv-1"  # type: ignore[union-attr]
+    chat = new_chat_session_id("conv-1")
+    await switchboard.start(new_handoff("conv-1", chat, "socketio", 2))
+    assert (await switchboard.get("conv-1")).chat_session_id == chat  # type: ignore[union-attr]
+    assert (await switchboard.find_by_chat_session(chat)).conversation_id == "conv-1"  # type: ignore[union-attr]
     assert await switchboard.get("conv-2") is None
 
 
-async def test_message_numbers_are_taken_once_each_under_concurrency(
+async def test_turns_are_served_in_the_order_they_arrived_with_their_numbers(
     switchboard: Switchboard,
 ) -> None:
     await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "socketio", 2))
+    line = LocalLine()
+    served_in: List[int] = []
 
-    async def one_turn() -> int:
-        # As the relay does: ask for the chat's turn until granted, give it back.
-        while True:
-            ticket = await switchboard.begin_turn("conv-1", lease_seconds=5)
-            assert ticket is not None
-            if ticket.message_number is not None:
-                assert await switchboard.finish_turn("conv-1", ticket.fence)
-                return ticket.message_number
-            await switchboard.wait_turn("conv-1", 1.0)
+    async def turn(index: int) -> int:
+        place = await served(switchboard, line, "conv-1", hold=0.002 * (index % 3))
+        served_in.append(index)
+        assert place.first and place.handoff is not None and place.message_number is not None
+        return place.message_number
 
-    numbers = await asyncio.gather(*(one_turn() for _ in range(30)))
-    assert sorted(numbers) == list(range(2, 32))
+    numbers = await asyncio.gather(*(turn(i) for i in range(30)))
+    assert served_in == list(range(30))
+    assert numbers == list(range(2, 32))
+
+
+async def test_a_turn_of_a_conversation_with_the_bot_is_served_without_a_number(
+    switchboard: Switchboard,
+) -> None:
+    place = await served(switchboard, LocalLine(), "conv-bot")
+    assert place.first and place.handoff is None and place.message_number is None
+
+
+async def test_a_turn_that_waits_too_long_is_not_served(switchboard: Switchboard) -> None:
+    line = LocalLine()
+    holder = asyncio.ensure_future(served(switchboard, line, "conv-1", hold=0.5))
+    await asyncio.sleep(0.05)
+    async with line.place("conv-1", 0.1) as first:
+        assert not first
+    await holder
+    assert line.waiting("conv-1") == 0 and len(line) == 0
 
 
 async def test_a_chat_ends_once_and_a_stale_end_leaves_a_newer_chat(
@@ -60,7 +101,26 @@ async def test_a_chat_ends_once_and_a_stale_end_leaves_a_newer_chat(
     assert await switchboard.end("conv-1", "rasa-aaaaaaaaaa") is None
     ended = await asyncio.gather(*(switchboard.end("conv-1") for _ in range(5)))
     assert [e.chat_session_id for e in ended if e is not None] == ["rasa-bbbbbbbbbb"]
-    assert await switchboard.begin_turn("conv-1", lease_seconds=5) is None
+    place = await served(switchboard, LocalLine(), "conv-1")
+    assert place.handoff is None
+    assert await switchboard.all() == []
+
+
+async def test_an_end_omnidesk_has_not_heard_of_stays_until_it_has(
+    switchboard: Switchboard,
+) -> None:
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2))
+    ended = await switchboard.end("conv-1", "rasa-aaaaaaaaaa", tell_omnidesk="ended_by_customer")
+    assert ended is not None
+    # It routes nothing: the customer's next turn goes to the bot, the agent's reply is refused.
+    assert await switchboard.get("conv-1") is None
+    assert await switchboard.find_by_chat_session("rasa-aaaaaaaaaa") is None
+    assert (await served(switchboard, LocalLine(), "conv-1")).handoff is None
+    assert await switchboard.end("conv-1") is None
+    [ending] = await switchboard.all()
+    assert (ending.chat_session_id, ending.ending) == ("rasa-aaaaaaaaaa", "ended_by_customer")
+    assert ending.ended_at is not None
+    await switchboard.told_omnidesk("conv-1", "rasa-aaaaaaaaaa")
     assert await switchboard.all() == []
 
 
@@ -76,57 +136,118 @@ async def test_wait_notice_is_claimed_once_and_activity_is_kept(switchboard: Swi
 
 
 async def test_concurrent_starts_replace_each_chat_exactly_once(switchboard: Switchboard) -> None:
-    chats = [f"rasa-{i:010d}" for i in range(12)]
+    chats = [new_chat_session_id("conv-1") for _ in range(12)]
     replaced = await asyncio.gather(
         *(switchboard.start(new_handoff("conv-1", chat, "socketio", 2)) for chat in chats)
     )
     current = await switchboard.get("conv-1")
     assert current is not None
     # Every chat but the one left open was replaced by exactly one other start.
-    assert sorted([r.chat_session_id for r in replaced if r] + [current.chat_session_id]) == chats
+    assert sorted([r.chat_session_id for r in replaced if r] + [current.chat_session_id]) == sorted(
+        chats
+    )
     found = [await switchboard.find_by_chat_session(chat) for chat in chats]
     assert [h.chat_session_id for h in found if h] == [current.chat_session_id]
     assert [h.conversation_id for h in await switchboard.all()] == ["conv-1"]
 
 
-async def test_one_turn_holds_a_chat_and_the_next_gets_the_next_number(
+async def test_relayed_turns_are_kept_for_the_tracker_as_their_place_is_left(
     switchboard: Switchboard,
 ) -> None:
-    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2, now=100.0))
-    first = await switchboard.begin_turn("conv-1", lease_seconds=5, now=150.0)
-    assert first is not None and first.granted
-    assert (first.message_number, first.handoff.last_activity) == (2, 150.0)
-    busy = await switchboard.begin_turn("conv-1", lease_seconds=5)
-    assert busy is not None and not busy.granted
-    assert (await switchboard.get("conv-1")).next_message_number == 3  # type: ignore[union-attr]
-    assert await switchboard.finish_turn("conv-1", first.fence)
-    second = await switchboard.begin_turn("conv-1", lease_seconds=5)
-    assert second is not None and second.message_number == 3
-    assert second.fence > first.fence
-    assert await switchboard.begin_turn("conv-2", lease_seconds=5) is None
+    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "socketio", 2))
+    line = LocalLine()
+    await served(switchboard, line, "conv-1", keep='{"n": 1}')
+    await served(switchboard, line, "conv-1", keep='{"n": 2}')
+    assert await switchboard.records.peek("conv-1") == ['{"n": 1}', '{"n": 2}']
+    assert await switchboard.records.due(None) == ["conv-1"]
 
 
-async def test_an_expired_lease_is_taken_over_and_its_holder_is_fenced_out(
-    switchboard: Switchboard,
+# -- several instances -------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_turns_arriving_on_two_instances_are_served_in_arrival_order(redis_url: str) -> None:
+    first_board, second_board = RedisSwitchboard(redis_url), RedisSwitchboard(redis_url)
+    try:
+        await first_board.start(new_handoff("conv-2i", "rasa-cccccccccc", "callback", 2))
+        lines = (LocalLine(), LocalLine())
+        boards = (first_board, second_board)
+        order: List[int] = []
+
+        async def turn(index: int) -> Optional[int]:
+            place = await served(boards[index % 2], lines[index % 2], "conv-2i", hold=0.02)
+            order.append(index)
+            return place.message_number
+
+        tasks = []
+        for index in range(12):
+            tasks.append(asyncio.ensure_future(turn(index)))
+            await asyncio.sleep(0.005)  # each arrives before the next, alternating instances
+        numbers = await asyncio.gather(*tasks)
+        assert order == list(range(12))
+        assert numbers == list(range(2, 14))
+    finally:
+        await first_board.close()
+        await second_board.close()
+
+
+@pytest.mark.redis
+async def test_a_place_whose_instance_died_holds_the_line_only_for_its_lease(
+    redis_url: str,
 ) -> None:
-    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2))
-    stalled = await switchboard.begin_turn("conv-1", lease_seconds=0.1)
-    assert stalled is not None and stalled.granted
-    await asyncio.sleep(0.15)
-    later = await switchboard.begin_turn("conv-1", lease_seconds=5)
-    assert later is not None and later.message_number == 3
-    assert not await switchboard.finish_turn("conv-1", stalled.fence)
-    assert await switchboard.finish_turn("conv-1", later.fence)
+    alive = RedisSwitchboard(redis_url, line_lease=0.6)
+    dead = RedisSwitchboard(redis_url, line_lease=0.6)
+    try:
+        await alive.start(new_handoff("conv-dead", "rasa-dddddddddd", "callback", 2))
+        # An instance takes a place and dies while holding it: no leave, no renewal.
+        stuck = Place("conv-dead", first=False)
+        await dead._take(stuck, dead._arrive, True)
+        assert stuck.first and stuck.message_number == 2
+        dead._wakes.leave("conv-dead")
+        started = asyncio.get_running_loop().time()
+        place = await served(alive, LocalLine(), "conv-dead", wait=5.0)
+        waited = asyncio.get_running_loop().time() - started
+        assert place.first and place.message_number == 3
+        assert 0.3 < waited < 3.0
+    finally:
+        await alive.close()
+        await dead.close()
 
 
-async def test_ending_a_chat_frees_its_lease(switchboard: Switchboard) -> None:
-    await switchboard.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2))
-    held = await switchboard.begin_turn("conv-1", lease_seconds=30)
-    assert held is not None
-    await switchboard.end("conv-1")
-    await switchboard.start(new_handoff("conv-1", "rasa-bbbbbbbbbb", "callback", 2))
-    fresh = await switchboard.begin_turn("conv-1", lease_seconds=30)
-    assert fresh is not None and fresh.granted and fresh.message_number == 2
+@pytest.mark.redis
+async def test_a_place_asked_again_after_a_lost_reply_is_one_place_with_one_number(
+    redis_url: str,
+) -> None:
+    board = RedisSwitchboard(redis_url)
+    try:
+        await board.start(new_handoff("conv-lost", "rasa-eeeeeeeeee", "callback", 2))
+        place = Place("conv-lost", first=False)
+        await board._take(place, board._arrive, True)
+        # The reply was lost: the relay asks again with the same ticket.
+        again = Place("conv-lost", first=False, ticket=place.ticket)
+        await board._take(again, board._check, True)
+        assert (place.message_number, again.message_number) == (2, 2)
+        assert await board.redis.llen(board.keys.of("conv-lost", "line")) == 1
+        await board._give_up(again)
+        assert not await board.redis.exists(board.keys.of("conv-lost", "line"))
+        assert (await served(board, LocalLine(), "conv-lost")).message_number == 3
+    finally:
+        await board.close()
+
+
+@pytest.mark.redis
+async def test_every_key_of_a_conversation_and_its_chat_share_one_hash_slot(redis_url: str) -> None:
+    board = RedisSwitchboard(redis_url)
+    try:
+        chat = new_chat_session_id("conv-slot")
+        await board.start(new_handoff("conv-slot", chat, "callback", 2))
+        await served(board, LocalLine(), "conv-slot", keep="{}")
+        keys = [k async for k in board.redis.scan_iter(match="omnidesk:*")]
+        tagged = [k for k in keys if "conv-slot" in k or chat in k]
+        slots = {key_slot(k.encode()) for k in tagged}
+        assert len(tagged) >= 3 and len(slots) == 1
+    finally:
+        await board.close()
 
 
 @pytest.mark.redis
@@ -135,7 +256,7 @@ async def test_one_unreadable_record_hides_no_other_handoff(redis_url: str) -> N
     try:
         await board.start(new_handoff("conv-1", "rasa-aaaaaaaaaa", "callback", 2))
         await board.start(new_handoff("conv-2", "rasa-bbbbbbbbbb", "callback", 2))
-        await board._redis.hset("omnidesk:handoff:conv-1", "h", "{not json")
+        await board.redis.hset(board.keys.handoff("conv-1"), "h", "{not json")
         assert [h.conversation_id for h in await board.all()] == ["conv-2"]
     finally:
         await board.close()

@@ -1,13 +1,11 @@
 """A turn typed while the escalation runs is routed once it is done: never lost to the bot."""
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 from rasa.core.lock_store import InMemoryLockStore
 
-from connectors.omnidesk.channel.incoming import wait_for_turns_before
-from tests.channel.conftest import callback_setup
+from tests.channel.conftest import callback_setup, rasa_agent
 
 
 async def test_a_turn_typed_during_a_slow_escalation_reaches_the_agent() -> None:
@@ -43,38 +41,38 @@ async def test_a_turn_typed_during_a_failed_escalation_goes_to_the_bot() -> None
 
 
 class WatchedLockStore(InMemoryLockStore):  # type: ignore[misc]
-    """Rasa's in-memory lock store, counting the writes made to it."""
+    """Rasa's in-memory lock store, counting every read and write made of it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.writes = 0
+        self.calls = 0
+
+    def get_lock(self, conversation_id: str) -> Any:
+        self.calls += 1
+        return super().get_lock(conversation_id)
 
     def save_lock(self, lock: Any) -> None:
-        self.writes += 1
+        self.calls += 1
         super().save_lock(lock)
 
-    def delete_lock(self, conversation_id: str) -> None:
-        self.writes += 1
-        super().delete_lock(conversation_id)
 
-
-async def test_the_wait_reads_rasas_lock_and_never_writes_it() -> None:
-    # Rasa's lock stores rewrite a lock whole: a second writer on another replica can
-    # lose a ticket or bring back a served one, and a turn then waits 60 s for it.
-    store = WatchedLockStore()
-    app = SimpleNamespace(ctx=SimpleNamespace(agent=SimpleNamespace(lock_store=store)))
-    escalating = store.issue_ticket("c-1", 60)
-    writes_before = store.writes
-
-    waiting = asyncio.ensure_future(wait_for_turns_before(app, "c-1"))
-    await asyncio.sleep(0.3)
-    assert not waiting.done()  # the escalation still holds the lock
-    assert store.writes == writes_before
-
-    store.cleanup("c-1", escalating)  # the escalation's turn lets go
-    writes_before = store.writes
-    await asyncio.wait_for(waiting, timeout=2)
-    assert store.writes == writes_before
-    # No lock at all: the turn goes on at once, and nothing is written either.
-    await asyncio.wait_for(wait_for_turns_before(app, "c-2"), timeout=0.5)
-    assert store.get_lock("c-2") is None
+async def test_a_turn_waiting_in_line_costs_rasas_lock_store_nothing() -> None:
+    # Rasa's Redis lock store is synchronous: a wait that polled it would block the
+    # whole process while Redis hangs. A turn waits in the connector's own line.
+    agent = rasa_agent()
+    agent.lock_store = WatchedLockStore()
+    async with callback_setup(agent=agent) as setup:
+        started = await setup.server.open_chat()
+        setup.server.escalate_on("escalate slow-3", started)
+        setup.server.bot.lock_store = agent.lock_store
+        setup.server.bot.delays["escalate slow-3"] = 1.0
+        escalating = asyncio.ensure_future(setup.say("slow-3", "escalate slow-3"))
+        await asyncio.sleep(0.3)
+        waiting = asyncio.ensure_future(setup.say("slow-3", "typed while connecting"))
+        await asyncio.sleep(0.1)
+        calls_before = agent.lock_store.calls
+        await asyncio.sleep(0.5)
+        assert agent.lock_store.calls == calls_before
+        assert await escalating == 200 and await waiting == 200
+        texts = [m.text for m in setup.server.sandbox.chat(started.chat_session_id).messages]
+        assert texts[-1] == "typed while connecting"

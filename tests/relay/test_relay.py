@@ -1,7 +1,8 @@
 """A handoff's life through the Relay, with no server: ordering, ending, outage, notices."""
 
 import asyncio
-from typing import Any, List, Optional
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, List, Optional
 
 import pytest
 
@@ -18,13 +19,27 @@ from connectors.omnidesk.channel.switchboard import (
     Handoff,
     InMemorySwitchboard,
     NotInRelay,
+    Place,
     SwitchboardError,
-    TurnTicket,
 )
 from connectors.omnidesk.handoff import HandoffOutcome, HandoffStarted
-from tests.relay.conftest import CHANNEL, FakeBot, relay_harness
+from tests.relay.conftest import CHANNEL, FakeBot, Sent, relay_harness
 
 ANNA = AgentIdentity(name="Anna", picture=None)
+
+
+async def say(h: Any, conversation_id: str, text: Optional[str]) -> bool:
+    """A customer turn as the channel hands it over: True when it did not go to the bot."""
+    to_bot: List[str] = []
+
+    async def bot() -> str:
+        to_bot.append(text or "")
+        return "bot"
+
+    async def tell_here(notice: str) -> None:
+        h.line.sent.append(Sent("text", conversation_id, notice))
+
+    return await h.relay.turn(conversation_id, text, bot, tell_here) != "bot"
 
 
 async def wait_until(condition: Any, timeout: float = 3.0) -> None:
@@ -42,25 +57,25 @@ async def test_turns_reach_the_agent_in_the_order_typed_numbered_from_two() -> N
     async with relay_harness() as h:
         await h.hand_over("c-1")
         for text in ("one", "two", "three"):
-            assert await h.relay.customer_turn("c-1", text, CHANNEL)
+            assert await say(h, "c-1", text)
         assert h.desk.messages() == ["one", "two", "three"]
         assert h.desk.numbers() == ["2", "3", "4"]
 
 
 async def test_a_turn_of_a_conversation_with_the_bot_is_not_relayed() -> None:
     async with relay_harness() as h:
-        assert not await h.relay.customer_turn("c-bot", "hello", CHANNEL)
+        assert not await say(h, "c-bot", "hello")
         assert h.desk.calls == []
 
 
-async def test_turns_sent_at_once_each_reach_the_agent_once_with_their_own_number() -> None:
+async def test_turns_sent_at_once_reach_the_agent_once_each_in_the_order_typed() -> None:
     async with relay_harness() as h:
         await h.hand_over("c-2")
         h.desk.answer("notifyUserNewChatMessage", (200, 0.2))  # the first one is slow
         texts = [f"m{i}" for i in range(5)]
-        await asyncio.gather(*(h.relay.customer_turn("c-2", t, CHANNEL) for t in texts))
-        assert sorted(h.desk.messages()) == texts
-        assert sorted(h.desk.numbers(), key=int) == ["2", "3", "4", "5", "6"]
+        await asyncio.gather(*(say(h, "c-2", t) for t in texts))
+        assert h.desk.messages() == texts
+        assert h.desk.numbers() == ["2", "3", "4", "5", "6"]
 
 
 async def test_a_turn_omnidesk_refuses_tells_the_customer_in_the_domains_words() -> None:
@@ -68,7 +83,7 @@ async def test_a_turn_omnidesk_refuses_tells_the_customer_in_the_domains_words()
     async with relay_harness(bot=bot) as h:
         await h.hand_over("c-3")
         h.desk.answer("notifyUserNewChatMessage", (400, 0.0))
-        assert await h.relay.customer_turn("c-3", "lost?", CHANNEL)
+        assert await say(h, "c-3", "lost?")
         await h.settle()
         assert h.line.texts("c-3") == ["Not delivered (domain)."]
         await h.relay.end(await h.relay.with_agent("c-3"), HandoffOutcome.ENDED_BY_AGENT)
@@ -79,7 +94,7 @@ async def test_a_turn_omnidesk_refuses_tells_the_customer_in_the_domains_words()
 async def test_the_leave_command_ends_the_chat_and_tells_omnidesk() -> None:
     async with relay_harness() as h:
         handoff = await h.hand_over("c-4")
-        assert await h.relay.customer_turn("c-4", " /leave_human_chat ", CHANNEL)
+        assert await say(h, "c-4", " /leave_human_chat ")
         assert await h.relay.handoff_of("c-4") is None
         [end] = h.desk.named("notifyUserEndChat")
         assert end.fields["chatSessionID"] == handoff.chat_session_id
@@ -90,8 +105,8 @@ async def test_the_leave_command_ends_the_chat_and_tells_omnidesk() -> None:
 async def test_an_empty_turn_takes_no_number() -> None:
     async with relay_harness() as h:
         await h.hand_over("c-5")
-        assert await h.relay.customer_turn("c-5", "   ", CHANNEL)
-        assert await h.relay.customer_turn("c-5", "real", CHANNEL)
+        assert await say(h, "c-5", "   ")
+        assert await say(h, "c-5", "real")
         assert h.desk.numbers() == ["2"]
 
 
@@ -148,7 +163,7 @@ async def test_an_agent_event_for_a_chat_not_open_is_refused() -> None:
 async def test_relayed_turns_reach_the_tracker_before_the_bot_takes_over() -> None:
     async with relay_harness(bot=FakeBot(knows_end_intent=True)) as h:
         handoff = await h.hand_over("c-9")
-        await h.relay.customer_turn("c-9", "question", CHANNEL)
+        await say(h, "c-9", "question")
         await h.relay.agent_message(AgentMessage(handoff.chat_session_id, "answer", ANNA))
         assert h.bot.records["c-9"] == []  # paced, not on the hot path
         await h.relay.end(handoff, HandoffOutcome.ENDED_BY_AGENT)
@@ -206,11 +221,13 @@ class FlakySwitchboard(InMemorySwitchboard):
         self._check()
         return await super().get(conversation_id)
 
-    async def begin_turn(
-        self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
-    ) -> Optional[TurnTicket]:
+    @asynccontextmanager
+    async def in_line(
+        self, conversation_id: str, numbered: bool, wait: float
+    ) -> AsyncIterator[Place]:
         self._check()
-        return await super().begin_turn(conversation_id, lease_seconds, now)
+        async with super().in_line(conversation_id, numbered, wait) as place:
+            yield place
 
 
 async def test_a_handoff_the_switchboard_cannot_take_ends_the_chat_and_tells_the_customer() -> None:
@@ -230,7 +247,7 @@ async def test_a_turn_during_an_outage_is_kept_and_relayed_when_the_switchboard_
     async with relay_harness(switchboard=board) as h:
         await h.hand_over("c-13")
         board.down = True
-        turn = asyncio.ensure_future(h.relay.customer_turn("c-13", "still there?", CHANNEL))
+        turn = asyncio.ensure_future(say(h, "c-13", "still there?"))
         await wait_until(lambda: h.line.texts("c-13") == [DEFAULT_TEXTS["utter_omnidesk_delayed"]])
         board.down = False
         assert await asyncio.wait_for(turn, 3)
@@ -241,7 +258,7 @@ async def test_during_an_outage_a_conversation_never_seen_with_an_agent_goes_to_
     board = FlakySwitchboard()
     async with relay_harness(switchboard=board) as h:
         board.down = True
-        assert not await h.relay.customer_turn("c-14", "hello", CHANNEL)
+        assert not await say(h, "c-14", "hello")
         assert h.line.sent == []
 
 
@@ -250,7 +267,7 @@ async def test_a_turn_kept_past_the_outage_hold_is_told_as_not_delivered() -> No
     async with relay_harness(switchboard=board, outage_hold=0.3) as h:
         await h.hand_over("c-15")
         board.down = True
-        assert await h.relay.customer_turn("c-15", "lost", CHANNEL)
+        assert await say(h, "c-15", "lost")
         board.down = False
         await h.settle()
         texts: List[str] = h.line.texts("c-15")
@@ -271,7 +288,7 @@ async def test_a_notice_reaches_the_customer_even_when_the_outbox_cannot_store_i
 
         h.store.put = broken_put  # type: ignore[method-assign]
         h.desk.answer("notifyUserNewChatMessage", (400, 0.0))
-        assert await h.relay.customer_turn("c-16", "hello", CHANNEL)
+        assert await say(h, "c-16", "hello")
         assert h.line.texts("c-16") == [DEFAULT_TEXTS["utter_omnidesk_delivery_failed"]]
         assert handoff.conversation_id == "c-16"
 
@@ -308,3 +325,112 @@ async def test_the_bots_words_wait_behind_the_agents_last_message_for_a_channel_
         await wait_until(
             lambda: h.line.texts("c-18") == ["Last words", "bot: back (ended_by_agent)"]
         )
+
+
+# -- one line per conversation ---------------------------------------------------------
+
+
+async def test_turns_typed_during_a_slow_escalation_reach_the_agent_in_order() -> None:
+    async with relay_harness() as h:
+        escalated = asyncio.Event()
+
+        async def escalating_bot() -> str:
+            # The bot's turn runs the action (slow), and the handoff registers at its end.
+            await asyncio.sleep(0.3)
+            await h.hand_over("c-20")
+            escalated.set()
+            return "bot"
+
+        async def nothing(_: str) -> None:
+            return None
+
+        escalation = asyncio.ensure_future(
+            h.relay.turn("c-20", "a person please", escalating_bot, nothing)
+        )
+        await asyncio.sleep(0.01)
+        typed = [f"while waiting {i}" for i in range(6)]
+        turns = []
+        for text in typed:
+            turns.append(asyncio.ensure_future(say(h, "c-20", text)))
+            await asyncio.sleep(0.02)
+        assert await asyncio.gather(*turns) == [True] * 6
+        await escalation
+        assert escalated.is_set()
+        assert h.desk.messages() == typed
+        assert h.desk.numbers() == ["2", "3", "4", "5", "6", "7"]
+
+
+async def test_the_leave_command_waits_for_the_turn_before_it() -> None:
+    async with relay_harness(max_attempts=3) as h:
+        await h.hand_over("c-21")
+        # "bye" meets a 503 and is retried; the leave command follows 50 ms later.
+        h.desk.answer("notifyUserNewChatMessage", (503, 0.1), (200, 0.1))
+        bye = asyncio.ensure_future(say(h, "c-21", "bye"))
+        await asyncio.sleep(0.05)
+        assert await say(h, "c-21", "/leave_human_chat")
+        await bye
+        names = [c.name for c in h.desk.calls]
+        assert names.index("notifyUserEndChat") > max(
+            i for i, n in enumerate(names) if n == "notifyUserNewChatMessage"
+        )
+        await h.settle()
+        assert DEFAULT_TEXTS["utter_omnidesk_delivery_failed"] not in h.line.texts("c-21")
+
+
+async def test_a_turn_whose_caller_went_away_is_still_relayed() -> None:
+    async with relay_harness() as h:
+        await h.hand_over("c-22")
+        h.desk.answer("notifyUserNewChatMessage", (200, 0.3))
+        caller = asyncio.ensure_future(say(h, "c-22", "are you there?"))
+        await asyncio.sleep(0.05)
+        caller.cancel()  # the HTTP client gave up
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await wait_until(lambda: h.desk.messages() == ["are you there?"])
+        await h.settle()
+        assert h.line.texts("c-22") == []  # no "did not reach": it did
+
+
+async def test_a_turn_stuck_behind_the_one_before_is_told_after_turn_wait() -> None:
+    async with relay_harness(turn_wait=0.3) as h:
+        told: List[str] = []
+
+        async def stuck_bot() -> str:
+            await asyncio.sleep(1.0)
+            return "bot"
+
+        async def tell(text: str) -> None:
+            told.append(text)
+
+        stuck = asyncio.ensure_future(h.relay.turn("c-23", "first", stuck_bot, tell))
+        await asyncio.sleep(0.01)
+        assert await h.relay.turn("c-23", "second", stuck_bot, tell) is None
+        assert told == [DEFAULT_TEXTS["utter_omnidesk_turn_not_handled"]]
+        await stuck
+
+
+async def test_an_end_omnidesk_did_not_hear_is_told_again_by_the_sweep() -> None:
+    async with relay_harness() as h:
+        handoff = await h.hand_over("c-24")
+        h.desk.unreachable = True
+        assert await say(h, "c-24", "/leave_human_chat")
+        # The customer is back with the bot at once.
+        assert await h.relay.handoff_of("c-24") is None
+        [ending] = await h.relay.open_handoffs()
+        assert ending.chat_session_id == handoff.chat_session_id and ending.ending
+        h.desk.unreachable = False
+        await h.relay.retry_end(ending)
+        [told] = h.desk.named("notifyUserEndChat")
+        assert told.fields["chatSessionID"] == handoff.chat_session_id
+        assert await h.relay.open_handoffs() == []
+
+
+async def test_an_end_omnidesk_never_hears_is_given_up_after_a_day() -> None:
+    async with relay_harness() as h:
+        await h.hand_over("c-25")
+        h.desk.unreachable = True
+        await say(h, "c-25", "/leave_human_chat")
+        [ending] = await h.relay.open_handoffs()
+        assert ending.ended_at is not None
+        await h.relay.retry_end(ending, now=ending.ended_at + 86401)
+        assert await h.relay.open_handoffs() == []

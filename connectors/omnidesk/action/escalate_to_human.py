@@ -197,7 +197,7 @@ async def _escalate(
         config = await client.request_chat_config()
         if not config.agents_available:
             return None
-        chat_session_id = handoff.new_chat_session_id()
+        chat_session_id = handoff.new_chat_session_id(conversation)
         await client.notify_user_new_chat_message(
             chat_session_id=chat_session_id,
             message=escalation.first_chat_message(log.ticket_id),

@@ -1,13 +1,11 @@
 """A customer's turn on its way in, before it is routed to the agent or the bot.
 
-``repair_text`` makes its text and metadata valid Unicode; ``wait_for_turns_before``
-lets the conversation's turns under way (an escalation among them) finish,
-watching Rasa's lock without writing it, before the switchboard is read; ``mark_with_bot`` puts the
-channel's own view into a turn that goes to the bot. input.py's handler calls
-them in that order.
+``repair_text`` makes its text and metadata valid Unicode; ``mark_with_bot``
+puts the channel's own view into a turn that goes to the bot. input.py's
+handler calls them; the relay (relay.py) decides in between, in the order the
+conversation's turns arrived.
 """
 
-import asyncio
 import logging
 from typing import Any
 
@@ -18,11 +16,7 @@ from connectors.omnidesk.rules import valid_text
 
 logger = logging.getLogger(__name__)
 
-# How often a turn waiting for the turns under way looks at Rasa's lock again
-# (Rasa's own wait polls every 1 s).
-LOCK_POLL_SECONDS = 0.05
-
-__all__ = ["LOCK_POLL_SECONDS", "mark_with_bot", "repair_text", "wait_for_turns_before"]
+__all__ = ["mark_with_bot", "repair_text"]
 
 
 def _valid(value: Any, depth: int = 0) -> Any:
@@ -49,52 +43,6 @@ def repair_text(message: UserMessage) -> None:
         message.text = valid_text(message.text)
     if isinstance(message.metadata, dict):
         message.metadata = _valid(message.metadata)
-
-
-async def wait_for_turns_before(app: Any, conversation_id: str) -> None:
-    """Let the conversation's turns under way finish before this one is routed.
-
-    The turn that escalates holds Rasa's lock while the action opens the
-    Omnidesk chat (seconds, up to the retry budget), and registers the
-    handoff before it lets go. Waiting here until the tickets in the lock now
-    are served, and only then reading the switchboard, sends a turn typed
-    meanwhile to the agent once the chat is open, or to the bot when the
-    escalation failed. The lock is only read, never written: Rasa's lock
-    stores change a lock by reading it and saving it whole, so with several
-    replicas a second writer can lose a ticket or bring back a served one (a
-    turn then waits for it to expire, 60 s). Rasa's handler takes the lock
-    itself once the turn is routed. docs/architecture.md ("Routing a turn
-    under Rasa's lock") says why.
-    """
-    agent = getattr(getattr(app, "ctx", None), "agent", None)
-    lock_store = getattr(agent, "lock_store", None)
-    if lock_store is None:
-        return
-    try:
-        lock = lock_store.get_lock(conversation_id)
-        if lock is None:
-            return
-        lock.remove_expired_tickets()
-        if not lock.is_someone_waiting():
-            return
-        # The turns under way now; those that come later are not waited for.
-        last = lock.last_issued
-        while True:
-            await asyncio.sleep(LOCK_POLL_SECONDS)
-            lock = lock_store.get_lock(conversation_id)
-            if lock is None:
-                return
-            lock.remove_expired_tickets()  # on our copy only: tickets expire by time
-            if not lock.is_someone_waiting() or lock.now_serving > last:
-                return
-    except Exception as error:
-        # An unreachable lock store: the turn is routed on what the switchboard says now.
-        logger.warning(
-            "Could not read Rasa's lock for conversation %s before routing its turn: %s: %s",
-            conversation_id,
-            type(error).__name__,
-            error,
-        )
 
 
 def mark_with_bot(message: UserMessage) -> None:

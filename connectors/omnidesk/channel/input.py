@@ -25,7 +25,7 @@ from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.customer import WrappedOutput, outbox_output
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.health import Health
-from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text, wait_for_turns_before
+from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text
 from connectors.omnidesk.channel.lines import line_for
 from connectors.omnidesk.channel.lines.rest import carrying_what_waits
 from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings
@@ -116,7 +116,6 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         # Where the customer's socket.io sessions are connected: the outbox keeps it.
         self.outbox: Optional[Outbox] = None
         self._socket_managers: List[Any] = []
-        self._app: Any = None
 
     # -- outputs -----------------------------------------------------------------
 
@@ -172,14 +171,21 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
         async def handle(message: UserMessage) -> Any:
             repair_text(message)
-            message.output_channel = self.wrap_output(message.output_channel, channel_name)
+            output = self.wrap_output(message.output_channel, channel_name)
+            message.output_channel = output
+
+            async def to_bot() -> Any:
+                mark_with_bot(message)
+                return await on_new_message(message)
+
+            async def tell_here(text: str) -> None:
+                await output.send_text_message(message.sender_id, text)
+
             relay = self.relay
-            if relay is not None:
-                await wait_for_turns_before(self._app, message.sender_id)
-                if await relay.customer_turn(message.sender_id, message.text, channel_name):
-                    return None
-            mark_with_bot(message)
-            return await on_new_message(message)
+            if relay is None:
+                return await to_bot()
+            # In line at once, served in the order turns arrived (relay.py).
+            return await relay.turn(message.sender_id, message.text, to_bot, tell_here)
 
         return handle
 
@@ -234,7 +240,6 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         rasa_compat.install_secret_filter()
         handoff_events.configure(self.settings.log_format, self.settings.log_message_text)
         warn_lock_store(app, self.settings)
-        self._app = app
         switchboard = create_switchboard(self.settings.switchboard_url)
         client = OmnideskClient(self.settings, transport=self.health.transport())
         files_dir = str(self.settings.files_dir) if self.settings.files_dir else None

@@ -23,6 +23,7 @@ CHAT_ENDED = "utter_omnidesk_chat_ended"
 UPLOAD_REJECTED = "utter_omnidesk_upload_rejected"
 DELAYED = "utter_omnidesk_delayed"
 HANDOFF_FAILED = "utter_omnidesk_handoff_failed"
+TURN_NOT_HANDLED = "utter_omnidesk_turn_not_handled"
 
 DEFAULT_TEXTS: Dict[str, str] = {
     DELIVERY_FAILED: (
@@ -37,6 +38,9 @@ DEFAULT_TEXTS: Dict[str, str] = {
     DELAYED: ("Sorry, we are having trouble reaching the agent. Your message will follow shortly."),
     HANDOFF_FAILED: (
         "Sorry, I could not connect you to a colleague after all. Please try again in a moment."
+    ),
+    TURN_NOT_HANDLED: (
+        "Sorry, your last message could not be handled in time. Please send it again."
     ),
 }
 

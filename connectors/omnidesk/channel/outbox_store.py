@@ -18,9 +18,11 @@ import contextlib
 import logging
 import re
 import time
+import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from connectors.omnidesk import metrics
+from connectors.omnidesk.channel.redis_switchboard import RedisKeys, reply_lost
 from connectors.omnidesk.channel.switchboard import SwitchboardError
 
 logger = logging.getLogger(__name__)
@@ -229,15 +231,15 @@ class InMemoryOutboxStore(OutboxStore):
 
 
 # Remove an entry only while the caller's token holds the lease (the fencing
-# check), and forget the conversation once its stream is empty.
+# check). Returns -1 when the lease is not the caller's, else how many entries
+# are left (0: the stream is gone, and the caller takes the conversation off
+# the waiting set, a key of another slot).
 _REMOVE_SCRIPT = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 redis.call('XDEL', KEYS[1], ARGV[2])
-if redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[3], ARGV[3])
-end
-return 1
+local left = redis.call('XLEN', KEYS[1])
+if left == 0 then redis.call('DEL', KEYS[1]) end
+return left
 """
 
 _LEASE_SCRIPT = """
@@ -269,8 +271,10 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 # Remove every entry up to an id, whoever drains: the customer's client says it
-# has them. An empty stream stays until it expires, so the ids of the entries
-# put after it keep growing (a deleted stream would start again from the clock).
+# has them; returns what it took off. An empty stream stays until it expires, so
+# the ids of the entries put after it keep growing (a stream made anew would take
+# its ids from the clock again). The caller takes the conversation off the
+# waiting set, a key of another slot.
 _ACKNOWLEDGE_SCRIPT = """
 local rows = redis.call('XRANGE', KEYS[1], '-', ARGV[1])
 local removed = {}
@@ -278,7 +282,6 @@ for _, row in ipairs(rows) do
   redis.call('XDEL', KEYS[1], row[1])
   removed[#removed + 1] = row[2][2]
 end
-if redis.call('XLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return removed
 """
 
@@ -301,22 +304,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-_FORGET_EMPTY_SCRIPT = """
-if redis.call('XLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
-return 1
-"""
-
 
 class RedisOutboxStore(OutboxStore):
     """Redis: a Stream per conversation, a set of conversations with entries, leases, presence.
 
-    Keys (prefix ``omnidesk:``): ``outbox:<conversation>`` (Stream, expires
+    Keys (prefix ``omnidesk:``, each of a conversation in its hash slot,
+    redis_switchboard.RedisKeys): ``outbox:<conversation>`` (Stream, expires
     ``retention`` plus an hour after its last entry as a safety net; the
-    drainer drops and logs older entries first), ``outbox:waiting`` (set),
-    ``outbox-lease:<conversation>`` (string, PX), ``presence:<recipient>``
-    (sorted set: socket id scored by when it stops counting),
-    ``outbox-handed:<conversation>`` (string: the last entry id a poll or
-    stream handed out, expiring with the stream).
+    drainer drops and logs older entries first), ``outbox-lease:<conversation>``
+    (string, PX), ``presence:<recipient>`` (sorted set: socket id scored by when
+    it stops counting), ``outbox-handed:<conversation>`` (string: the last entry
+    id a poll or stream handed out, expiring with the stream), and
+    ``outbox:waiting`` (set, the conversations with entries; kept by commands of
+    their own beside the per-conversation scripts).
     """
 
     def __init__(
@@ -335,31 +335,30 @@ class RedisOutboxStore(OutboxStore):
             socket_connect_timeout=timeout,
             health_check_interval=30,
         )
-        self._prefix = prefix
+        self._keys = RedisKeys(prefix)
         self._key_ttl = int(retention) + 3600
         self._remove = self._redis.register_script(_REMOVE_SCRIPT)
         self._lease = self._redis.register_script(_LEASE_SCRIPT)
         self._release = self._redis.register_script(_RELEASE_SCRIPT)
         self._mark = self._redis.register_script(_MARK_SCRIPT)
         self._present = self._redis.register_script(_PRESENT_SCRIPT)
-        self._forget_empty = self._redis.register_script(_FORGET_EMPTY_SCRIPT)
         self._acknowledge = self._redis.register_script(_ACKNOWLEDGE_SCRIPT)
         self._note_handed = self._redis.register_script(_HANDED_SCRIPT)
 
     def _stream(self, conversation_id: str) -> str:
-        return f"{self._prefix}outbox:{conversation_id}"
+        return self._keys.of(conversation_id, "outbox")
 
     def _lease_key(self, conversation_id: str) -> str:
-        return f"{self._prefix}outbox-lease:{conversation_id}"
+        return self._keys.of(conversation_id, "outbox-lease")
 
     def _waiting_key(self) -> str:
-        return f"{self._prefix}outbox:waiting"
+        return f"{self._keys.prefix}outbox:waiting"
 
     def _presence_key(self, recipient_id: str) -> str:
-        return f"{self._prefix}presence:{recipient_id}"
+        return self._keys.of(recipient_id, "presence")
 
     def _handed_key(self, conversation_id: str) -> str:
-        return f"{self._prefix}outbox-handed:{conversation_id}"
+        return self._keys.of(conversation_id, "outbox-handed")
 
     async def _call(self, what: str, coroutine: Any) -> Any:
         from redis.exceptions import RedisError
@@ -374,18 +373,59 @@ class RedisOutboxStore(OutboxStore):
             ) from error
 
     def _nudge_channel(self) -> str:
-        return f"{self._prefix}outbox:nudge"
+        return f"{self._keys.prefix}outbox:nudge"
 
     async def put(self, conversation_id: str, raw: str) -> str:
+        """Append the entry; a reply lost after it was sent is resolved by reading back.
+
+        The entry carries a mark of its own (``u``): when the reply times out,
+        the stream's tail is read for it, so an agent's message that was stored
+        is answered ``ok`` rather than 503 (and would otherwise be sent twice).
+        """
         stream = self._stream(conversation_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(stream, {"e": raw})
-        pipe.sadd(self._waiting_key(), conversation_id)
+        mark = uuid.uuid4().hex
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xadd(stream, {"e": raw, "u": mark})
         pipe.expire(stream, self._key_ttl)
+        pipe.sadd(self._waiting_key(), conversation_id)
         # The instance holding the customer's socket may be another one: tell them all.
         pipe.publish(self._nudge_channel(), conversation_id)
-        results = await self._call("put", pipe.execute())
+        try:
+            results = await self._call("put", pipe.execute())
+        except SwitchboardError as error:
+            stored = await self._stored(stream, mark) if reply_lost(error) else None
+            if stored is None:
+                raise
+            logger.warning(
+                "Outbox put of conversation %s: the reply was lost, the entry is stored.",
+                conversation_id,
+            )
+            await self._call("put", self._redis.sadd(self._waiting_key(), conversation_id))
+            return stored
         return str(results[0])
+
+    async def _stored(self, stream: str, mark: str) -> Optional[str]:
+        """The id of the entry carrying ``mark`` among the stream's newest, or None."""
+        rows = await self._call("put", self._redis.xrevrange(stream, "+", "-", count=100))
+        for entry_id, fields in rows:
+            if fields.get("u") == mark:
+                return str(entry_id)
+        return None
+
+    async def _forget(self, conversation_id: str) -> None:
+        """Take a conversation whose stream is empty off the waiting set.
+
+        The set is in another slot than the stream, so this is not one script:
+        the stream is looked at again after the removal, and a put that came in
+        between puts the conversation back (a put adds to the set after its
+        entry, so either this sees the entry or the put's own add comes later).
+        """
+        stream = self._stream(conversation_id)
+        if int(await self._call("forget", self._redis.xlen(stream))) > 0:
+            return
+        await self._call("forget", self._redis.srem(self._waiting_key(), conversation_id))
+        if int(await self._call("forget", self._redis.xlen(stream))) > 0:
+            await self._call("forget", self._redis.sadd(self._waiting_key(), conversation_id))
 
     async def listen(self, on_nudge: Callable[[str], None]) -> None:
         failing = False
@@ -418,25 +458,22 @@ class RedisOutboxStore(OutboxStore):
         stream = self._stream(conversation_id)
         rows = await self._call("read", self._redis.xrange(stream, "-", "+", count=count))
         if not rows:
-            await self._call(
-                "forget",
-                self._forget_empty(keys=[stream, self._waiting_key()], args=[conversation_id]),
-            )
+            await self._forget(conversation_id)
         return [(str(entry_id), str(fields.get("e", ""))) for entry_id, fields in rows]
 
     async def remove(self, conversation_id: str, entry_id: str, token: str) -> bool:
-        removed = await self._call(
-            "remove",
-            self._remove(
-                keys=[
-                    self._stream(conversation_id),
-                    self._lease_key(conversation_id),
-                    self._waiting_key(),
-                ],
-                args=[token, entry_id, conversation_id],
-            ),
+        left = int(
+            await self._call(
+                "remove",
+                self._remove(
+                    keys=[self._stream(conversation_id), self._lease_key(conversation_id)],
+                    args=[token, entry_id],
+                ),
+            )
         )
-        return bool(int(removed))
+        if left == 0:
+            await self._forget(conversation_id)
+        return left >= 0
 
     async def lease(self, conversation_id: str, token: str, ttl: float) -> bool:
         taken = await self._call(
@@ -477,12 +514,11 @@ class RedisOutboxStore(OutboxStore):
     async def acknowledge(self, conversation_id: str, up_to: str) -> List[str]:
         removed = await self._call(
             "acknowledge",
-            self._acknowledge(
-                keys=[self._stream(conversation_id), self._waiting_key()],
-                args=[up_to, conversation_id],
-            ),
+            self._acknowledge(keys=[self._stream(conversation_id)], args=[up_to]),
         )
-        return [str(raw) for raw in removed or []]
+        if removed:
+            await self._forget(conversation_id)
+        return [str(raw) for raw in removed]
 
     async def note_handed(self, conversation_id: str, entry_id: str) -> None:
         await self._call(

@@ -21,7 +21,7 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, List, Optional, Set, Tuple
 from urllib.parse import urlencode
 
 from connectors.omnidesk import handoff_events
@@ -37,15 +37,18 @@ from connectors.omnidesk.channel.hookpoints import (
 from connectors.omnidesk.channel.notices import (
     AGENT_WAIT,
     CHAT_ENDED,
+    DELAYED,
     DELIVERY_FAILED,
     HANDOFF_FAILED,
+    TURN_NOT_HANDLED,
     Notices,
 )
 from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, Pulled, ToCustomer
-from connectors.omnidesk.channel.record import TurnRecord, buffer_for
+from connectors.omnidesk.channel.record import TurnRecord
 from connectors.omnidesk.channel.sides import BotSide, FileLink, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
     Handoff,
+    LocalLine,
     NotInRelay,
     Switchboard,
     SwitchboardError,
@@ -77,6 +80,12 @@ class NotPulled(LookupError):
     """The conversation's channel delivers its messages itself; only rest is pulled from."""
 
 
+# A turn kept through a switchboard outage is tried again this often.
+OUTAGE_RETRY_INTERVAL = 1.0
+# An end Omnidesk has not heard of is told again by the sweeper for this long.
+ENDING_KEPT = 86400.0
+
+
 class Relay:
     """Relay mode's logic, one per OmnideskInput. It owns and closes what it is given."""
 
@@ -98,8 +107,13 @@ class Relay:
         self._files = files
         self._routes_url = routes_url.rstrip("/")
         self._notices = Notices(bot, settings.leave_command, outbox)
-        self._record = TurnRecord(bot, settings.record_interval, buffer_for(switchboard))
-        self._turns = CustomerTurns(settings, switchboard, client, self._notices, self._record)
+        self._record = TurnRecord(bot, settings.record_interval, switchboard.records)
+        self._turns = CustomerTurns(settings, client, self._notices, self._record)
+        # Every customer turn of a conversation stands in this line on arrival.
+        self._line = LocalLine()
+        # Turns and ends run in tasks of the relay's own: a client that goes away
+        # does not cut a relay in half.
+        self._tasks: Set[asyncio.Future[Any]] = set()
         self._ends: Set[asyncio.Future[None]] = set()
         # What the customer's channel refused for good, the agent hears of.
         outbox.on_undeliverable = self._tell_agent_undelivered
@@ -125,7 +139,10 @@ class Relay:
             await self._not_registered(handoff, error)
             return False
         self._turns.seen(conversation_id, handoff)
-        if replaced is not None and replaced.chat_session_id != handoff.chat_session_id:
+        if replaced is not None and replaced.ending is not None:
+            # Its end was ours and Omnidesk had not heard of it yet: tell it now.
+            self._in_background(self._tell_omnidesk_end(replaced))
+        elif replaced is not None and replaced.chat_session_id != handoff.chat_session_id:
             logger.warning(
                 "Handoff of conversation %s replaced open chat %s with %s.",
                 conversation_id,
@@ -193,44 +210,163 @@ class Relay:
     def is_leave_command(self, text: Optional[str]) -> bool:
         return text is not None and text.strip() == self._settings.leave_command
 
-    async def customer_turn(self, conversation_id: str, text: Optional[str], channel: str) -> bool:
-        """Relay the turn when the conversation is with an agent.
+    async def turn(
+        self,
+        conversation_id: str,
+        text: Optional[str],
+        to_bot: Callable[[], Awaitable[Any]],
+        tell_here: Callable[[str], Awaitable[Any]],
+    ) -> Any:
+        """Serve one customer turn in the order it arrived: to the agent, or ``to_bot``.
 
-        False when it is not (or its chat ended while the turn waited): the bot
-        answers the turn. True when the relay took it: sent to the agent, the
-        chat left by the leave command, or, when Omnidesk refused it, the
-        customer told so and the turn kept in the tracker marked undelivered.
+        The turn takes its place in its conversation's line at once and is
+        served after the turns before it, on every instance: bot turns, relayed
+        turns and the leave command alike. Served, it goes to the agent when
+        the conversation is with one (the leave command ends the chat; an empty
+        turn is dropped), else to the bot (``to_bot``, whose answer is returned).
+        A turn that waited ``turn_wait`` for the turns before it is not handled,
+        and the customer is told (``tell_here``, the turn's own channel, when the
+        conversation is not with an agent).
 
-        With the switchboard unreachable, a conversation this process last saw
-        with an agent keeps its turn: the customer is told of a delay and the
-        turn is retried for ``outage_hold`` seconds; any other turn goes to the
-        bot (docs/troubleshooting.md, "Redis is down", says what that risks).
+        It runs in a task of the relay's: a caller that is cancelled (its HTTP
+        client went away) leaves the turn to finish. With the switchboard
+        unreachable, a conversation this process last saw with an agent keeps
+        its turn: the customer is told of a delay and the turn is tried again
+        for ``outage_hold`` seconds; any other turn goes to the bot
+        (docs/troubleshooting.md, "Redis is down", says what that risks).
         """
-        try:
-            return await self._customer_turn(conversation_id, text)
-        except SwitchboardError as error:
-            return await self._turns.in_outage(
-                conversation_id, error, lambda: self._customer_turn(conversation_id, text)
+        task = asyncio.ensure_future(self._turn(conversation_id, text, to_bot, tell_here))
+        self._tasks.add(task)
+        task.add_done_callback(self._turn_done)
+        return await asyncio.shield(task)
+
+    def _turn_done(self, task: "asyncio.Future[Any]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            logger.error(
+                "A customer turn failed: %s: %s",
+                type(error).__name__,
+                error,
+                exc_info=(type(error), error, error.__traceback__) if error else None,
             )
 
-    async def _customer_turn(self, conversation_id: str, text: Optional[str]) -> bool:
-        if text is not None and text.strip() and not self.is_leave_command(text):
-            return await self._turns.send(conversation_id, text)
-        # The leave command ends the chat; an empty turn is dropped (neither takes a number).
-        handoff = await self._switchboard.get(conversation_id)
-        self._turns.seen(conversation_id, handoff)
+    async def _turn(
+        self,
+        conversation_id: str,
+        text: Optional[str],
+        to_bot: Callable[[], Awaitable[Any]],
+        tell_here: Callable[[str], Awaitable[Any]],
+    ) -> Any:
+        wait = self._settings.turn_wait
+        deadline = time.monotonic() + wait
+        async with self._line.place(conversation_id, wait) as first:
+            if not first:
+                return await self._not_served(conversation_id, tell_here)
+            try:
+                return await self._in_line(conversation_id, text, deadline, to_bot, tell_here)
+            except SwitchboardError as error:
+                return await self._in_outage(
+                    conversation_id, text, deadline, to_bot, tell_here, error
+                )
+
+    async def _in_line(
+        self,
+        conversation_id: str,
+        text: Optional[str],
+        deadline: float,
+        to_bot: Callable[[], Awaitable[Any]],
+        tell_here: Callable[[str], Awaitable[Any]],
+    ) -> Any:
+        """The turn, first here: its place across instances, then the agent or the bot."""
+        relayed = text is not None and bool(text.strip()) and not self.is_leave_command(text)
+        wait = max(0.0, deadline - time.monotonic())
+        async with self._switchboard.in_line(conversation_id, relayed, wait) as place:
+            if not place.first:
+                return await self._not_served(conversation_id, tell_here)
+            handoff = place.handoff
+            self._turns.seen(conversation_id, handoff)
+            if handoff is None:
+                return await to_bot()
+            if relayed:
+                assert text is not None
+                await self._turns.send(place, text)
+            elif self.is_leave_command(text):
+                logger.info(
+                    "Customer of conversation %s left chat %s.",
+                    conversation_id,
+                    handoff.chat_session_id,
+                )
+                await self._end_in_line(handoff, HandoffOutcome.ENDED_BY_CUSTOMER)
+            else:
+                logger.debug("Empty customer turn in conversation %s not relayed.", conversation_id)
+            return None
+
+    async def _in_outage(
+        self,
+        conversation_id: str,
+        text: Optional[str],
+        deadline: float,
+        to_bot: Callable[[], Awaitable[Any]],
+        tell_here: Callable[[str], Awaitable[Any]],
+        error: SwitchboardError,
+    ) -> Any:
+        """A turn that met an unreachable switchboard; it keeps its place here while it waits."""
+        self._turns.log_outage(error)
+        handoff = self._turns.last_seen(conversation_id)
         if handoff is None:
-            return False
-        if self.is_leave_command(text):
+            return await to_bot()  # assumed with the bot
+        await self._notices.tell(handoff, DELAYED)
+        hold = time.monotonic() + self._settings.outage_hold
+        while time.monotonic() < hold:
+            await asyncio.sleep(min(OUTAGE_RETRY_INTERVAL, max(0.0, hold - time.monotonic())))
+            try:
+                answer = await self._in_line(
+                    conversation_id, text, max(deadline, time.monotonic() + 1.0), to_bot, tell_here
+                )
+            except SwitchboardError as again:
+                self._turns.log_outage(again)
+                continue
             logger.info(
-                "Customer of conversation %s left chat %s.",
+                "Switchboard back: the turn of conversation %s kept during the outage went on.",
                 conversation_id,
-                handoff.chat_session_id,
             )
-            await self.end(handoff, HandoffOutcome.ENDED_BY_CUSTOMER)
-        else:
-            logger.debug("Empty customer turn in conversation %s not relayed.", conversation_id)
-        return True
+            return answer
+        logger.error(
+            "Switchboard unreachable for %.0f s: a turn of conversation %s was not relayed; "
+            "the customer was told.",
+            self._settings.outage_hold,
+            conversation_id,
+        )
+        await self._notices.tell(handoff, DELIVERY_FAILED)
+        return None
+
+    async def _not_served(
+        self, conversation_id: str, tell_here: Callable[[str], Awaitable[Any]]
+    ) -> None:
+        """A turn that waited ``turn_wait`` for the turns before it: not handled, the customer told."""
+        logger.error(
+            "A turn of conversation %s waited %.0f s for the turns before it; it is not "
+            "handled, and the customer was told to send it again.",
+            conversation_id,
+            self._settings.turn_wait,
+        )
+        handoff_events.failure(
+            "customer turn", conversation_id, None, reason="waited past turn_wait"
+        )
+        handoff = self._turns.last_seen(conversation_id)
+        if handoff is not None:
+            await self._notices.tell(handoff, TURN_NOT_HANDLED)
+            return
+        try:
+            await tell_here(self._notices.text(TURN_NOT_HANDLED))
+        except Exception as error:
+            logger.error(
+                "Could not tell the customer of conversation %s their turn was not handled: %s: %s",
+                conversation_id,
+                type(error).__name__,
+                error,
+            )
 
     async def handoff_of(self, conversation_id: str) -> Optional[Handoff]:
         """The conversation's open handoff, or None when it is with the bot."""
@@ -442,7 +578,10 @@ class Relay:
     async def agent_end(self, end: EndSession) -> None:
         """The agent ended the chat: hand back in the background (NotInRelay if not open)."""
         handoff = await self._chat(end.session_id)
-        task = asyncio.ensure_future(self._end_logged(handoff, HandoffOutcome.ENDED_BY_AGENT))
+        self._in_background(self._end_logged(handoff, HandoffOutcome.ENDED_BY_AGENT))
+
+    def _in_background(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
         self._ends.add(task)
         task.add_done_callback(self._ends.discard)
 
@@ -499,24 +638,46 @@ class Relay:
     async def end(self, handoff: Handoff, outcome: HandoffOutcome) -> bool:
         """End relay mode once and hand the customer back; False when someone else ended it.
 
-        The switchboard forgets the chat, Omnidesk is told when the end is ours,
-        the relayed turns are written to the tracker, and the bot takes the
-        conversation back; its words go to the outbox after the agent's last
-        messages. From the switchboard's
-        end on, every step that fails is logged and the end goes on: a customer
-        left "with an agent" in the bot's slots could never escalate again.
+        The end takes its place in the conversation's line like a turn, so a
+        turn already under way (a message still being retried) reaches the
+        agent first, and a turn typed after the end goes to the bot.
         """
-        ended = await self._switchboard.end(handoff.conversation_id, handoff.chat_session_id)
+        wait = self._settings.turn_wait
+        deadline = time.monotonic() + wait
+        async with self._line.place(handoff.conversation_id, wait) as first:
+            if not first:
+                logger.warning(
+                    "The end of chat %s waited %.0f s for the turns of conversation %s; it goes on.",
+                    handoff.chat_session_id,
+                    wait,
+                    handoff.conversation_id,
+                )
+            remaining = max(1.0, deadline - time.monotonic())
+            async with self._switchboard.in_line(handoff.conversation_id, False, remaining):
+                return await self._end_in_line(handoff, outcome)
+
+    async def _end_in_line(self, handoff: Handoff, outcome: HandoffOutcome) -> bool:
+        """End relay mode, holding the conversation's place in line.
+
+        The switchboard ends the handoff; when the end is ours, the handoff stays
+        ``ending`` until Omnidesk has heard of it (the sweeper tells it again
+        while it has not). The relayed turns are written to the tracker, and the
+        bot takes the conversation back; its words go to the outbox after the
+        agent's last messages. From the switchboard's end on, every step that
+        fails is logged and the end goes on: a customer left "with an agent" in
+        the bot's slots could never escalate again.
+        """
+        ours = outcome is not HandoffOutcome.ENDED_BY_AGENT
+        ended = await self._switchboard.end(
+            handoff.conversation_id,
+            handoff.chat_session_id,
+            tell_omnidesk=outcome.value if ours else None,
+        )
         if ended is None:
             return False
         self._turns.seen(ended.conversation_id, None)
-        if outcome is not HandoffOutcome.ENDED_BY_AGENT:
-            try:
-                await self._client.notify_user_end_chat(chat_session_id=ended.chat_session_id)
-            except OmnideskError as error:
-                # The chat is over for the customer either way; the agent's desk
-                # may show it open until Omnidesk closes it.
-                log_refused("end of chat", ended, error)
+        if ours:
+            await self._tell_omnidesk_end(ended)
         # A failed write is logged in flush and stays buffered for the sweeper: the
         # customer is handed back to the bot whatever the tracker store says.
         with contextlib.suppress(Exception):
@@ -539,6 +700,50 @@ class Relay:
             ended.conversation_id, ended.channel, ended.chat_session_id, outcome.value
         )
         return True
+
+    async def _tell_omnidesk_end(self, ended: Handoff) -> bool:
+        """Tell Omnidesk the chat ended on our side; True once it has heard (or refused for good).
+
+        Until then the handoff stays ``ending`` in the switchboard, so the
+        sweeper tries again (``retry_end``): the chat does not stay open on the
+        agent's desk because one call failed or its process stopped.
+        """
+        try:
+            await self._client.notify_user_end_chat(chat_session_id=ended.chat_session_id)
+        except OmnideskError as error:
+            log_refused("end of chat", ended, error)
+            if error.retryable:
+                logger.warning(
+                    "Omnidesk will be told of the end of chat %s (conversation %s) again.",
+                    ended.chat_session_id,
+                    ended.conversation_id,
+                )
+                return False
+        try:
+            await self._switchboard.told_omnidesk(ended.conversation_id, ended.chat_session_id)
+        except SwitchboardError as error:
+            logger.warning(
+                "Could not note that Omnidesk heard of the end of chat %s: %s",
+                ended.chat_session_id,
+                error,
+            )
+            return False
+        return True
+
+    async def retry_end(self, handoff: Handoff, now: Optional[float] = None) -> None:
+        """Tell Omnidesk again of an end it has not heard of; give up after ``ENDING_KEPT``."""
+        at = time.time() if now is None else now
+        if handoff.ended_at is not None and at - handoff.ended_at > ENDING_KEPT:
+            logger.error(
+                "Omnidesk never heard of the end of chat %s (conversation %s) in %.0f s; "
+                "it is forgotten. Close it on the agent's desk.",
+                handoff.chat_session_id,
+                handoff.conversation_id,
+                ENDING_KEPT,
+            )
+            await self._switchboard.told_omnidesk(handoff.conversation_id, handoff.chat_session_id)
+            return
+        await self._tell_omnidesk_end(handoff)
 
     # -- what the sweeper does ------------------------------------------------------------
 
@@ -574,17 +779,21 @@ class Relay:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until background deliveries and ends are done (tests use it)."""
+        """Wait until the turns, ends and deliveries under way are done (tests use it)."""
         deadline = time.monotonic() + timeout
-        await self._outbox.wait_idle(timeout)
+        under_way = self._tasks | self._ends
+        if under_way:
+            await asyncio.wait(under_way, timeout=timeout)
+        await self._outbox.wait_idle(max(0.0, deadline - time.monotonic()))
         if self._ends:
             await asyncio.wait(set(self._ends), timeout=max(0.0, deadline - time.monotonic()))
 
     async def close(self) -> None:
         """Finish what is under way (bounded), write what is buffered, close every part."""
         try:
-            if self._ends:
-                await asyncio.wait(set(self._ends), timeout=5.0)
+            under_way = self._tasks | self._ends
+            if under_way:
+                await asyncio.wait(under_way, timeout=5.0)
             await self._outbox.close()
             await self._record.flush_all()
         finally:

@@ -1,5 +1,7 @@
 """The sweeper: ends idle chats, sends the one-time wait notice, writes due records.
 
+It also tells Omnidesk again of the ends it has not heard of yet.
+
 It runs in the background every few seconds (``interval_for`` picks how often
 from the settings), on one instance at a time (its lease in the switchboard).
 Each handoff is handled on its own: one that fails or is slow is logged or
@@ -120,6 +122,10 @@ class Sweeper:
             logger.info("Removed %d agent files older than %g s.", removed, retention)
 
     async def _look_at(self, handoff: Handoff, at: float) -> None:
+        if handoff.ending is not None:
+            # Ended on our side; Omnidesk has not heard of it yet.
+            await self.relay.retry_end(handoff, at)
+            return
         if handoff.agent_replied:
             idle, limit, why = at - handoff.last_activity, self.settings.inactivity_timeout, "idle"
         else:

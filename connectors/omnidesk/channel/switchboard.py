@@ -1,20 +1,29 @@
-"""The switchboard: which conversation is with an agent right now.
+"""The switchboard: which conversation is with an agent, and the line its turns stand in.
 
 Read on every customer turn, so every operation is O(1) and never touches the
 tracker. Two implementations share one async interface, modeled on Rasa's lock
 store: ``InMemorySwitchboard`` here, for a single process, and
 ``RedisSwitchboard`` (redis_switchboard.py), for several Rasa instances and for
-handoffs that survive a restart. Each
-mutation that two callers may race on (taking the next messageNumber, ending a
-handoff, sending the wait notice once) is atomic in both.
+handoffs that survive a restart. Each mutation that two callers may race on
+(taking the next messageNumber, ending a handoff, sending the wait notice once)
+is atomic in both.
 
-Order to Omnidesk: a customer turn is sent under the chat's *turn lease*
-(``begin_turn``): one sender per chat at a time, whichever instance it runs
-on. Taking the lease also numbers the turn and records the activity, in one
-step (one Lua script, one round trip in Redis). The lease expires on its own
-after ``lease_seconds``, so a crashed holder blocks nobody for longer; each
-grant carries a fence (a counter per handoff), and ``finish_turn`` with a
-fence that is no longer the holder's reports that the lease was lost.
+Order: every customer turn of a conversation takes its place in the
+conversation's line the moment it arrives, and is served in that order, bot
+turns, relayed turns and the leave command alike. In one process that is a
+``LocalLine`` (a FIFO per conversation, no polling: each place is woken by the
+one before it). With several instances, ``in_line`` adds the cross-instance
+part: a place in a Redis list per conversation, taken in one script that also
+reads the handoff and, when the place is first, numbers the turn; the place
+ahead wakes the next through pub/sub when it leaves. A place lives on a lease
+its holder renews, so a crashed instance blocks the line for at most the lease.
+
+A handoff that ended on our side (the customer left, it timed out) stays
+``ending`` until Omnidesk has heard of the end: it no longer routes anything,
+and the sweeper tells Omnidesk again until it has (``told_omnidesk``).
+
+Where relayed turns wait for the tracker (``RecordBuffer``) lives here too, with
+the handoffs: a relayed turn is kept in the same step that leaves its place.
 """
 
 import abc
@@ -23,13 +32,17 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, AsyncIterator, Deque, Dict, List, Optional
 
 logger = logging.getLogger(__name__)
 
 NEW_CHAT_POLL = 0.02  # seconds between looks for a chat that is about to register
-TURN_POLL = 0.01  # seconds between asks for a chat's turn lease another sender holds
+# How long a place in a conversation's line counts without its holder renewing
+# it; the holder renews it every third of that.
+LINE_LEASE = 15.0
 
 
 class SwitchboardError(RuntimeError):
@@ -60,6 +73,10 @@ class Handoff:
     # carries no name or picture (omnidesk-api.txt), so a file is shown as theirs.
     agent_name: Optional[str] = None
     agent_picture: Optional[str] = None
+    # Set (to the outcome) once the chat ended on our side, until Omnidesk has
+    # heard of it: such a handoff routes nothing.
+    ending: Optional[str] = None
+    ended_at: Optional[float] = None
 
     @property
     def agent_replied(self) -> bool:
@@ -79,14 +96,12 @@ class Handoff:
                 next_message_number=int(data["next_message_number"]),
                 started_at=float(data["started_at"]),
                 last_activity=float(data["last_activity"]),
-                last_agent_activity=(
-                    None
-                    if data.get("last_agent_activity") is None
-                    else float(data["last_agent_activity"])
-                ),
+                last_agent_activity=optional_number(data.get("last_agent_activity")),
                 wait_notice_sent=bool(data.get("wait_notice_sent", False)),
                 agent_name=optional_text(data.get("agent_name")),
                 agent_picture=optional_text(data.get("agent_picture")),
+                ending=optional_text(data.get("ending")),
+                ended_at=optional_number(data.get("ended_at")),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise UnreadableHandoff(
@@ -95,25 +110,12 @@ class Handoff:
             ) from error
 
 
-@dataclass(frozen=True)
-class TurnTicket:
-    """The answer to ``begin_turn``: the chat's handoff and, when granted, the lease.
-
-    ``message_number`` is None when another sender holds the chat's lease: the
-    caller waits (``wait_turn``) and asks again.
-    """
-
-    handoff: Handoff
-    message_number: Optional[int] = None
-    fence: int = 0
-
-    @property
-    def granted(self) -> bool:
-        return self.message_number is not None
-
-
 def optional_text(value: Any) -> Optional[str]:
     return None if value is None else str(value)
+
+
+def optional_number(value: Any) -> Optional[float]:
+    return None if value is None else float(value)
 
 
 def new_handoff(
@@ -134,8 +136,166 @@ def new_handoff(
     )
 
 
+# -- the line ---------------------------------------------------------------------------
+
+
+@dataclass
+class Place:
+    """A turn's place in its conversation's line.
+
+    ``first``: the turn is served now (False only when the wait ran out). When
+    first, ``handoff`` is the conversation's open handoff as read at that moment
+    (None: with the bot) and ``message_number`` the turn's messageNumber, taken
+    when the turn asked for one and the conversation is with an agent. What the
+    holder puts in ``kept`` (relayed turns for the tracker, as JSON) is stored in
+    the same step that gives the place up.
+    """
+
+    conversation_id: str
+    first: bool
+    handoff: Optional[Handoff] = None
+    message_number: Optional[int] = None
+    ticket: str = field(default_factory=lambda: uuid.uuid4().hex)
+    kept: List[str] = field(default_factory=list)
+
+
+class LocalLine:
+    """One FIFO per conversation in this process: each place is woken by the one before it.
+
+    A place is taken at once, before anything is awaited, so turns are served in
+    the order they arrived here. Nothing polls: leaving hands the line to the
+    next place directly. A conversation with no one waiting holds no memory.
+    """
+
+    def __init__(self) -> None:
+        self._lines: Dict[str, Deque[asyncio.Future[None]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def place(self, conversation_id: str, wait: float) -> AsyncIterator[bool]:
+        """Stand in line; yields True once it is this place's turn, False if ``wait`` ran out."""
+        line = self._lines.setdefault(conversation_id, deque())
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        line.append(mine)
+        if line[0] is mine:
+            mine.set_result(None)
+        try:
+            if not mine.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(mine), max(0.0, wait))
+            yield mine.done()
+        finally:
+            self._leave(conversation_id, line, mine)
+
+    def _leave(
+        self,
+        conversation_id: str,
+        line: "Deque[asyncio.Future[None]]",
+        mine: "asyncio.Future[None]",
+    ) -> None:
+        was_first = bool(line) and line[0] is mine
+        with contextlib.suppress(ValueError):
+            line.remove(mine)
+        if not mine.done():
+            mine.cancel()
+        if was_first and line and not line[0].done():
+            line[0].set_result(None)
+        if not line and self._lines.get(conversation_id) is line:
+            del self._lines[conversation_id]
+
+    def waiting(self, conversation_id: str) -> int:
+        """How many places the conversation's line holds here now."""
+        return len(self._lines.get(conversation_id, ()))
+
+    def __len__(self) -> int:
+        """How many conversations have a line here now."""
+        return len(self._lines)
+
+
+# -- where relayed turns wait for the tracker ------------------------------------------------
+
+
+class RecordBuffer(abc.ABC):
+    """Relayed turns waiting for the tracker, as JSON, oldest first per conversation."""
+
+    @abc.abstractmethod
+    async def add(self, conversation_id: str, raw: str) -> None: ...
+
+    @abc.abstractmethod
+    async def peek(self, conversation_id: str) -> List[str]:
+        """Every waiting entry of ``conversation_id``, oldest first."""
+
+    @abc.abstractmethod
+    async def drop(self, conversation_id: str, count: int) -> None:
+        """Remove the ``count`` oldest entries (they are in the tracker now)."""
+
+    @abc.abstractmethod
+    async def due(self, older_than: Optional[float]) -> List[str]:
+        """Conversations whose oldest entry waited ``older_than`` seconds (None: all)."""
+
+    @abc.abstractmethod
+    async def lock(self, conversation_id: str) -> Optional[str]:
+        """Take the conversation's flush lease: a token, or None when another holds it."""
+
+    @abc.abstractmethod
+    async def unlock(self, conversation_id: str, token: str) -> None: ...
+
+
+@dataclass
+class _Waiting:
+    entries: List[str] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)  # when its oldest entry came
+
+
+class MemoryRecordBuffer(RecordBuffer):
+    """Entries of this process, for the in-memory switchboard."""
+
+    def __init__(self) -> None:
+        self._buffers: Dict[str, _Waiting] = {}
+        self._locks: Dict[str, str] = {}
+
+    async def add(self, conversation_id: str, raw: str) -> None:
+        self._buffers.setdefault(conversation_id, _Waiting()).entries.append(raw)
+
+    async def peek(self, conversation_id: str) -> List[str]:
+        buffer = self._buffers.get(conversation_id)
+        return list(buffer.entries) if buffer is not None else []
+
+    async def drop(self, conversation_id: str, count: int) -> None:
+        buffer = self._buffers.get(conversation_id)
+        if buffer is None:
+            return
+        del buffer.entries[:count]
+        if not buffer.entries:
+            del self._buffers[conversation_id]
+        else:
+            buffer.since = time.monotonic()
+
+    async def due(self, older_than: Optional[float]) -> List[str]:
+        cutoff = None if older_than is None else time.monotonic() - older_than
+        return [
+            conversation_id
+            for conversation_id, buffer in self._buffers.items()
+            if cutoff is None or buffer.since <= cutoff
+        ]
+
+    async def lock(self, conversation_id: str) -> Optional[str]:
+        if conversation_id in self._locks:
+            return None
+        token = self._locks[conversation_id] = uuid.uuid4().hex
+        return token
+
+    async def unlock(self, conversation_id: str, token: str) -> None:
+        if self._locks.get(conversation_id) == token:
+            del self._locks[conversation_id]
+
+
+# -- the switchboard -----------------------------------------------------------------------
+
+
 class Switchboard(abc.ABC):
     """Handoff state, keyed by conversation id and by Omnidesk chatSessionID."""
+
+    records: RecordBuffer
 
     @abc.abstractmethod
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
@@ -143,29 +303,24 @@ class Switchboard(abc.ABC):
 
     @abc.abstractmethod
     async def get(self, conversation_id: str) -> Optional[Handoff]:
-        """The conversation's handoff, or None when it is with the bot."""
+        """The conversation's open handoff, or None when it is with the bot."""
 
     @abc.abstractmethod
     async def find_by_chat_session(self, chat_session_id: str) -> Optional[Handoff]:
-        """The handoff of an Omnidesk chat, or None when that chat is not open."""
+        """The open handoff of an Omnidesk chat, or None when that chat is not open."""
 
     @abc.abstractmethod
-    async def begin_turn(
-        self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
-    ) -> Optional[TurnTicket]:
-        """Take the chat's turn lease, the next messageNumber and record the activity, at once.
+    def in_line(
+        self, conversation_id: str, numbered: bool, wait: float
+    ) -> "contextlib.AbstractAsyncContextManager[Place]":
+        """The turn's place in the conversation's line across instances (an async context).
 
-        None when the conversation is not in relay. A ticket that is not
-        ``granted`` when another sender holds an unexpired lease (nothing changed).
+        Entered once the turn is first in this process's ``LocalLine``. Yields a
+        ``Place`` that is ``first`` when the turn is served, with the handoff
+        and, when ``numbered``, the turn's messageNumber; not first when
+        ``wait`` seconds ran out. Leaving gives the place up and stores what the
+        holder put in ``place.kept``.
         """
-
-    @abc.abstractmethod
-    async def finish_turn(self, conversation_id: str, fence: int) -> bool:
-        """Give the lease back; False when it was no longer ours (expired and taken over)."""
-
-    async def wait_turn(self, conversation_id: str, timeout: float) -> None:
-        """Wait a little before asking for a busy lease again (at most ``timeout``)."""
-        await asyncio.sleep(min(timeout, TURN_POLL))
 
     @abc.abstractmethod
     async def touch(
@@ -189,22 +344,30 @@ class Switchboard(abc.ABC):
 
     @abc.abstractmethod
     async def end(
-        self, conversation_id: str, chat_session_id: Optional[str] = None
+        self,
+        conversation_id: str,
+        chat_session_id: Optional[str] = None,
+        tell_omnidesk: Optional[str] = None,
     ) -> Optional[Handoff]:
         """Atomically end relay mode and return the ended handoff.
 
         With ``chat_session_id`` only that chat is ended (a stale end of an older
         chat leaves a newer one alone). None when there was nothing to end, so of
-        two racing callers exactly one gets the handoff.
+        two racing callers exactly one gets the handoff. With ``tell_omnidesk``
+        (the outcome) the handoff stays ``ending`` until ``told_omnidesk``.
         """
 
     @abc.abstractmethod
+    async def told_omnidesk(self, conversation_id: str, chat_session_id: str) -> None:
+        """Omnidesk has heard of the end of ``chat_session_id``: forget it."""
+
+    @abc.abstractmethod
     async def all(self) -> List[Handoff]:
-        """Every open handoff, for the background sweeper (not the hot path)."""
+        """Every handoff, open or ending, for the background sweeper (not the hot path)."""
 
     async def count_open(self) -> int:
         """How many handoffs are open, for the metrics (every instance sees the same)."""
-        return len(await self.all())
+        return len([h for h in await self.all() if h.ending is None])
 
     async def claim_sweeper(self, holder: str, lease_seconds: float) -> bool:
         """True when ``holder`` may sweep now: the sweeper lease is free or already its own.
@@ -239,15 +402,19 @@ class Switchboard(abc.ABC):
 
 
 class InMemorySwitchboard(Switchboard):
-    """Handoffs of this process only. Lost on restart; fine for one Rasa instance."""
+    """Handoffs of this process only. Lost on restart; fine for one Rasa instance.
+
+    Its line needs no cross-instance part: the process's ``LocalLine`` already
+    serves a conversation's turns one at a time, in order.
+    """
 
     def __init__(self) -> None:
         self._by_conversation: Dict[str, Handoff] = {}
         self._by_chat: Dict[str, str] = {}
-        # The turn lease per conversation: (fence, expiry on the monotonic clock).
-        self._leases: Dict[str, Tuple[int, float]] = {}
-        self._fences: Dict[str, int] = {}
-        self._released: Dict[str, asyncio.Event] = {}
+        # Ended on our side, Omnidesk not told yet: by chat, so a new handoff of
+        # the same conversation does not replace it.
+        self._ending: Dict[str, Handoff] = {}
+        self.records = MemoryRecordBuffer()
 
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
         previous = self._by_conversation.get(handoff.conversation_id)
@@ -255,7 +422,6 @@ class InMemorySwitchboard(Switchboard):
             self._by_chat.pop(previous.chat_session_id, None)
         self._by_conversation[handoff.conversation_id] = handoff
         self._by_chat[handoff.chat_session_id] = handoff.conversation_id
-        self._drop_lease(handoff.conversation_id)
         return previous
 
     async def get(self, conversation_id: str) -> Optional[Handoff]:
@@ -270,51 +436,26 @@ class InMemorySwitchboard(Switchboard):
             return None
         return self._by_conversation.get(conversation_id)
 
-    async def begin_turn(
-        self, conversation_id: str, lease_seconds: float, now: Optional[float] = None
-    ) -> Optional[TurnTicket]:
-        handoff = self._by_conversation.get(conversation_id)
-        if handoff is None:
-            return None
-        held = self._leases.get(conversation_id)
-        if held is not None and held[1] > time.monotonic():
-            return TurnTicket(handoff)
-        fence = self._fences.get(conversation_id, 0) + 1
-        self._fences[conversation_id] = fence
-        self._leases[conversation_id] = (fence, time.monotonic() + lease_seconds)
-        number = handoff.next_message_number
-        at = time.time() if now is None else now
-        handoff = replace(handoff, next_message_number=number + 1, last_activity=at)
-        self._by_conversation[conversation_id] = handoff
-        return TurnTicket(handoff, number, fence)
-
-    async def finish_turn(self, conversation_id: str, fence: int) -> bool:
-        held = self._leases.get(conversation_id)
-        if held is None:
-            # Ended meanwhile (the lease went with the handoff), or taken over and finished.
-            return (
-                conversation_id not in self._by_conversation
-                or self._fences.get(conversation_id) == fence
+    @contextlib.asynccontextmanager
+    async def in_line(
+        self, conversation_id: str, numbered: bool, wait: float
+    ) -> AsyncIterator[Place]:
+        place = Place(
+            conversation_id, first=True, handoff=self._by_conversation.get(conversation_id)
+        )
+        if numbered and place.handoff is not None:
+            place.message_number = place.handoff.next_message_number
+            place.handoff = replace(
+                place.handoff,
+                next_message_number=place.message_number + 1,
+                last_activity=time.time(),
             )
-        if held[0] != fence:
-            return False
-        self._drop_lease(conversation_id)
-        return True
-
-    async def wait_turn(self, conversation_id: str, timeout: float) -> None:
-        held = self._leases.get(conversation_id)
-        if held is None:
-            return
-        event = self._released.setdefault(conversation_id, asyncio.Event())
-        wait = min(timeout, max(0.0, held[1] - time.monotonic()))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), wait)
-
-    def _drop_lease(self, conversation_id: str) -> None:
-        self._leases.pop(conversation_id, None)
-        event = self._released.pop(conversation_id, None)
-        if event is not None:
-            event.set()
+            self._by_conversation[conversation_id] = place.handoff
+        try:
+            yield place
+        finally:
+            for raw in place.kept:
+                await self.records.add(conversation_id, raw)
 
     async def touch(
         self,
@@ -345,7 +486,10 @@ class InMemorySwitchboard(Switchboard):
         return True
 
     async def end(
-        self, conversation_id: str, chat_session_id: Optional[str] = None
+        self,
+        conversation_id: str,
+        chat_session_id: Optional[str] = None,
+        tell_omnidesk: Optional[str] = None,
     ) -> Optional[Handoff]:
         handoff = self._by_conversation.get(conversation_id)
         if handoff is None:
@@ -354,9 +498,32 @@ class InMemorySwitchboard(Switchboard):
             return None
         del self._by_conversation[conversation_id]
         self._by_chat.pop(handoff.chat_session_id, None)
-        self._drop_lease(conversation_id)
-        self._fences.pop(conversation_id, None)
+        if tell_omnidesk is not None:
+            self._ending[handoff.chat_session_id] = replace(
+                handoff, ending=tell_omnidesk, ended_at=time.time()
+            )
         return handoff
 
+    async def told_omnidesk(self, conversation_id: str, chat_session_id: str) -> None:
+        self._ending.pop(chat_session_id, None)
+
     async def all(self) -> List[Handoff]:
-        return list(self._by_conversation.values())
+        return [*self._by_conversation.values(), *self._ending.values()]
+
+
+__all__ = [
+    "LINE_LEASE",
+    "Handoff",
+    "InMemorySwitchboard",
+    "LocalLine",
+    "MemoryRecordBuffer",
+    "NotInRelay",
+    "Place",
+    "RecordBuffer",
+    "Switchboard",
+    "SwitchboardError",
+    "UnreadableHandoff",
+    "new_handoff",
+    "optional_number",
+    "optional_text",
+]
