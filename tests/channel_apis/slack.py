@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -47,6 +48,11 @@ NO_TEXT = slack_error("no_text")
 def ratelimited(retry_after: int = 1) -> Answer:
     """Slack's rate limit: HTTP 429, the seconds to wait in Retry-After."""
     return Answer(429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)})
+
+
+# A conversation id (C..., D..., G...), a user id (U..., W...: the app's DM with them) or
+# a #channel name: anything else is a channel Slack does not find.
+_CHANNEL = re.compile(r"^([CDGUW][A-Z0-9]{2,}|#[a-z0-9_-]+)$")
 
 
 class SlackApi(FakeApi):
@@ -86,7 +92,7 @@ class SlackApi(FakeApi):
     def succeed(self, call: Call) -> Answer:
         method = call.api_method
         if method == "chat.postMessage":
-            if not call.recipient:
+            if not _CHANNEL.match(call.recipient or ""):
                 return CHANNEL_NOT_FOUND
             if not any(call.param(name) for name in ("text", "blocks", "attachments")):
                 return NO_TEXT

@@ -86,6 +86,25 @@ async def test_with_slack_channel_set_rasa_posts_there_whoever_the_recipient_is(
     assert call.recipient == CHANNEL
 
 
+async def test_a_push_to_a_thread_conversation_id_is_refused_as_no_such_channel(
+    slack_api: SlackApi,
+) -> None:
+    """With conversation_granularity thread the conversation id is user_channel_thread:
+    get_output_channel() sends to it as if it were a channel, and Slack finds none."""
+    channel = SlackInput(
+        BOT_TOKEN, slack_signing_secret=SIGNING_SECRET, conversation_granularity="thread"
+    )
+    request = SignedRequest(signed(mention_event(CUSTOMER, "hi", CHANNEL, thread_ts=THREAD)))
+    metadata = channel.get_metadata(request)
+    conversation_id = channel._get_conversation_id(CUSTOMER, metadata["out_channel"], THREAD)
+    assert conversation_id == f"{CUSTOMER}_{CHANNEL}_{THREAD}"
+    with redirect.slack(slack_api.url):
+        output = channel.get_output_channel()
+
+    with pytest.raises(SlackApiError, match="channel_not_found"):
+        await output.send_text_message(conversation_id, "An agent is here")
+
+
 async def test_rasa_raises_slacks_refusal(slack_api: SlackApi) -> None:
     """Rasa's SlackBot lets slack_sdk's SlackApiError through, for HTTP 200 refusals too."""
     slack_api.refuse(DM, CHANNEL_NOT_FOUND)

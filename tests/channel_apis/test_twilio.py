@@ -85,6 +85,30 @@ def test_the_client_itself_raises_twilios_error_with_its_code(twilio_api: Twilio
     assert (raised.value.status, raised.value.code) == (400, 21211)
 
 
+async def test_the_clients_async_create_sends_off_the_loop_and_raises_refusals(
+    twilio_api: TwilioApi,
+) -> None:
+    """twilio's own aiohttp client: a way to send without blocking the serving loop."""
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
+
+    http = AsyncTwilioHttpClient()
+    client = Client(ACCOUNT_SID, AUTH_TOKEN, http_client=http)
+    redirect.point_twilio_client(client, twilio_api.url)
+    twilio_api.refuse(WHATSAPP_CUSTOMER, OUTSIDE_WINDOW)
+    try:
+        message = await client.messages.create_async(to=CUSTOMER, from_=SMS_NUMBER, body="Hi")
+        with pytest.raises(TwilioRestException) as raised:
+            await client.messages.create_async(
+                to=WHATSAPP_CUSTOMER, from_=WHATSAPP_NUMBER, body="An agent is here"
+            )
+    finally:
+        await http.close()
+
+    assert message.status == "queued"
+    assert (raised.value.status, raised.value.code) == (400, 63016)
+
+
 def test_a_wrong_auth_token_is_refused(twilio_api: TwilioApi) -> None:
     output = TwilioOutput(ACCOUNT_SID, "wrong-token", SMS_NUMBER)
     redirect.point_twilio_client(output, twilio_api.url)
