@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class Handoff:
     # carries no name or picture (omnidesk-api.txt), so a file is shown as theirs.
     agent_name: Optional[str] = None
     agent_picture: Optional[str] = None
+    # Where the customer's channel sends a reply in this conversation, when a
+    # channel needs more than the conversation id: Slack's channel and thread,
+    # Teams' conversation reference (lines/ reads it; docs/channel.md).
+    route: Optional[Dict[str, str]] = None
 
     @property
     def agent_replied(self) -> bool:
@@ -87,6 +91,7 @@ class Handoff:
                 wait_notice_sent=bool(data.get("wait_notice_sent", False)),
                 agent_name=optional_text(data.get("agent_name")),
                 agent_picture=optional_text(data.get("agent_picture")),
+                route=route_from(data.get("route")),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise UnreadableHandoff(
@@ -116,12 +121,22 @@ def optional_text(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
+def route_from(value: Any) -> Optional[Dict[str, str]]:
+    """A stored route: a mapping of text to text, or None (handoffs stored before routes)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"route is {type(value).__name__}, not a mapping")
+    return {str(key): str(item) for key, item in value.items()}
+
+
 def new_handoff(
     conversation_id: str,
     chat_session_id: str,
     channel: str,
     next_message_number: int,
     now: Optional[float] = None,
+    route: Optional[Mapping[str, str]] = None,
 ) -> Handoff:
     at = time.time() if now is None else now
     return Handoff(
@@ -131,6 +146,7 @@ def new_handoff(
         next_message_number=next_message_number,
         started_at=at,
         last_activity=at,
+        route=dict(route) if route else None,
     )
 
 
