@@ -30,6 +30,7 @@ from tests.channel.conftest import (
 from tests.channel_apis import botframework, graph, redirect, slack, telegram, twilio
 from tests.channel_apis.customers import (
     FIXED_SLACK_CHANNEL,
+    WEBHOOK_URL,
     FakeCustomer,
     MessengerCustomer,
     SlackCustomer,
@@ -401,3 +402,21 @@ async def test_a_channel_that_answers_per_conversation_gets_the_agent_s_reply_th
         await server.sandbox.agent_reply(opened.chat_session_id, "Hello", name="Anna")
         await server.relay.wait_idle(2.0)
     assert PER_CONVERSATION["sent"] == [("conv-7", "Anna: Hello")]
+
+
+async def test_telegram_s_output_channel_works_inside_the_serving_loop_on_either_rasa() -> None:
+    """Rasa 3.6's own get_output_channel() runs asyncio.run(set_webhook): inside a loop it
+    raises, at start-up it leaves aiogram's session on a dead loop (every update 500)."""
+    async with on_fake("telegram") as (customer, server), aiohttp.ClientSession() as http:
+        wrapped = server.channel.customer_channels[0]
+        output = wrapped.get_output_channel()
+        await output.send_text_message(customer.conversation_id, "pushed from inside the loop")
+        await customer.say(http, server.url, "hi")
+        await customer.wait_for_text("bot: hi")
+        assert "pushed from inside the loop" in customer.texts()
+        set_webhook = customer.api.calls_to("setWebhook")
+        if any(k.__module__.startswith("aiogram.") for k in type(output).__mro__):
+            # Rasa 3.6 sets the webhook at start-up, as it did; once, in the serving loop.
+            assert [call.param("url") for call in set_webhook] == [WEBHOOK_URL]
+        else:
+            assert set_webhook == []  # Rasa Pro sets it only when asked

@@ -489,13 +489,13 @@ def keep_in_serving_loop(channel: InputChannel) -> Optional[Lifecycle]:
 
     Rasa Pro 3.13 on (aiogram 3) builds the output without a call and sets no
     webhook on its own: nothing to repair. Known by what the installed Rasa has:
-    its ``TelegramOutput`` is an aiogram ``Bot`` (it has ``set_webhook``).
+    the repaired ``TelegramOutput`` is an aiogram ``Bot`` itself; Pro's holds one.
     """
     if not is_rasa_channel(channel, "rasa.core.channels.telegram", "TelegramInput"):
         return None
     from rasa.core.channels.telegram import TelegramOutput
 
-    if not hasattr(TelegramOutput, "set_webhook"):
+    if not any(klass.__module__.startswith("aiogram.") for klass in TelegramOutput.__mro__):
         return None
     output = TelegramOutput(channel.access_token)
     setattr(channel, "get_output_channel", lambda: output)  # noqa: B010 -- this instance only
