@@ -62,9 +62,13 @@ class FakeCustomer:
     def text_of(self, call: Call) -> Optional[str]:
         raise NotImplementedError
 
+    def image_url_of(self, call: Call) -> Optional[str]:
+        """The URL of the picture ``call`` shows the customer, if it shows one."""
+        raise NotImplementedError
+
     def shows_image(self, call: Call, url_part: str) -> bool:
         """Whether ``call`` shows the customer a picture whose URL contains ``url_part``."""
-        raise NotImplementedError
+        return url_part in (self.image_url_of(call) or "")
 
     def shows_typing(self, call: Call) -> bool:
         return False
@@ -156,8 +160,8 @@ class TelegramCustomer(FakeCustomer):
     def text_of(self, call: Call) -> Optional[str]:
         return call.param("text") if call.api_method == "sendMessage" else None
 
-    def shows_image(self, call: Call, url_part: str) -> bool:
-        return call.api_method == "sendPhoto" and url_part in str(call.param("photo"))
+    def image_url_of(self, call: Call) -> Optional[str]:
+        return str(call.param("photo")) if call.api_method == "sendPhoto" else None
 
     def shows_typing(self, call: Call) -> bool:
         return call.api_method == "sendChatAction" and call.param("action") == "typing"
@@ -202,9 +206,11 @@ class MessengerCustomer(FakeCustomer):
         text = self.message(call).get("text")
         return text if isinstance(text, str) else None
 
-    def shows_image(self, call: Call, url_part: str) -> bool:
+    def image_url_of(self, call: Call) -> Optional[str]:
         attachment = self.message(call).get("attachment") or {}
-        return attachment.get("type") == "image" and url_part in str(attachment.get("payload"))
+        if attachment.get("type") != "image":
+            return None
+        return str((attachment.get("payload") or {}).get("url"))
 
     def shows_typing(self, call: Call) -> bool:
         return isinstance(call.json, dict) and call.json.get("sender_action") == "typing_on"
@@ -261,16 +267,14 @@ class SlackCustomer(FakeCustomer):
         text = call.param("text")
         return text if isinstance(text, str) and not call.param("blocks") else None
 
-    def shows_image(self, call: Call, url_part: str) -> bool:
+    def image_url_of(self, call: Call) -> Optional[str]:
         blocks = call.param("blocks")
         if isinstance(blocks, str):
             blocks = json.loads(blocks)
-        return any(
-            isinstance(block, dict)
-            and block.get("type") == "image"
-            and url_part in str(block.get("image_url"))
-            for block in blocks or []
-        )
+        for block in blocks or []:
+            if isinstance(block, dict) and block.get("type") == "image":
+                return str(block.get("image_url"))
+        return None
 
 
 class TwilioCustomer(FakeCustomer):
@@ -319,8 +323,9 @@ class TwilioCustomer(FakeCustomer):
         body = call.form.get("Body")
         return body or None
 
-    def shows_image(self, call: Call, url_part: str) -> bool:
-        return any(url_part in url for url in call.form.getall("MediaUrl", []))
+    def image_url_of(self, call: Call) -> Optional[str]:
+        media = call.form.getall("MediaUrl", [])
+        return str(media[0]) if media else None
 
     def sid_of_text(self, fragment: str) -> str:
         """The MessageSid Twilio gave the message to this customer that holds ``fragment``."""
@@ -368,9 +373,12 @@ class TeamsCustomer(FakeCustomer):
         text = call.json.get("text")
         return text if isinstance(text, str) and text else None
 
-    def shows_image(self, call: Call, url_part: str) -> bool:
+    def image_url_of(self, call: Call) -> Optional[str]:
         attachments = call.json.get("attachments") if isinstance(call.json, dict) else None
-        return url_part in json.dumps(attachments or [])
+        for attachment in attachments or []:
+            for image in (attachment.get("content") or {}).get("images") or []:
+                return str(image.get("url"))
+        return None
 
     def shows_typing(self, call: Call) -> bool:
         return isinstance(call.json, dict) and call.json.get("type") == "typing"
