@@ -1,8 +1,9 @@
 """The floor: two bare Sanic hops on loopback, and the far end alone.
 
 ``Floor`` starts hop2 and hop1 (bench/floor_servers.py) as processes and gives
-the turns the benchmarks time: a floor turn (client -> hop1 -> hop2) and a
-"far end alone" turn (the connector's multipart notifyUserNewChatMessage posted
+the turns the benchmarks time: a floor turn (client -> hop1 -> hop2), with a
+Redis URL the same through a second hop1 that makes one Redis round trip per
+turn (client -> hop1 + Redis -> hop2), and a "far end alone" turn (the connector's multipart notifyUserNewChatMessage posted
 straight to hop2 or to the sandbox), so a relayed turn can be split into the
 far end's part and the first hop's.
 """
@@ -35,22 +36,27 @@ async def warm_connections(turn: Turn, concurrency: int) -> None:
 
 
 class Floor:
-    """hop2 and hop1, running until ``stop()``."""
+    """hop2 and hop1 (and with ``redis_url`` hop1 with one Redis round trip), until ``stop()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, redis_url: Optional[str] = None) -> None:
         script = str(HERE / "floor_servers.py")
         self.hop2 = ServerProcess([script, "hop2", "--port", "0"])
+        self.hop1: Optional[ServerProcess] = None
+        self.hop1_redis: Optional[ServerProcess] = None
         try:
-            self.hop1: Optional[ServerProcess] = ServerProcess(
-                [script, "hop1", "--port", "0", "--next", self.hop2.url]
-            )
+            self.hop1 = ServerProcess([script, "hop1", "--port", "0", "--next", self.hop2.url])
+            if redis_url:
+                self.hop1_redis = ServerProcess(
+                    [script, "hop1", "--port", "0", "--next", self.hop2.url, "--redis", redis_url]
+                )
         except BaseException:
-            self.hop2.stop()
+            self.stop()
             raise
 
     def stop(self) -> None:
-        if self.hop1 is not None:
-            self.hop1.stop()
+        for hop in (self.hop1_redis, self.hop1):
+            if hop is not None:
+                hop.stop()
         self.hop2.stop()
 
     def __enter__(self) -> "Floor":
@@ -59,10 +65,14 @@ class Floor:
     def __exit__(self, *_: Any) -> None:
         self.stop()
 
-    def turn(self, http: aiohttp.ClientSession) -> Turn:
-        """A customer turn through both hops: JSON to hop1, multipart on to hop2."""
-        assert self.hop1 is not None
-        url = self.hop1.url + "/turn"
+    def turn(self, http: aiohttp.ClientSession, with_redis: bool = False) -> Turn:
+        """A customer turn through both hops: JSON to hop1, multipart on to hop2.
+
+        ``with_redis``: through the hop1 that makes one Redis round trip per turn.
+        """
+        hop1 = self.hop1_redis if with_redis else self.hop1
+        assert hop1 is not None, "the floor was started without a Redis URL"
+        url = hop1.url + "/turn"
 
         async def turn(i: int) -> None:
             body = {"sender": f"floor-{i % 500}", "message": f"turn {i}", "number": 2}

@@ -283,25 +283,39 @@ async def relayed_latency(
     )
 
 
-async def relayed_throughput(
-    product: Product, conversations: List[Conversation], turns_per_chat: int, tag: str
-) -> Figures:
-    async def turn(session: int, sequence: int) -> None:
-        await product.relay(conversations[session], f"{tag} {session}.{sequence}")
+async def warm_relay(product: Product, conversations: List[Conversation], tag: str) -> None:
+    """One turn in each conversation, so every conversation's connection is open.
 
-    # One turn each first: every conversation's connection is open before timing.
-    # Opened WARM_UP_AT_ONCE at a time: 500 connects at once overflow the server's
-    # listen backlog (Sanic's default is 100), and a reset connection fails the run.
+    Opened WARM_UP_AT_ONCE at a time: 500 connects at once overflow the server's
+    listen backlog (Sanic's default is 100), and a reset connection fails the run.
+    """
     opening = asyncio.Semaphore(WARM_UP_AT_ONCE)
 
     async def warm_up(session: int) -> None:
         async with opening:
-            await turn(session, -1)
+            await product.relay(conversations[session], f"{tag} {session}.-1")
 
     await asyncio.gather(*(warm_up(s) for s in range(len(conversations))))
+
+
+async def relayed_sessions(
+    product: Product, conversations: List[Conversation], turns_per_chat: int, tag: str
+) -> Figures:
+    """Every conversation at once, its turns one after the other (connections already open)."""
+
+    async def turn(session: int, sequence: int) -> None:
+        await product.relay(conversations[session], f"{tag} {session}.{sequence}")
+
     return await measure_sessions(
         f"relayed turn c={len(conversations)}",
         turn,
         sessions=len(conversations),
         turns_per_session=turns_per_chat,
     )
+
+
+async def relayed_throughput(
+    product: Product, conversations: List[Conversation], turns_per_chat: int, tag: str
+) -> Figures:
+    await warm_relay(product, conversations, tag)
+    return await relayed_sessions(product, conversations, turns_per_chat, tag)

@@ -3,16 +3,20 @@
     .venv/bin/python bench/run.py            # the full run (a few minutes)
     .venv/bin/python bench/run.py --quick    # small counts, to check that it runs
 
-It measures the floor (two bare Sanic hops), bot turns through the wrapped and a
-plain callback channel, relayed customer turns (alone, at 50 and at N concurrent
-handoffs, and in conversations of different tracker lengths), agent replies
-through the outbox and the memory of an idle handoff; the same relayed turns
-(alone and at N handoffs) and agent replies again on a third stack whose
-switchboard, turn lease, tracker buffer and outbox live in Redis (a
-redis-server the run starts and stops on loopback). It prints p50, p99 and
-throughput of each, the ratios and the targets (PASS/FAIL, reported, never
-asserted), and writes results/latest.json and results/latest.png (a --quick run
-writes quick.json and quick.png unless --out says otherwise).
+It measures the floor (two bare Sanic hops, and the same with one Redis round
+trip in the first hop), bot turns through the wrapped and a plain callback
+channel, relayed customer turns (alone, at 50 and at N concurrent handoffs, and
+in conversations of different tracker lengths), agent replies through the
+outbox and the memory of an idle handoff; the same relayed turns (alone and at
+N handoffs) and agent replies again on a third stack whose switchboard, turn
+lease, tracker buffer and outbox live in Redis (a redis-server the run starts
+and stops on loopback). It prints p50, p99 and throughput of each, the ratios
+and the targets (PASS/FAIL, reported, never asserted). Then, untimed: a
+cProfile of each product's Rasa process under the N-handoff load, by stage
+(bench/cpu_profile.py), and the Redis round trips and commands per relayed turn
+and per agent message (bench/round_trips.py). It writes results/latest.json and
+results/latest.png (a --quick run writes quick.json and quick.png unless --out
+says otherwise); the profiles are kept beside the processes' logs.
 """
 
 import argparse
@@ -34,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import machine, memory  # noqa: E402
+from bench import cpu_profile, machine, memory, round_trips  # noqa: E402
 from bench.cpu import cpu_used  # noqa: E402
 from bench.floor import Floor, far_end_turn, http_session, warm_connections  # noqa: E402
 from bench.load import Figures, Turn, measure, measure_interleaved, ratio  # noqa: E402
@@ -44,7 +48,9 @@ from bench.product import (  # noqa: E402
     bot_turn,
     relay_turn,
     relayed_latency,
+    relayed_sessions,
     relayed_throughput,
+    warm_relay,
 )
 from bench.receiver import Receiver  # noqa: E402
 from tests.cluster.cluster import RedisServer, redis_program  # noqa: E402
@@ -55,6 +61,8 @@ RESULTS = ROOT / "bench" / "results"
 SANDBOX_MAX_CHATS = 2000
 # Bounded start of the benchmark's own redis-server.
 REDIS_START_TIMEOUT = 30.0
+# The floor's Redis round trips go to their own database of that server.
+FLOOR_REDIS_DB = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,10 @@ class Plan:
     mid_concurrency: int
     mid_turns: int
     memory_handoffs: int
+    profile_turns: int  # per chat, at N handoffs, under the profiler
+    count_agent_messages: int
+    count_relay_turns: int
+    background_seconds: float
 
 
 FULL = Plan(
@@ -88,6 +100,10 @@ FULL = Plan(
     mid_concurrency=50,
     mid_turns=10,
     memory_handoffs=10_000,
+    profile_turns=10,
+    count_agent_messages=100,
+    count_relay_turns=200,
+    background_seconds=10.0,
 )
 
 QUICK = Plan(
@@ -103,6 +119,10 @@ QUICK = Plan(
     mid_concurrency=5,
     mid_turns=2,
     memory_handoffs=1000,
+    profile_turns=3,
+    count_agent_messages=10,
+    count_relay_turns=20,
+    background_seconds=3.0,
 )
 
 
@@ -116,9 +136,15 @@ def _start_stacks(
     every 30 s, so each tracker-length block spans at least one such write. The
     Redis one differs from the other by OMNIDESK_SWITCHBOARD_URL (and the
     OMNIDESK_FILES_DIR it requires) alone: Rasa's lock store stays in memory, as
-    on one instance, so what its figures add is the connector's Redis.
+    on one instance, so what its figures add is the connector's Redis. Both
+    products can be profiled on request (bench/profile_hook: nothing runs until
+    asked).
     """
-    product_env = {"OMNIDESK_RECORD_INTERVAL": "5"}
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    product_env = {
+        "OMNIDESK_RECORD_INTERVAL": str(round_trips.RECORD_INTERVAL),
+        **cpu_profile.hook_env(log_dir / "profiles", pythonpath),
+    }
     sandbox_args = ["--max-chats", str(SANDBOX_MAX_CHATS), "--log-level", "WARNING"]
     plain_credentials = {"callback": {"url": callback_url}}
     with ThreadPoolExecutor(3) as pool:
@@ -177,6 +203,7 @@ def _row(figures: Figures) -> str:
 async def measure_all(plan: Plan, log_dir: Path) -> Dict[str, Any]:
     figures: Dict[str, Any] = {}
     checks: Dict[str, Any] = {}
+    extra: Dict[str, Any] = {}  # the untimed measures: cpu_profiles, redis_round_trips
     receiver = await Receiver().start()
     loop = asyncio.get_running_loop()
     files_dir = Path(tempfile.mkdtemp(prefix="rasa-omnidesk-bench-files-"))
@@ -186,33 +213,35 @@ async def measure_all(plan: Plan, log_dir: Path) -> Dict[str, Any]:
             "(sandbox, action server, Rasa; memory, plain and Redis)"
         )
         started = time.monotonic()
-        with Floor() as floor:
-            redis = await loop.run_in_executor(
-                None,
-                RedisServer.start,
-                log_dir / "redis-server.log",
-                time.monotonic() + REDIS_START_TIMEOUT,
-            )
-            try:
+        redis = await loop.run_in_executor(
+            None,
+            RedisServer.start,
+            log_dir / "redis-server.log",
+            time.monotonic() + REDIS_START_TIMEOUT,
+        )
+        try:
+            with Floor(redis.url(FLOOR_REDIS_DB)) as floor:
                 wrapped, plain, switched = await loop.run_in_executor(
                     None, _start_stacks, log_dir, receiver.url, redis.url(), files_dir
                 )
                 _say(f"  up in {time.monotonic() - started:.0f} s; logs in {log_dir}")
                 try:
                     stacks = Stacks(wrapped, plain, switched, redis)
-                    await _measure_stacks(plan, floor, stacks, receiver, figures, checks)
+                    await _measure_stacks(
+                        plan, floor, stacks, receiver, figures, checks, log_dir, extra
+                    )
                 finally:
                     for stack in (wrapped, plain, switched):
                         await loop.run_in_executor(None, stack.stop)
-            finally:
-                await loop.run_in_executor(None, redis.stop)
+        finally:
+            await loop.run_in_executor(None, redis.stop)
     finally:
         await receiver.stop()
         shutil.rmtree(files_dir, ignore_errors=True)
     _say("memory of an idle handoff (tracemalloc, InMemorySwitchboard)")
     checks["memory"] = await memory.bytes_per_idle_handoff(plan.memory_handoffs)
     _say(f"  {checks['memory']['bytes_per_handoff']:.0f} bytes per handoff")
-    return {"figures": figures, "checks": checks}
+    return {"figures": figures, "checks": checks, **extra}
 
 
 @dataclass
@@ -235,6 +264,16 @@ def _floor_pids(floor: Floor) -> Dict[str, int]:
         "floor_client": os.getpid(),
         "floor_hop1": floor.hop1.process.pid,
         "floor_hop2": floor.hop2.process.pid,
+    }
+
+
+def _floor_redis_pids(floor: Floor, redis: Any) -> Dict[str, int]:
+    assert floor.hop1_redis is not None
+    return {
+        "floor_client": os.getpid(),
+        "floor_hop1_redis": floor.hop1_redis.process.pid,
+        "floor_hop2": floor.hop2.process.pid,
+        "redis_server": redis.process.popen.pid,
     }
 
 
@@ -270,6 +309,8 @@ async def _measure_stacks(
     receiver: Receiver,
     figures: Dict[str, Any],
     checks: Dict[str, Any],
+    log_dir: Path,
+    extra: Dict[str, Any],
 ) -> None:
     def keep(key: str, result: Figures, note: str = "") -> None:
         figures[key] = result.as_dict()
@@ -316,6 +357,7 @@ async def _measure_stacks(
         )
         names = {
             "floor_c1": "floor c=1",
+            "floor_redis_c1": "floor + 1 Redis round trip c=1",
             "hop2_alone": "hop2 alone c=1",
             "sandbox_alone": "sandbox alone c=1",
             "relay_c1": "relayed turn c=1",
@@ -326,6 +368,7 @@ async def _measure_stacks(
         single = await measure_interleaved(
             {
                 names["floor_c1"]: floor.turn(http),
+                names["floor_redis_c1"]: floor.turn(http, with_redis=True),
                 names["hop2_alone"]: far_end_turn(http, floor.hop2.url, tag),
                 names["sandbox_alone"]: far_end_turn(http, wrapped.sandbox_url, tag),
                 names["relay_c1"]: relay_turn(product, short, "single"),
@@ -385,6 +428,16 @@ async def _measure_stacks(
             result = await _throughput(f"floor c={n}", floor_turn, n, n * plan.handoff_turns)
         keep(f"floor_c{n}", result)
         floor_turns = result.count + n
+        floor_redis_cpu: Dict[str, Optional[float]] = {}
+        floor_redis_turn = floor.turn(http, with_redis=True)
+        with cpu_used(_floor_redis_pids(floor, stacks.redis), floor_redis_cpu):
+            result = await _throughput(
+                f"floor + 1 Redis round trip c={n}", floor_redis_turn, n, n * plan.handoff_turns
+            )
+        keep(f"floor_redis_c{n}", result)
+        checks[f"floor_redis_cpu_ms_per_turn_c{n}"] = {
+            name: _per_turn(used, result.count + n) for name, used in floor_redis_cpu.items()
+        }
         with cpu_used(_stack_pids(wrapped), cpu):
             result = await relayed_throughput(product, many, plan.handoff_turns, "load")
         keep(f"relay_c{n}", result)
@@ -423,18 +476,93 @@ async def _measure_stacks(
         _say(f"  delivery: {json.dumps(checks['concurrent_delivery'])}")
         checks["redis_concurrent_delivery"] = await on_redis.check_delivery(many_redis)
         _say(f"  delivery, Redis: {json.dumps(checks['redis_concurrent_delivery'])}")
-        _say_beside_floor(figures, n)
         wrapped.check_alive()
         switched.check_alive()
 
+        _say(
+            f"profiling each product's Rasa process under {n} handoffs "
+            f"({plan.profile_turns} turns each; untimed)"
+        )
+        profiles: Dict[str, Any] = {}
+        for key, stack, on, conversations, unprofiled in (
+            ("memory", wrapped, product, many, per_turn.get("rasa_with_connector")),
+            ("redis", switched, on_redis, many_redis, redis_per_turn.get("rasa_with_connector")),
+        ):
+            profiles[key] = await _profile_relay(
+                key, stack, on, conversations, plan.profile_turns, unprofiled, log_dir
+            )
+            for line in cpu_profile.lines(f"Rasa with the connector, {key}", profiles[key]):
+                _say(line)
+        extra["cpu_profiles"] = profiles
 
-def _say_beside_floor(figures: Dict[str, Any], n: int) -> None:
-    """The Redis switchboard's rows beside the floor and the in-memory product, with ratios."""
-    _say("the Redis switchboard beside the floor and the in-memory switchboard (p50)")
-    for label, redis_key, memory_key, floor_key in (
-        ("relayed turn, 1 client", "relay_redis_c1", "relay_c1", "floor_c1"),
-        (f"relayed turn, {n} handoffs", f"relay_redis_c{n}", f"relay_c{n}", f"floor_c{n}"),
-        ("agent reply through the outbox", "agent_reply_redis", "agent_reply", None),
+        _say(
+            "counting Redis round trips and commands on the Redis stack "
+            "(untimed; background measured and taken off)"
+        )
+        assert stacks.redis is not None
+        extra["redis_round_trips"] = await round_trips.count(
+            round_trips.Counting(
+                agent_messages=plan.count_agent_messages,
+                relay_turns=plan.count_relay_turns,
+                background_seconds=plan.background_seconds,
+            ),
+            stacks.redis.url(),
+            stacks.redis.port,
+            on_redis,
+            short_redis,
+            many_redis,
+        )
+        switched.check_alive()
+        _say_beside_floor(figures, n, extra["redis_round_trips"])
+
+
+async def _profile_relay(
+    name: str,
+    stack: Any,
+    on: Product,
+    conversations: List[Any],
+    turns_per_chat: int,
+    unprofiled_ms: Optional[float],
+    log_dir: Path,
+) -> Dict[str, Any]:
+    """Relayed turns at N handoffs with the Rasa process under cProfile, summarised by stage."""
+    pid = _stack_pids(stack)["rasa_with_connector"]
+    profiling = cpu_profile.Profiling(pid, log_dir / "profiles")
+    await warm_relay(on, conversations, f"profile-{name}")
+    cpu: Dict[str, Optional[float]] = {}
+    profiling.start()
+    with cpu_used({"rasa": pid}, cpu):
+        result = await relayed_sessions(on, conversations, turns_per_chat, f"profile-{name}")
+    path = await profiling.stop()
+    summary = cpu_profile.summarise(path, result.count, unprofiled_ms)
+    summary["errors"] = result.errors
+    summary["cpu_ms_per_turn_under_profiler"] = _per_turn(cpu.get("rasa"), result.count)
+    return summary
+
+
+def _say_beside_floor(figures: Dict[str, Any], n: int, counted: Dict[str, Any]) -> None:
+    """The Redis switchboard's rows beside the floor, the floor with one Redis round trip and
+    the in-memory product, with ratios; then what each costs in Redis round trips."""
+    _say(
+        "the Redis switchboard beside the floor, the floor + 1 Redis round trip (floor+1RT) "
+        "and the in-memory switchboard (p50)"
+    )
+    for label, redis_key, memory_key, floor_key, counted_key in (
+        ("relayed turn, 1 client", "relay_redis_c1", "relay_c1", "c1", "relayed_turn_c1"),
+        (
+            f"relayed turn, {n} handoffs",
+            f"relay_redis_c{n}",
+            f"relay_c{n}",
+            f"c{n}",
+            "relayed_turn_n",
+        ),
+        (
+            "agent reply through the outbox",
+            "agent_reply_redis",
+            "agent_reply",
+            None,
+            "agent_message",
+        ),
     ):
         redis, memory = figures[redis_key], figures[memory_key]
         line = (
@@ -442,19 +570,29 @@ def _say_beside_floor(figures: Dict[str, Any], n: int) -> None:
             f"memory {memory['p50_ms']:8.2f} ms ({ratio(redis['p50_ms'], memory['p50_ms']):.2f}x)"
         )
         if floor_key is not None:
-            floor = figures[floor_key]
+            floor, floor_rt = figures[f"floor_{floor_key}"], figures[f"floor_redis_{floor_key}"]
             line += (
                 f"   floor {floor['p50_ms']:8.2f} ms "
                 f"({ratio(redis['p50_ms'], floor['p50_ms']):.2f}x)"
+                f"   floor+1RT {floor_rt['p50_ms']:8.2f} ms "
+                f"({ratio(redis['p50_ms'], floor_rt['p50_ms']):.2f}x)"
             )
+        total = counted[counted_key]["total"]
+        line += f"   {total['round_trips']:.2f} round trips, {total['commands']:.1f} commands"
         _say(line)
     redis, floor = figures[f"relay_redis_c{n}"], figures[f"floor_c{n}"]
+    floor_rt = figures[f"floor_redis_c{n}"]
     _say(
         f"  {'throughput, ' + str(n) + ' handoffs':<32} Redis {redis['throughput']:8.1f} /s   "
         f"memory {figures[f'relay_c{n}']['throughput']:8.1f} /s   "
         f"floor {floor['throughput']:8.1f} /s "
-        f"({ratio(redis['throughput'], floor['throughput']):.2f}x)"
+        f"({ratio(redis['throughput'], floor['throughput']):.2f}x)   "
+        f"floor+1RT {floor_rt['throughput']:8.1f} /s "
+        f"({ratio(redis['throughput'], floor_rt['throughput']):.2f}x)"
     )
+    _say("Redis round trips and commands (counted by redis-server; background taken off)")
+    for line in round_trips.lines(counted, n):
+        _say(line)
 
 
 # -- targets --------------------------------------------------------------------------
@@ -473,6 +611,8 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
     redis_delivery = checks["redis_concurrent_delivery"]
     cpu_n = checks.get(f"cpu_ms_per_turn_c{n}", {})
     redis_cpu_n = checks.get(f"redis_cpu_ms_per_turn_c{n}", {})
+    floor_redis_n = f.get(f"floor_redis_c{n}", {})
+    floor_redis_cpu_n = checks.get(f"floor_redis_cpu_ms_per_turn_c{n}", {})
     nothing_lost = relay_n.get("errors") == 0 and not _delivery_problems(delivery)
     nothing_lost_redis = redis_n.get("errors") == 0 and not _delivery_problems(redis_delivery)
     ratios = {
@@ -535,6 +675,26 @@ def evaluate(plan: Plan, measured: Dict[str, Any]) -> Dict[str, Any]:
         f"relay_c{plan.mid_concurrency}_throughput_over_floor": ratio(
             f[f"relay_c{plan.mid_concurrency}"]["throughput"],
             f.get(f"floor_c{plan.mid_concurrency}", {}).get("throughput"),
+        ),
+        # The floor with one Redis round trip per turn in its first hop: what one round
+        # trip costs a bare relay, and the Redis rows against that floor.
+        "floor_redis_p50_over_floor_p50": ratio(
+            f["floor_redis_c1"]["p50_ms"], f["floor_c1"]["p50_ms"]
+        ),
+        f"floor_redis_throughput_over_floor_c{n}": ratio(
+            floor_redis_n.get("throughput"), floor_n.get("throughput")
+        ),
+        "redis_relay_p50_over_floor_redis_p50": ratio(
+            f["relay_redis_c1"]["p50_ms"], f["floor_redis_c1"]["p50_ms"]
+        ),
+        f"redis_relay_p50_over_floor_redis_p50_c{n}": ratio(
+            redis_n.get("p50_ms"), floor_redis_n.get("p50_ms")
+        ),
+        f"redis_relay_throughput_over_floor_redis_c{n}": ratio(
+            redis_n.get("throughput"), floor_redis_n.get("throughput")
+        ),
+        "floor_redis_hop1_cpu_over_floor_hop1_per_turn": ratio(
+            floor_redis_cpu_n.get("floor_hop1_redis"), cpu_n.get("floor_hop1")
         ),
     }
     per_handoff = checks["memory"]["bytes_per_handoff"]

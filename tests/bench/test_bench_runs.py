@@ -2,9 +2,10 @@
 
 It starts real processes (three stacks, one on a redis-server of its own, and
 the floor's servers), so it is an e2e test; it checks that the figures, ratios
-and targets are all there (the Redis switchboard's and the outbox's rows too) and
-that no relayed message was lost, never how fast anything was (the full run
-reports that).
+and targets are all there (the Redis switchboard's and the outbox's rows, the
+floor with one Redis round trip, the Redis round trips and commands counted per
+turn and per agent message, the CPU profile by stage) and that no relayed
+message was lost, never how fast anything was (the full run reports that).
 """
 
 import json
@@ -20,8 +21,9 @@ from tests.e2e.stack import ROOT
 
 pytestmark = pytest.mark.e2e
 
-# A bound, not the expected time (about 50 s): three Rasa processes start side by side.
-RUN_TIMEOUT = 180
+# A bound, not the expected time (about 100 s): three Rasa processes start side by side,
+# and the counted phases wait for the tracker record (5 s) before and after each.
+RUN_TIMEOUT = 360
 
 FIGURE_FIELDS = ("p50_ms", "p99_ms", "mean_ms", "throughput")
 TARGETS = 9
@@ -70,6 +72,8 @@ def test_every_path_is_measured(quick_run: Dict[str, Any]) -> None:
         "floor_c1",
         f"floor_c{plan['mid_concurrency']}",
         f"floor_c{plan['handoffs']}",
+        "floor_redis_c1",
+        f"floor_redis_c{plan['handoffs']}",
         "hop2_alone",
         "sandbox_alone",
         "bot_turn_wrapped",
@@ -122,15 +126,77 @@ def test_the_redis_switchboard_is_reported_beside_the_floor(quick_run: Dict[str,
         "redis_over_memory_relay_p50",
         f"redis_over_memory_relay_p50_c{n}",
         "redis_over_memory_agent_reply_p50",
+        "floor_redis_p50_over_floor_p50",
+        "redis_relay_p50_over_floor_redis_p50",
+        f"redis_relay_p50_over_floor_redis_p50_c{n}",
+        f"redis_relay_throughput_over_floor_redis_c{n}",
     ):
         assert name in ratios, f"no ratio {name}; got {sorted(ratios)}"
     goal = [t for t in quick_run["targets"] if "Redis switchboard: relayed turn p50" in t["target"]]
     assert len(goal) == 1 and "1.3x" in goal[0]["target"], quick_run["targets"]
     stdout = quick_run["_stdout"]
     assert "the Redis switchboard beside the floor" in stdout
-    for row in (f"relayed turn, {n} handoffs", "agent reply through the outbox"):
+    for row in (f"relayed turn, {n} handoffs", "agent reply through the outbox", "floor+1RT"):
         assert row in stdout, f"no printed row {row!r}"
     assert quick_run["checks"][f"redis_cpu_ms_per_turn_c{n}"], "no CPU figures for the Redis run"
+    assert quick_run["checks"][f"floor_redis_cpu_ms_per_turn_c{n}"], "no CPU figures, floor+1RT"
+
+
+def test_redis_round_trips_and_commands_are_counted(quick_run: Dict[str, Any]) -> None:
+    counted = quick_run["redis_round_trips"]
+    plan = quick_run["plan"]
+    assert counted["open_handoffs"] >= plan["handoffs"]
+    for key, units in (
+        ("relayed_turn_c1", plan["count_relay_turns"]),
+        ("relayed_turn_n", plan["handoffs"]),
+        ("agent_message", plan["count_agent_messages"]),
+    ):
+        phase = counted[key]
+        assert phase["units"] == units, (key, phase["units"])
+        during = phase["in_turns"]
+        # Both paths store something in Redis: a relayed turn at least its lease, an agent
+        # message at least its outbox entry. A round trip is at least one command.
+        assert during["round_trips"] >= 1, (key, during)
+        assert during["commands"] >= during["round_trips"], (key, during)
+        assert during["by_command"], (key, during)
+        for part in ("deferred", "total"):
+            assert phase[part]["round_trips"] is not None, (key, part)
+        assert phase["measured"]["in_turns"]["seconds"] > 0
+    for which in ("sweeper_running", "sweeper_held"):
+        assert counted["background_per_second"][which]["seconds"] == 1.0
+    # One of each, request by request: a relayed turn and an agent message both reach Redis.
+    for key in ("relayed_turn", "agent_message"):
+        assert counted["traces"][key], key
+    stdout = quick_run["_stdout"]
+    assert "Redis round trips and commands" in stdout
+    assert "one relayed turn as redis-server ran it" in stdout
+    for row in (
+        "per relayed turn, 1 client",
+        f"per relayed turn, {plan['handoffs']} handoffs",
+        "per agent message",
+        "in the turn:",
+    ):
+        assert row in stdout, f"no printed row {row!r}"
+
+
+def test_the_rasa_processes_are_profiled_by_stage(quick_run: Dict[str, Any]) -> None:
+    profiles = quick_run["cpu_profiles"]
+    for which in ("memory", "redis"):
+        profile = profiles[which]
+        assert profile["errors"] == 0, which
+        assert (
+            profile["turns"] == quick_run["plan"]["handoffs"] * quick_run["plan"]["profile_turns"]
+        )
+        assert Path(profile["profile"]).is_file(), profile["profile"]
+        shares = {stage["stage"]: stage["share"] for stage in profile["stages"]}
+        assert abs(sum(shares.values()) - 1.0) < 1e-6, shares
+        # Every relayed turn goes through Sanic, the connector and aiohttp's client.
+        for stage in ("Sanic and HTTP parsing", "the connector", "aiohttp client"):
+            assert shares[stage] > 0, (which, stage, shares)
+        assert profile["top_own"] and profile["top_cumulative"], which
+    assert dict((s["stage"], s["share"]) for s in profiles["redis"]["stages"])["redis client"] > 0
+    stdout = quick_run["_stdout"]
+    assert "Rasa with the connector, redis" in stdout and "top by cumulative time" in stdout
 
 
 def test_no_relayed_message_is_lost_or_reordered(quick_run: Dict[str, Any]) -> None:
