@@ -69,12 +69,15 @@ class _Token:
         self._app_password = app_password
         self._token: Optional[str] = None
         self._expires = 0.0
-        self._lock = asyncio.Lock()
+        # Made on first use, in the serving loop (Python 3.8 and 3.9 bind a lock to a loop).
+        self._lock: Optional[asyncio.Lock] = None
 
     def drop(self) -> None:
         self._token = None
 
     async def get(self, session: aiohttp.ClientSession) -> str:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
         async with self._lock:
             if self._token is not None and time.monotonic() < self._expires:
                 return self._token
