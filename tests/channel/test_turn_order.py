@@ -120,7 +120,7 @@ async def test_posts_alternating_between_two_instances_reach_the_agent_in_order(
         ]
         chat = await CallbackSetup(server=servers[0], customer=customer).hand_over("alt-1")
         sandbox.inject_fault("notifyUserNewChatMessage", latency_ms=150)
-        posts: List["asyncio.Future[int]"] = []
+        posts: List[asyncio.Future[int]] = []
         index = 0
 
         async def send(text: str) -> None:

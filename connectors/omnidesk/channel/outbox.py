@@ -35,7 +35,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set,
 from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox_store import OutboxStore
-from connectors.omnidesk.channel.sides import CustomerLine, FileLink, Undeliverable
+from connectors.omnidesk.channel.sides import CustomerLine, FileLink, RoutedLine, Undeliverable
 from connectors.omnidesk.channel.switchboard import SwitchboardError
 from connectors.omnidesk.settings import OmnideskSettings
 
@@ -133,8 +133,19 @@ class ToCustomer:
         )
 
 
-async def send_to(line: CustomerLine, conversation_id: str, item: ToCustomer) -> None:
-    """Send ``item`` on ``line``; raises whatever the customer's channel raised."""
+async def send_to(
+    line: CustomerLine,
+    conversation_id: str,
+    item: ToCustomer,
+    route: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Send ``item`` on ``line``; raises whatever the customer's channel raised.
+
+    ``route`` is where the conversation's replies go on a channel that needs
+    more than its id (``Handoff.route``); a line that takes routes is given it.
+    """
+    if isinstance(line, RoutedLine):
+        line = line.along(route)
     if item.kind == "text":
         await line.send_text(conversation_id, item.text, item.agent)
     elif item.kind == "file" and item.file is not None:
@@ -159,28 +170,37 @@ class OutboxEntry:
     chat_session_id: str
     stored_at: float
     item: ToCustomer
+    # The handoff's route (Slack's channel and thread, Teams' conversation
+    # reference), so the entry reaches the right place after the handoff is gone.
+    route: Optional[Mapping[str, str]] = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "c": self.conversation_id,
-                "ch": self.channel,
-                "chat": self.chat_session_id,
-                "at": self.stored_at,
-                "item": self.item.to_dict(),
-            },
-            sort_keys=True,
-        )
+        data: Dict[str, Any] = {
+            "c": self.conversation_id,
+            "ch": self.channel,
+            "chat": self.chat_session_id,
+            "at": self.stored_at,
+            "item": self.item.to_dict(),
+        }
+        if self.route:
+            data["r"] = dict(self.route)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str) -> "OutboxEntry":
         data = json.loads(raw)
+        route = data.get("r")
         return cls(
             conversation_id=str(data["c"]),
             channel=str(data["ch"]),
             chat_session_id=str(data["chat"]),
             stored_at=float(data["at"]),
             item=ToCustomer.from_dict(data["item"]),
+            route=(
+                {str(key): str(value) for key, value in route.items()}
+                if isinstance(route, Mapping)
+                else None
+            ),
         )
 
 
@@ -326,10 +346,18 @@ class Outbox:
     # -- putting -----------------------------------------------------------------
 
     async def put(
-        self, conversation_id: str, channel: str, chat_session_id: str, item: ToCustomer
+        self,
+        conversation_id: str,
+        channel: str,
+        chat_session_id: str,
+        item: ToCustomer,
+        route: Optional[Mapping[str, str]] = None,
     ) -> None:
-        """Store ``item`` for the customer, then start draining; SwitchboardError if not stored."""
-        entry = OutboxEntry(conversation_id, channel, chat_session_id, time.time(), item)
+        """Store ``item`` for the customer, then start draining; SwitchboardError if not stored.
+
+        ``route``: the handoff's route, for a channel that needs one (``Handoff.route``).
+        """
+        entry = OutboxEntry(conversation_id, channel, chat_session_id, time.time(), item, route)
         await self._store.put(conversation_id, entry.to_json())
         logger.debug(
             "Outbox of conversation %s (chat %s): %s stored.",
@@ -339,7 +367,13 @@ class Outbox:
         )
         self.kick(conversation_id)
 
-    async def send_now(self, conversation_id: str, channel: str, item: ToCustomer) -> None:
+    async def send_now(
+        self,
+        conversation_id: str,
+        channel: str,
+        item: ToCustomer,
+        route: Optional[Mapping[str, str]] = None,
+    ) -> None:
         """Send ``item`` on the customer's channel directly, bypassing the store.
 
         For a notice when the store is down: it is mostly about that ("we have
@@ -350,7 +384,7 @@ class Outbox:
         if line is None:
             raise LookupError(f"no wrapped channel named {channel}")
         await asyncio.wait_for(
-            send_to(line, conversation_id, item), timeout=self.timings.delivery_timeout
+            send_to(line, conversation_id, item, route), timeout=self.timings.delivery_timeout
         )
 
     # -- socket.io presence ---------------------------------------------------------
@@ -479,7 +513,8 @@ class Outbox:
             return False
         try:
             await asyncio.wait_for(
-                send_to(line, conversation_id, entry.item), timeout=self.timings.delivery_timeout
+                send_to(line, conversation_id, entry.item, entry.route),
+                timeout=self.timings.delivery_timeout,
             )
         except asyncio.CancelledError:
             raise

@@ -8,7 +8,7 @@ through ``BotSide`` (rasa_bot.py implements it on a running Rasa server).
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Protocol, Sequence
+from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.switchboard import Handoff
@@ -65,6 +65,19 @@ class CustomerLine(Protocol):
         False when the channel has no widget that could use them (plain channels).
         """
         ...
+
+
+@runtime_checkable
+class RoutedLine(Protocol):
+    """A line whose channel needs the conversation's route to reply (``Handoff.route``).
+
+    Slack replies in the channel and thread the customer wrote in, Teams to a
+    conversation reference; the conversation id alone does not say where. The
+    outbox asks such a line for the line ``along`` an entry's route (None when
+    the handoff kept none) before it sends.
+    """
+
+    def along(self, route: Optional[Mapping[str, str]]) -> CustomerLine: ...
 
 
 @dataclass(frozen=True)
