@@ -556,6 +556,9 @@ class OmnideskSettings:
         show=_show_url,
     )
     agent_name_prefix: bool = setting(True, parse=_boolean)
+    # Messenger: agent messages carry the HUMAN_AGENT tag (answers up to 7 days after
+    # the customer's last message; the app needs Meta's Human Agent permission).
+    messenger_human_agent_tag: bool = setting(True, parse=_boolean)
     # Several instances: how long agent files are kept, and how many chats the
     # sweeper ends at once.
     files_retention: float = setting(

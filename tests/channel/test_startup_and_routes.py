@@ -19,13 +19,13 @@ BASE = {
 }
 
 
-def test_a_channel_that_answers_only_in_the_request_is_refused_naming_the_ones_that_can() -> None:
-    # Hangouts answers inside the request, as rest does, and has no way to be polled.
+def test_a_channel_that_answers_only_in_the_request_is_refused_naming_rest_as_a_way() -> None:
+    # Hangouts answers inside the request, as rest does, and has no client that polls.
     with pytest.raises(ChannelConfigError) as raised:
         OmnideskInput.from_credentials({**BASE, "customer_channels": {"hangouts": None}})
     message = str(raised.value)
-    assert message.startswith("customer_channels: hangouts cannot send")
-    assert "rest" in message and "socketio" in message and "transferring" in message
+    assert message.startswith("customer_channels: hangouts (it answers only inside the request")
+    assert "Use rest (its client polls or streams them)" in message and "socketio" in message
 
 
 def test_rest_is_served_and_its_customer_pulls() -> None:

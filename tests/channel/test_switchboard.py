@@ -260,3 +260,20 @@ async def test_one_unreadable_record_hides_no_other_handoff(redis_url: str) -> N
         assert [h.conversation_id for h in await board.all()] == ["conv-2"]
     finally:
         await board.close()
+
+
+async def test_a_handoffs_route_is_kept_through_turns_touches_and_its_end(
+    switchboard: Switchboard,
+) -> None:
+    # Slack's reply goes to the customer's channel and thread: the handoff keeps them.
+    route = {"channel": "C0SUPPORT", "thread_ts": "1700000000.000100"}
+    await switchboard.start(new_handoff("U0CUSTOMER", "rasa-bbbbbbbbbb", "slack", 2, route=route))
+    place = await served(switchboard, LocalLine(), "U0CUSTOMER")
+    assert place.handoff is not None and place.handoff.route == route
+    await switchboard.touch("U0CUSTOMER", agent=True, agent_name="Anna", agent_picture=None)
+
+    assert (await switchboard.get("U0CUSTOMER")).route == route  # type: ignore[union-attr]
+    found = await switchboard.find_by_chat_session("rasa-bbbbbbbbbb")
+    assert found is not None and found.route == route
+    ended = await switchboard.end("U0CUSTOMER", "rasa-bbbbbbbbbb")
+    assert ended is not None and ended.route == route

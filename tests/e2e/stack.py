@@ -469,6 +469,7 @@ class Stack:
         cors: Optional[List[str]] = None,
         model: Optional[Path] = None,
         sandbox_args: Sequence[str] = (),
+        rasa_launcher: Sequence[str] = (),
     ) -> "Stack":
         """Start everything; raise StackError (everything stopped again) if a part fails.
 
@@ -476,6 +477,9 @@ class Stack:
         retries). ``credentials_override``: the whole credentials.yml mapping,
         instead of the generated one. ``cors``: origins for ``rasa run --cors``.
         ``sandbox_args``: more options for the sandbox (e.g. ``--max-chats 2000``).
+        ``rasa_launcher``: what runs Rasa's command line instead of the ``rasa``
+        script, e.g. ``python -m tests.channel_apis.on_fakes rasa`` (channel
+        clients pointed at local fakes).
         """
         deadline = time.monotonic() + timeout
         log_dir = Path(log_dir)
@@ -502,6 +506,8 @@ class Stack:
             rasa_command = rasa_run_command(
                 model_path, rasa_port, credentials_file, endpoints_file, cors
             )
+            if rasa_launcher:
+                rasa_command = [*rasa_launcher, *rasa_command[1:]]
             rasa = launch("Rasa (rasa run)", rasa_command, log_dir / "rasa.log", stack_env)
             processes.append(rasa)
 

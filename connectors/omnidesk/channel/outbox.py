@@ -7,7 +7,7 @@ removes an entry only once the customer's channel took it. A socket.io
 customer's entries are sent by the instance a socket of that session is
 connected to (``Presence``; a put nudges every instance through Redis); for the
 callback channel and any other, the send must succeed. A customer who pulls
-(rest: ``CustomerLine.pulled``) is sent nothing: their client reads what waits
+(rest: ``sides.is_pulled``) is sent nothing: their client reads what waits
 after its cursor and acknowledges it (``read``, ``wait``, ``acknowledge``), or
 the answer to their next turn carries it (``take_for_answer``). What the channel
 refused stays and is tried again with backoff (``outbox_backoff_base`` doubling
@@ -38,7 +38,13 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set,
 from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox_store import OutboxStore, entry_order
-from connectors.omnidesk.channel.sides import CustomerLine, FileLink, Undeliverable
+from connectors.omnidesk.channel.sides import (
+    CustomerLine,
+    FileLink,
+    RoutedLine,
+    Undeliverable,
+    is_pulled,
+)
 from connectors.omnidesk.channel.switchboard import SwitchboardError
 from connectors.omnidesk.settings import OmnideskSettings
 
@@ -149,8 +155,19 @@ class ToCustomer:
         )
 
 
-async def send_to(line: CustomerLine, conversation_id: str, item: ToCustomer) -> None:
-    """Send ``item`` on ``line``; raises whatever the customer's channel raised."""
+async def send_to(
+    line: CustomerLine,
+    conversation_id: str,
+    item: ToCustomer,
+    route: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Send ``item`` on ``line``; raises whatever the customer's channel raised.
+
+    ``route`` is where the conversation's replies go on a channel that needs
+    more than its id (``Handoff.route``); a line that takes routes is given it.
+    """
+    if isinstance(line, RoutedLine):
+        line = line.along(route)
     if item.kind == "text":
         await line.send_text(conversation_id, item.text, item.agent)
     elif item.kind == "file" and item.file is not None:
@@ -178,28 +195,37 @@ class OutboxEntry:
     chat_session_id: str
     stored_at: float
     item: ToCustomer
+    # The handoff's route (Slack's channel and thread, Teams' conversation
+    # reference), so the entry reaches the right place after the handoff is gone.
+    route: Optional[Mapping[str, str]] = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "c": self.conversation_id,
-                "ch": self.channel,
-                "chat": self.chat_session_id,
-                "at": self.stored_at,
-                "item": self.item.to_dict(),
-            },
-            sort_keys=True,
-        )
+        data: Dict[str, Any] = {
+            "c": self.conversation_id,
+            "ch": self.channel,
+            "chat": self.chat_session_id,
+            "at": self.stored_at,
+            "item": self.item.to_dict(),
+        }
+        if self.route:
+            data["r"] = dict(self.route)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str) -> "OutboxEntry":
         data = json.loads(raw)
+        route = data.get("r")
         return cls(
             conversation_id=str(data["c"]),
             channel=str(data["ch"]),
             chat_session_id=str(data["chat"]),
             stored_at=float(data["at"]),
             item=ToCustomer.from_dict(data["item"]),
+            route=(
+                {str(key): str(value) for key, value in route.items()}
+                if isinstance(route, Mapping)
+                else None
+            ),
         )
 
 
@@ -356,10 +382,18 @@ class Outbox:
     # -- putting -----------------------------------------------------------------
 
     async def put(
-        self, conversation_id: str, channel: str, chat_session_id: str, item: ToCustomer
+        self,
+        conversation_id: str,
+        channel: str,
+        chat_session_id: str,
+        item: ToCustomer,
+        route: Optional[Mapping[str, str]] = None,
     ) -> None:
-        """Store ``item`` for the customer, then start draining; SwitchboardError if not stored."""
-        entry = OutboxEntry(conversation_id, channel, chat_session_id, time.time(), item)
+        """Store ``item`` for the customer, then start draining; SwitchboardError if not stored.
+
+        ``route``: the handoff's route, for a channel that needs one (``Handoff.route``).
+        """
+        entry = OutboxEntry(conversation_id, channel, chat_session_id, time.time(), item, route)
         await self._store.put(conversation_id, entry.to_json())
         logger.debug(
             "Outbox of conversation %s (chat %s): %s stored.",
@@ -372,7 +406,13 @@ class Outbox:
             # A customer who pulls is sent nothing: no drainer to start.
             self.kick(conversation_id)
 
-    async def send_now(self, conversation_id: str, channel: str, item: ToCustomer) -> None:
+    async def send_now(
+        self,
+        conversation_id: str,
+        channel: str,
+        item: ToCustomer,
+        route: Optional[Mapping[str, str]] = None,
+    ) -> None:
         """Send ``item`` on the customer's channel directly, bypassing the store.
 
         For a notice when the store is down: it is mostly about that ("we have
@@ -383,7 +423,7 @@ class Outbox:
         if line is None:
             raise LookupError(f"no wrapped channel named {channel}")
         await asyncio.wait_for(
-            send_to(line, conversation_id, item), timeout=self.timings.delivery_timeout
+            send_to(line, conversation_id, item, route), timeout=self.timings.delivery_timeout
         )
 
     # -- socket.io presence ---------------------------------------------------------
@@ -507,7 +547,7 @@ class Outbox:
             )
             _given_up(entry, "channel_not_wrapped")
             return await self._store.remove(conversation_id, entry_id, token)
-        if getattr(line, "pulled", False):
+        if is_pulled(line):
             # The customer's client reads and acknowledges it; the drainer only keeps
             # the retention, looking again after a while.
             self._not_before[conversation_id] = time.monotonic() + self.timings.away_recheck
@@ -520,7 +560,8 @@ class Outbox:
             return False
         try:
             await asyncio.wait_for(
-                send_to(line, conversation_id, entry.item), timeout=self.timings.delivery_timeout
+                send_to(line, conversation_id, entry.item, entry.route),
+                timeout=self.timings.delivery_timeout,
             )
         except asyncio.CancelledError:
             raise
@@ -615,7 +656,7 @@ class Outbox:
 
     def pulls(self, channel: str) -> bool:
         """Whether the customer of ``channel`` fetches what waits (rest) rather than being sent it."""
-        return bool(getattr(self._lines.get(channel), "pulled", False))
+        return is_pulled(self._lines.get(channel))
 
     async def mark_ended(
         self, conversation_id: str, channel: str, chat_session_id: str, outcome: str

@@ -21,10 +21,10 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, List, Mapping, Optional, Set, Tuple
 from urllib.parse import urlencode
 
-from connectors.omnidesk import handoff_events
+from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.files import AgentFileStore, StoredFile
 from connectors.omnidesk.channel.hookpoints import (
     AgentIdentity,
@@ -120,8 +120,18 @@ class Relay:
 
     # -- the start of a handoff ----------------------------------------------------
 
-    async def start(self, conversation_id: str, channel: str, started: HandoffStarted) -> bool:
+    async def start(
+        self,
+        conversation_id: str,
+        channel: str,
+        started: HandoffStarted,
+        route: Optional[Mapping[str, str]] = None,
+    ) -> bool:
         """Put the conversation with the agent of the chat the action opened.
+
+        ``route``: where the customer's channel replies in this conversation,
+        when it needs more than the conversation id (lines/ reads it from the
+        customer's turn); kept with the handoff.
 
         False when the switchboard could not take it: the chat is then ended
         (left open, it would wait on the agent's desk for a customer whose
@@ -132,6 +142,7 @@ class Relay:
             chat_session_id=started.chat_session_id,
             channel=channel,
             next_message_number=started.next_message_number,
+            route=route,
         )
         try:
             replaced = await self._switchboard.start(handoff)
@@ -517,7 +528,7 @@ class Relay:
 
     async def _put(self, handoff: Handoff, item: ToCustomer) -> None:
         await self._outbox.put(
-            handoff.conversation_id, handoff.channel, handoff.chat_session_id, item
+            handoff.conversation_id, handoff.channel, handoff.chat_session_id, item, handoff.route
         )
 
     async def agent_message(self, message: AgentMessage) -> None:
@@ -588,33 +599,71 @@ class Relay:
     async def _tell_agent_undelivered(self, entry: OutboxEntry, reason: str) -> None:
         """The customer's channel refused an agent's message for good: a marked line in the chat.
 
+        Only the agent's own messages and files: a connector notice the channel
+        refused is not the agent's ("did not reach the agent" would mislead).
+        """
+        if entry.item.kind not in ("text", "file") or entry.item.notice:
+            return
+        what = "file" if entry.item.kind == "file" else "message"
+        await self._note_undelivered(entry.chat_session_id, entry.conversation_id, what, reason)
+
+    async def agent_message_failed_later(
+        self, conversation_id: str, what: str, reason: str
+    ) -> None:
+        """The customer's channel took an agent's message, then reported it undelivered.
+
+        Twilio does so through a message's status callback (routes.py): a
+        WhatsApp reply outside the 24-hour window may be accepted first and
+        fail minutes later. Counted as a failed delivery and logged; the agent
+        of the conversation's open chat is told as for a refusal at once. With
+        the chat over, there is no one to tell; that is logged.
+        """
+        metrics.agent_delivery(what if what == "file" else "message", delivered=False)
+        handoff = await self._switchboard.get(conversation_id)
+        chat_session_id = handoff.chat_session_id if handoff is not None else None
+        handoff_events.failure(
+            "delivery", conversation_id, chat_session_id, kind=what, reason="refused_later"
+        )
+        if handoff is None:
+            logger.warning(
+                "The channel reported an agent's %s to conversation %s undelivered (%s), "
+                "but no chat is open there any more: no agent to tell.",
+                what,
+                conversation_id,
+                reason,
+            )
+            return
+        await self._note_undelivered(handoff.chat_session_id, conversation_id, what, reason)
+
+    async def _note_undelivered(
+        self, chat_session_id: str, conversation_id: str, what: str, reason: str
+    ) -> None:
+        """A marked line in the chat: the agent's last ``what`` did not reach the customer.
+
         Sent without a messageNumber: it is the connector's note, not a customer
         turn, and must not take a customer's number. A chat that has ended
         cannot hear it; that is logged.
         """
-        if entry.item.kind not in ("text", "file"):
-            return
-        what = "file" if entry.item.kind == "file" else "message"
         note = f"[Not delivered to the customer: your last {what}. The channel said: {reason}]"
         try:
             await self._client.notify_user_new_chat_message(
-                chat_session_id=entry.chat_session_id, message=note, message_number=None
+                chat_session_id=chat_session_id, message=note, message_number=None
             )
         except OmnideskError as error:
             logger.error(
                 "Could not tell the agent of chat %s (conversation %s) that a %s was not "
                 "delivered: %s",
-                entry.chat_session_id,
-                entry.conversation_id,
+                chat_session_id,
+                conversation_id,
                 what,
                 error,
             )
             return
         logger.info(
             "Agent of chat %s told that a %s did not reach conversation %s.",
-            entry.chat_session_id,
+            chat_session_id,
             what,
-            entry.conversation_id,
+            conversation_id,
         )
 
     async def agent_file_at(self, token: str, filename: str) -> Optional[StoredFile]:

@@ -21,6 +21,9 @@
 - ``GET /health/live`` and ``GET /health/ready``: the liveness and readiness
   probes, answered by ``Health`` (health.py).
 - ``GET /metrics``: the Prometheus metrics, when ``metrics_enabled`` (docs/metrics.md).
+- ``POST /twilio/status``: Twilio's status callback of an agent's message sent
+  on a wrapped twilio channel; Twilio's signature is checked with that
+  channel's auth token, and an undelivered or failed message is told to the agent.
 
 Each route is one closure. It reads its body under its own cap, hands typed
 values to the relay and answers ``ok``; whatever went wrong is raised and
@@ -40,6 +43,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from urllib.parse import parse_qsl
 
 from sanic import Blueprint, response
 from sanic.exceptions import PayloadTooLarge, SanicException
@@ -61,6 +65,7 @@ from connectors.omnidesk.channel.hookpoints import (
     parse_upload,
     read_session_id,
 )
+from connectors.omnidesk.channel.lines import StatusCallbacks
 from connectors.omnidesk.channel.lines.rest import ENDED_KEY, is_end, is_typing, rest_message
 from connectors.omnidesk.channel.outbox import Pulled, later_id
 from connectors.omnidesk.channel.outbox_store import is_entry_id
@@ -433,6 +438,12 @@ class Routes:
         # events must not starve its fetches.
         self.pull_rate = RateLimit()
         self.held = HeldPulls(HELD_PER_CONVERSATION, settings.pull_max_held)
+        # Wrapped channels that report later what became of a message, by name.
+        self._status_callbacks: Dict[str, StatusCallbacks] = {}
+
+    def on_status_callbacks(self, channel_name: str, line: StatusCallbacks) -> None:
+        """Serve ``POST /twilio/status`` for the wrapped channel ``channel_name``."""
+        self._status_callbacks[channel_name] = line
 
     def _running(self) -> Relay:
         relay = self._relay()
@@ -601,6 +612,31 @@ class Routes:
                 headers["Content-Disposition"] = f'attachment; filename="{stored.filename}"'
             return await response.file(stored.path, mime_type=stored.content_type, headers=headers)
 
+        async def twilio_status(request: Request) -> HTTPResponse:
+            """Twilio's word on an agent's message it took: an undelivered one, the agent hears.
+
+            The URL carries the channel's name and what the message was (the line
+            put them there); Twilio signs the URL and the form with the channel's
+            auth token, so neither can be forged without it.
+            """
+            relay = self._running()
+            line = self._status_callbacks.get(request.args.get("channel") or "")
+            if line is None:
+                return error_response(404, "not found")
+            body = await read_body(request, SMALL_BODY_BYTES)
+            params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            query = request.query_string
+            url = f"{settings.public_url}{request.path}" + (f"?{query}" if query else "")
+            if not line.signature_ok(url, params, request.headers.get("X-Twilio-Signature", "")):
+                logger.warning("Twilio status callback without Twilio's signature refused (403).")
+                return error_response(403, "X-Twilio-Signature: not Twilio's signature")
+            what = request.args.get("what") or ""
+            reason = line.failure_in(params)
+            conversation_id = params.get("To", "")
+            if reason is not None and what in ("message", "file") and conversation_id:
+                await relay.agent_message_failed_later(conversation_id, what, reason)
+            return response.empty()
+
         async def metrics_page(_: Request) -> HTTPResponse:
             """The Prometheus text format; open handoffs and waiting deliveries counted now.
 
@@ -648,6 +684,7 @@ class Routes:
             (hook, "/hook/<token:str>/<hookpoint:str>", "omnidesk_hook"),
             (upload, "/upload", "omnidesk_upload"),
             (event, "/event", "omnidesk_event"),
+            (twilio_status, "/twilio/status", "omnidesk_twilio_status"),
         ):
             bp.add_route(
                 handler, path, methods=["POST"], stream=True, name=name, strict_slashes=True

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, AsyncIterator, Deque, Dict, List, Optional
+from typing import Any, AsyncIterator, Deque, Dict, List, Mapping, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ class Handoff:
     # heard of it: such a handoff routes nothing.
     ending: Optional[str] = None
     ended_at: Optional[float] = None
+    # Where the customer's channel sends a reply in this conversation, when a
+    # channel needs more than the conversation id: Slack's channel and thread,
+    # Teams' conversation reference (lines/ reads it; docs/channel.md).
+    route: Optional[Dict[str, str]] = None
 
     @property
     def agent_replied(self) -> bool:
@@ -102,6 +106,7 @@ class Handoff:
                 agent_picture=optional_text(data.get("agent_picture")),
                 ending=optional_text(data.get("ending")),
                 ended_at=optional_number(data.get("ended_at")),
+                route=route_from(data.get("route")),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise UnreadableHandoff(
@@ -118,12 +123,22 @@ def optional_number(value: Any) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def route_from(value: Any) -> Optional[Dict[str, str]]:
+    """A stored route: a mapping of text to text, or None (handoffs stored before routes)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"route is {type(value).__name__}, not a mapping")
+    return {str(key): str(item) for key, item in value.items()}
+
+
 def new_handoff(
     conversation_id: str,
     chat_session_id: str,
     channel: str,
     next_message_number: int,
     now: Optional[float] = None,
+    route: Optional[Mapping[str, str]] = None,
 ) -> Handoff:
     at = time.time() if now is None else now
     return Handoff(
@@ -133,6 +148,7 @@ def new_handoff(
         next_message_number=next_message_number,
         started_at=at,
         last_activity=at,
+        route=dict(route) if route else None,
     )
 
 

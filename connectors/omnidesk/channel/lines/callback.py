@@ -23,7 +23,6 @@ class CallbackLine:
     """
 
     held_by_socket = False
-    pulled = False
 
     def __init__(self, channel: CallbackInput) -> None:
         self._endpoint = channel.callback_endpoint

@@ -39,12 +39,26 @@ _BOT_KEYS = ("text", "buttons", "image", "attachment", "custom", "elements")
 
 
 def is_rest(channel: InputChannel) -> bool:
-    """Whether ``channel`` is rest or a channel built on it that cannot send later."""
+    """Whether ``channel`` is rest, or a channel built on it that cannot send later.
+
+    Its class decides, as for every channel at start-up: nothing is asked of
+    the channel that could make a call.
+    """
     return (
         isinstance(channel, RestInput)
         and str(channel.name()) not in _NOT_REST
-        and channel.get_output_channel() is None
+        and not _sends_later(type(channel))
     )
+
+
+def _sends_later(channel_class: type) -> bool:
+    """Whether the class gives an output channel of its own (Rasa Pro 3.19's per conversation too)."""
+    for name in ("get_output_channel", "get_output_channel_for_conversation"):
+        base = getattr(InputChannel, name, None)
+        own = getattr(channel_class, name, None)
+        if own is not None and own is not base:
+            return True
+    return False
 
 
 class RestLine:

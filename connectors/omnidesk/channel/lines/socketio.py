@@ -68,7 +68,6 @@ class SocketIOLine:
     """
 
     held_by_socket = True
-    pulled = False
 
     def __init__(self, channel: SocketIOInput) -> None:
         self._channel = channel
