@@ -19,7 +19,7 @@ from sanic import Blueprint, response
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, OutboxTimings, ToCustomer
-from connectors.omnidesk.channel.outbox_store import create_outbox_store
+from connectors.omnidesk.channel.redis_switchboard import create_switchboard
 from connectors.omnidesk.channel.sides import FileLink
 from omnidesk_sandbox.testing import Sandbox
 from tests.channel.conftest import ChannelServer, callback_setup, channel_server
@@ -261,7 +261,8 @@ async def test_a_message_that_waits_longer_than_the_retention_is_dropped_and_log
     store: str, request: Any, caplog: Any
 ) -> None:
     switchboard_url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
-    store_ = create_outbox_store(switchboard_url, retention=0.2)
+    board = create_switchboard(switchboard_url, outbox_retention=0.2)
+    store_ = board.outbox_store
     line = AbsentCustomer()
     outbox = Outbox(
         store_,
@@ -272,11 +273,11 @@ async def test_a_message_that_waits_longer_than_the_retention_is_dropped_and_log
     try:
         await outbox.put("gone-customer", "socketio", "chat-42", ToCustomer("text", text="Hi"))
         await asyncio.sleep(0.1)
-        assert await store_.head("gone-customer", 5) != []
+        assert await store_.peek("gone-customer", 5) != []
         await asyncio.sleep(0.2)
         outbox.kick("gone-customer")
         await outbox.wait_idle(2.0)
-        assert await store_.head("gone-customer", 5) == []
+        assert await store_.peek("gone-customer", 5) == []
         assert await store_.waiting() == []
         assert line.sent == []
         dropped = [r.getMessage() for r in caplog.records if "outbox_retention" in r.getMessage()]
@@ -294,9 +295,9 @@ def test_what_the_customer_is_sent_survives_the_round_trip_through_json() -> Non
         agent=AgentIdentity(name="Anna", picture=None),
     )
     entry = OutboxEntry("conv-1", "socketio", "chat-1", 1.5, item)
-    assert OutboxEntry.from_json(entry.to_json()) == entry
+    assert OutboxEntry.from_fields(entry.to_fields()) == entry
     typing = OutboxEntry("conv-1", "socketio", "chat-1", 2.0, ToCustomer("typing", typing=False))
-    assert OutboxEntry.from_json(typing.to_json()) == typing
+    assert OutboxEntry.from_fields(typing.to_fields()) == typing
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
@@ -304,7 +305,8 @@ async def test_a_socket_stops_counting_when_its_instance_stops_renewing_it(
     store: str, request: Any
 ) -> None:
     url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
-    outbox_store = create_outbox_store(url, retention=60)
+    board = create_switchboard(url)
+    outbox_store = board.outbox_store
     try:
         await outbox_store.mark_present("session-1", "socket-a", 0.3)
         await outbox_store.mark_present_many([("session-2", "socket-b")], 0.3)
@@ -318,7 +320,7 @@ async def test_a_socket_stops_counting_when_its_instance_stops_renewing_it(
         await outbox_store.mark_gone("session-2", "socket-b")
         assert not await outbox_store.present("session-2")
     finally:
-        await outbox_store.close()
+        await board.close()
 
 
 # -- any other channel: its own output channel, which may raise for a while ------------

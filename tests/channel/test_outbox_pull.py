@@ -7,17 +7,13 @@ ends at once, on the same instance or, through Redis, on another.
 """
 
 import asyncio
-from typing import Any, AsyncIterator, List
+from typing import Any, AsyncIterator, Dict, List, Tuple
 
 import pytest
 
 from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings, ToCustomer
-from connectors.omnidesk.channel.outbox_store import (
-    OutboxStore,
-    create_outbox_store,
-    entry_order,
-    is_entry_id,
-)
+from connectors.omnidesk.channel.outbox_store import OutboxStore, entry_order, is_entry_id
+from connectors.omnidesk.channel.redis_switchboard import create_switchboard
 
 
 class Pulling:
@@ -36,43 +32,48 @@ class Pulling:
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: Any) -> AsyncIterator[OutboxStore]:
     url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
-    created = create_outbox_store(url, retention=3600)
+    board = create_switchboard(url, outbox_retention=3600)
     try:
-        yield created
+        yield board.outbox_store
     finally:
-        await created.close()
+        await board.close()
+
+
+def entry(n: Any) -> Dict[str, str]:
+    return {"e": f"entry {n}"}
+
+
+def texts_of(rows: List[Tuple[str, Dict[str, str]]]) -> List[str]:
+    return [fields["e"] for _, fields in rows]
 
 
 async def test_entry_ids_order_as_the_entries_were_put_and_a_cursor_reads_after_them(
     store: OutboxStore,
 ) -> None:
-    ids = [await store.put("conv", f"entry {n}") for n in range(12)]
+    ids = [await store.put("conv", entry(n)) for n in range(12)]
     assert all(is_entry_id(entry_id) for entry_id in ids)
     assert sorted(ids, key=entry_order) == ids and len(set(ids)) == 12
-    assert [raw for _, raw in await store.read_after("conv", ids[9], 50)] == [
-        "entry 10",
-        "entry 11",
-    ]
-    assert [raw for _, raw in await store.read_after("conv", None, 2)] == ["entry 0", "entry 1"]
+    assert texts_of(await store.read_after("conv", ids[9], 50)) == ["entry 10", "entry 11"]
+    assert texts_of(await store.read_after("conv", None, 2)) == ["entry 0", "entry 1"]
 
 
 async def test_an_acknowledgement_takes_off_everything_up_to_its_id_and_nothing_after(
     store: OutboxStore,
 ) -> None:
-    ids = [await store.put("conv", f"entry {n}") for n in range(5)]
-    assert await store.acknowledge("conv", ids[2]) == ["entry 0", "entry 1", "entry 2"]
+    ids = [await store.put("conv", entry(n)) for n in range(5)]
+    assert texts_of(await store.acknowledge("conv", ids[2])) == ["entry 0", "entry 1", "entry 2"]
     assert [entry_id for entry_id, _ in await store.read_after("conv", None, 50)] == ids[3:]
     assert await store.acknowledge("conv", ids[2]) == []
     await store.acknowledge("conv", ids[4])
     assert await store.read_after("conv", None, 50) == []
     assert "conv" not in await store.waiting()
     # Ids keep growing after the outbox emptied: a cursor never skips a new entry.
-    later = await store.put("conv", "after")
+    later = await store.put("conv", entry("after"))
     assert entry_order(later) > entry_order(ids[4])
 
 
 async def test_the_last_id_handed_out_only_grows(store: OutboxStore) -> None:
-    ids = [await store.put("conv", f"entry {n}") for n in range(3)]
+    ids = [await store.put("conv", entry(n)) for n in range(3)]
     assert await store.handed("conv") is None
     await store.note_handed("conv", ids[1])
     await store.note_handed("conv", ids[0])
@@ -117,8 +118,8 @@ async def test_a_wait_ends_when_an_entry_is_put_and_reads_only_its_own_chat(
 
 
 async def test_a_wait_on_one_instance_ends_when_another_puts(redis_url: str) -> None:
-    here = outbox_on(create_outbox_store(redis_url, retention=3600))
-    there = outbox_on(create_outbox_store(redis_url, retention=3600))
+    boards = [create_switchboard(redis_url), create_switchboard(redis_url)]
+    here, there = (outbox_on(board.outbox_store) for board in boards)
     here.start()
     there.start()
     try:
@@ -131,6 +132,8 @@ async def test_a_wait_on_one_instance_ends_when_another_puts(redis_url: str) -> 
     finally:
         await here.close()
         await there.close()
+        for board in boards:
+            await board.close()
 
 
 async def test_an_answer_takes_what_no_poll_handed_out_and_leaves_out_typing(

@@ -72,4 +72,4 @@ async def test_a_notice_the_channel_refuses_for_good_is_not_the_agents_to_hear()
         await h.relay.remind_unanswered(handoff)  # the connector's "no one picked up yet"
         await h.settle()
         assert h.desk.messages() == []
-        assert await h.store.head("c-21", 5) == []
+        assert await h.store.peek("c-21", 5) == []

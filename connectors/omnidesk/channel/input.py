@@ -35,7 +35,6 @@ from connectors.omnidesk.channel.lines import (
 )
 from connectors.omnidesk.channel.lines.rest import carrying_what_waits
 from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings
-from connectors.omnidesk.channel.outbox_store import create_outbox_store
 from connectors.omnidesk.channel.rasa_bot import RasaBot
 from connectors.omnidesk.channel.rasa_compat import Handler, Lifecycle
 from connectors.omnidesk.channel.redis_switchboard import create_switchboard
@@ -270,7 +269,9 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         warn_lock_store(app, self.settings)
         for repaired in self._repaired:
             await repaired.start()
-        switchboard = create_switchboard(self.settings.switchboard_url)
+        switchboard = create_switchboard(
+            self.settings.switchboard_url, self.settings.outbox_retention
+        )
         client = OmnideskClient(self.settings, transport=self.health.transport())
         files_dir = str(self.settings.files_dir) if self.settings.files_dir else None
         files = AgentFileStore(
@@ -279,7 +280,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             f"{self.settings.public_url}{self.route_prefix}/files",
         )
         outbox = Outbox(
-            create_outbox_store(self.settings.switchboard_url, self.settings.outbox_retention),
+            switchboard.outbox_store,
             self._lines,
             OutboxTimings.from_settings(self.settings),
         )

@@ -37,7 +37,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set,
 
 from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.outbox_store import OutboxStore, entry_order
+from connectors.omnidesk.channel.outbox_store import OutboxStore, Row, entry_order
 from connectors.omnidesk.channel.sides import (
     CustomerLine,
     FileLink,
@@ -124,6 +124,13 @@ class ToCustomer:
             data["outcome"] = self.outcome
         return data
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "ToCustomer":
+        return cls.from_dict(json.loads(raw))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ToCustomer":
         file = data.get("file")
@@ -199,28 +206,30 @@ class OutboxEntry:
     # reference), so the entry reaches the right place after the handoff is gone.
     route: Optional[Mapping[str, str]] = None
 
-    def to_json(self) -> str:
-        data: Dict[str, Any] = {
+    def to_fields(self) -> Dict[str, str]:
+        """The entry as the store keeps it: ``e`` the item's JSON, the envelope beside it.
+
+        A script can write the envelope itself (the switchboard's ``accept``
+        fills the channel and the route from the handoff it read).
+        """
+        return {
+            "e": self.item.to_json(),
             "c": self.conversation_id,
             "ch": self.channel,
             "chat": self.chat_session_id,
-            "at": self.stored_at,
-            "item": self.item.to_dict(),
+            "at": repr(self.stored_at),
+            "r": json.dumps(dict(self.route), sort_keys=True) if self.route else "",
         }
-        if self.route:
-            data["r"] = dict(self.route)
-        return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, raw: str) -> "OutboxEntry":
-        data = json.loads(raw)
-        route = data.get("r")
+    def from_fields(cls, fields: Mapping[str, str]) -> "OutboxEntry":
+        route = json.loads(fields["r"]) if fields.get("r") else None
         return cls(
-            conversation_id=str(data["c"]),
-            channel=str(data["ch"]),
-            chat_session_id=str(data["chat"]),
-            stored_at=float(data["at"]),
-            item=ToCustomer.from_dict(data["item"]),
+            conversation_id=str(fields["c"]),
+            channel=str(fields["ch"]),
+            chat_session_id=str(fields["chat"]),
+            stored_at=float(fields["at"]),
+            item=ToCustomer.from_json(fields["e"]),
             route=(
                 {str(key): str(value) for key, value in route.items()}
                 if isinstance(route, Mapping)
@@ -261,7 +270,6 @@ class OutboxTimings:
     # An absent customer's outbox is looked at again unasked this often (their
     # return starts a drainer at once).
     away_recheck: float = 30.0
-    head_batch: int = 20  # entries read per round trip
     shutdown_grace: float = 5.0  # drainers under way may finish at shutdown
     typing_stale: float = 10.0  # a waiting typing indicator older than this means nothing
     # A socket counts as connected this long without a refresh by its instance,
@@ -369,9 +377,18 @@ class Outbox:
         self._store = store
         self._lines = dict(lines)
         self.on_undeliverable = on_undeliverable
+        # The channels any instance can send on (a socket.io customer is sent to
+        # from the instance holding their socket).
+        self.sent_from_anywhere = tuple(
+            name
+            for name, line in self._lines.items()
+            if not line.held_by_socket and not is_pulled(line)
+        )
         self.presence = Presence(store, self.timings)
         self._drainers: Dict[str, asyncio.Task[None]] = {}
         self._again: Set[str] = set()
+        # An entry and the lease a store step took for a drainer already under way.
+        self._handed: Dict[str, Tuple[Row, str]] = {}
         self._failures: Dict[str, int] = {}
         self._not_before: Dict[str, float] = {}  # monotonic: retry after backoff, or away
         self._background: List[asyncio.Task[None]] = []
@@ -394,17 +411,14 @@ class Outbox:
         ``route``: the handoff's route, for a channel that needs one (``Handoff.route``).
         """
         entry = OutboxEntry(conversation_id, channel, chat_session_id, time.time(), item, route)
-        await self._store.put(conversation_id, entry.to_json())
+        await self._store.put(conversation_id, entry.to_fields())
         logger.debug(
             "Outbox of conversation %s (chat %s): %s stored.",
             conversation_id,
             chat_session_id,
             item.describe(),
         )
-        self._wake(conversation_id)
-        if not self.pulls(channel):
-            # A customer who pulls is sent nothing: no drainer to start.
-            self.kick(conversation_id)
+        self.kick(conversation_id, channel)
 
     async def send_now(
         self,
@@ -438,18 +452,38 @@ class Outbox:
 
     # -- draining ----------------------------------------------------------------
 
-    def kick(self, conversation_id: str) -> None:
-        """Drain the conversation's outbox now (a drainer under way goes round once more)."""
+    def kick(self, conversation_id: str, channel: Optional[str] = None) -> None:
+        """Drain the conversation's outbox now (a drainer under way goes round once more).
+
+        Its polls and streams are woken; a customer who pulls (``channel``) needs
+        no drainer.
+        """
+        self._wake(conversation_id)
+        if channel is not None and self.pulls(channel):
+            return
         self._not_before.pop(conversation_id, None)
         self._failures.pop(conversation_id, None)
         self._start_drainer(conversation_id)
 
-    def _start_drainer(self, conversation_id: str) -> None:
+    def taken(self, conversation_id: str, row: Row, token: str) -> None:
+        """Deliver an entry a store step just put and leased for this instance (no read back).
+
+        The switchboard's ``accept`` stores an agent's message and, when no one
+        drains the conversation, takes its drainer lease in the same round trip;
+        the entry is then sent from here and removed in one more.
+        """
+        self._wake(conversation_id)
+        self._start_drainer(conversation_id, (row, token))
+
+    def _start_drainer(self, conversation_id: str, first: Optional[Tuple[Row, str]] = None) -> None:
         running = self._drainers.get(conversation_id)
         if running is not None and not running.done():
             self._again.add(conversation_id)
+            if first is not None:
+                # The drainer under way goes round once more, with the lease taken for it.
+                self._handed[conversation_id] = first
             return
-        task = asyncio.ensure_future(self._drain_loop(conversation_id))
+        task = asyncio.ensure_future(self._drain_loop(conversation_id, first))
         self._drainers[conversation_id] = task
 
         def done(finished: "asyncio.Task[None]") -> None:
@@ -458,11 +492,14 @@ class Outbox:
 
         task.add_done_callback(done)
 
-    async def _drain_loop(self, conversation_id: str) -> None:
+    async def _drain_loop(
+        self, conversation_id: str, first: Optional[Tuple[Row, str]] = None
+    ) -> None:
         while True:
             self._again.discard(conversation_id)
+            first = first or self._handed.pop(conversation_id, None)
             try:
-                await self._drain(conversation_id)
+                await self._drain(conversation_id, first)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -474,50 +511,68 @@ class Outbox:
                 )
                 self._back_off(conversation_id)
                 return
+            first = None
             if conversation_id not in self._again:
                 return
 
-    async def _drain(self, conversation_id: str) -> None:
-        token = uuid.uuid4().hex
-        ttl = self.timings.lease_ttl
-        if not await self._store.lease(conversation_id, token, ttl):
-            # Another drainer has it; it goes on until the outbox is empty, and the
-            # poll looks again in case it had just finished.
-            return
-        try:
-            while True:
-                rows = await self._store.head(conversation_id, self.timings.head_batch)
-                if not rows:
-                    # Drained: nothing of this conversation is kept here any more.
-                    self._failures.pop(conversation_id, None)
-                    self._not_before.pop(conversation_id, None)
-                    return
-                for entry_id, raw in rows:
-                    if not await self._take(conversation_id, entry_id, raw, token):
-                        return
-                    if not await self._store.lease(conversation_id, token, ttl):
-                        return
-        finally:
-            try:
-                await self._store.release(conversation_id, token)
-            except SwitchboardError as error:
-                logger.warning(
-                    "Outbox lease of conversation %s not released (it expires on its own): %s",
-                    conversation_id,
-                    error,
-                )
+    async def _drain(self, conversation_id: str, first: Optional[Tuple[Row, str]]) -> None:
+        """Send the conversation's entries oldest first, one round trip per entry.
 
-    async def _take(self, conversation_id: str, entry_id: str, raw: str, token: str) -> bool:
-        """Send one entry and remove it; False when draining stops here (the entry waits)."""
+        The lease comes with the head entry (``take``), and each removal renews
+        it with the next one (``remove``), or releases it when none is left.
+        """
+        ttl = self.timings.lease_ttl
+        if first is not None:
+            row, token = first
+            rows: Optional[List[Row]] = [row]
+        else:
+            token = uuid.uuid4().hex
+            rows = await self._store.take(conversation_id, token, ttl)
+            if rows is None:
+                # Another drainer has it; it goes on until the outbox is empty, and the
+                # poll looks again in case it had just finished.
+                return
+        stopped = False
         try:
-            entry = OutboxEntry.from_json(raw)
+            while rows:
+                entry_id, fields = rows[0]
+                rows = await self._handle(conversation_id, entry_id, fields, token)
+                if rows is None:
+                    stopped = True
+                    return
+            # Drained (the store released the lease): nothing of it is kept here.
+            self._failures.pop(conversation_id, None)
+            self._not_before.pop(conversation_id, None)
+        except BaseException:
+            stopped = True
+            raise
+        finally:
+            if stopped:
+                try:
+                    await self._store.release(conversation_id, token)
+                except SwitchboardError as error:
+                    logger.warning(
+                        "Outbox lease of conversation %s not released (it expires on its own): %s",
+                        conversation_id,
+                        error,
+                    )
+
+    async def _remove(self, conversation_id: str, entry_id: str, token: str) -> Optional[List[Row]]:
+        return await self._store.remove(conversation_id, entry_id, token, self.timings.lease_ttl)
+
+    async def _handle(
+        self, conversation_id: str, entry_id: str, fields: Dict[str, str], token: str
+    ) -> Optional[List[Row]]:
+        """Send one entry and remove it: what waits next, or None when draining stops here."""
+        try:
+            entry = OutboxEntry.from_fields(fields)
         except (ValueError, KeyError, TypeError) as error:
             logger.error(
                 "Outbox of conversation %s holds an entry this version cannot read (%s); dropped.",
                 conversation_id,
                 error,
             )
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
         age = time.time() - entry.stored_at
         if age > self.timings.retention:
             logger.warning(
@@ -530,11 +585,11 @@ class Outbox:
                 self.timings.retention,
             )
             _given_up(entry, "expired")
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
         if entry.item.kind == "typing" and age > self.timings.typing_stale:
             # The agent's typing of minutes ago, shown to a customer who came back, would lie.
             logger.debug("Outbox of conversation %s: stale agent typing dropped.", conversation_id)
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
         line = self._lines.get(entry.channel)
         if line is None:
             logger.error(
@@ -546,18 +601,18 @@ class Outbox:
                 entry.item.describe(),
             )
             _given_up(entry, "channel_not_wrapped")
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
         if is_pulled(line):
             # The customer's client reads and acknowledges it; the drainer only keeps
             # the retention, looking again after a while.
             self._not_before[conversation_id] = time.monotonic() + self.timings.away_recheck
-            return False
+            return None
         if entry.item.kind == "ended":
             # Only a customer who pulls is told of the end this way.
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
         if line.held_by_socket and not self.presence.here(conversation_id):
             await self._wait_for_socket(conversation_id, entry)
-            return False
+            return None
         try:
             await asyncio.wait_for(
                 send_to(line, conversation_id, entry.item, entry.route),
@@ -579,28 +634,29 @@ class Outbox:
                 error,
                 delay,
             )
-            return False
+            return None
         self._failures.pop(conversation_id, None)
-        if not await self._store.remove(conversation_id, entry_id, token):
+        following = await self._remove(conversation_id, entry_id, token)
+        if following is None:
             logger.warning(
                 "Outbox lease of conversation %s lapsed during a delivery; another "
                 "drainer may send %s again.",
                 conversation_id,
                 entry.item.describe(),
             )
-            return False
-        logger.info(
+            return None
+        logger.debug(
             "Delivered %s to conversation %s (chat %s).",
             entry.item.describe(),
             conversation_id,
             entry.chat_session_id,
         )
         metrics.agent_delivery(entry.item.metric_kind, delivered=True)
-        return True
+        return following
 
     async def _refused_for_good(
         self, entry: OutboxEntry, entry_id: str, token: str, reason: str
-    ) -> bool:
+    ) -> Optional[List[Row]]:
         """The channel refused the entry for good: taken off, counted, logged, the relay told."""
         conversation_id = entry.conversation_id
         logger.error(
@@ -611,8 +667,9 @@ class Outbox:
             reason,
         )
         self._failures.pop(conversation_id, None)
-        if not await self._store.remove(conversation_id, entry_id, token):
-            return False
+        following = await self._remove(conversation_id, entry_id, token)
+        if following is None:
+            return None
         _given_up(entry, "refused")
         if self.on_undeliverable is not None:
             try:
@@ -625,7 +682,7 @@ class Outbox:
                     type(error).__name__,
                     error,
                 )
-        return True
+        return following
 
     async def _wait_for_socket(self, conversation_id: str, entry: OutboxEntry) -> None:
         """No socket of the customer here: the instance holding one sends, or their return."""
@@ -683,8 +740,8 @@ class Outbox:
     async def acknowledge(self, conversation_id: str, up_to: str) -> int:
         """The customer's client has everything up to ``up_to``: taken off, counted delivered."""
         removed = await self._store.acknowledge(conversation_id, up_to)
-        for raw in removed:
-            entry = _readable(conversation_id, raw)
+        for _, fields in removed:
+            entry = _readable(conversation_id, fields)
             if entry is not None and self._fresh(entry):
                 metrics.agent_delivery(entry.item.metric_kind, delivered=True)
         if removed:
@@ -700,8 +757,8 @@ class Outbox:
         """The chats whose entries wait in the conversation's outbox (the oldest few hundred)."""
         rows = await self._store.read_after(conversation_id, None, self.timings.pull_batch * 4)
         chats = set()
-        for _, raw in rows:
-            entry = _readable(conversation_id, raw)
+        for _, fields in rows:
+            entry = _readable(conversation_id, fields)
             if entry is not None:
                 chats.add(entry.chat_session_id)
         return chats
@@ -720,8 +777,8 @@ class Outbox:
         batch = self.timings.pull_batch
         while True:
             rows = await self._store.read_after(conversation_id, cursor, batch)
-            for entry_id, raw in rows:
-                entry = _readable(conversation_id, raw)
+            for entry_id, fields in rows:
+                entry = _readable(conversation_id, fields)
                 if (
                     entry is not None
                     and entry.chat_session_id == chat_session_id
@@ -775,8 +832,8 @@ class Outbox:
         handed = await self._store.handed(conversation_id)
         rows = await self._store.read_after(conversation_id, handed, self.timings.pull_batch)
         taken = []
-        for entry_id, raw in rows:
-            entry = _readable(conversation_id, raw)
+        for entry_id, fields in rows:
+            entry = _readable(conversation_id, fields)
             if entry is not None and entry.item.kind != "typing" and self._fresh(entry):
                 taken.append(Pulled(entry_id, entry))
         if rows:
@@ -870,10 +927,10 @@ class Outbox:
         return len(self._failures), len(self._not_before), len(self._drainers)
 
 
-def _readable(conversation_id: str, raw: str) -> Optional[OutboxEntry]:
+def _readable(conversation_id: str, fields: Mapping[str, str]) -> Optional[OutboxEntry]:
     """The entry, or None (logged) when this version cannot read it."""
     try:
-        return OutboxEntry.from_json(raw)
+        return OutboxEntry.from_fields(fields)
     except (ValueError, KeyError, TypeError) as error:
         logger.error(
             "Outbox of conversation %s holds an entry this version cannot read (%s); skipped.",

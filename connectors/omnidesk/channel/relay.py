@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, List, Mapping, Optional, Set, Tuple
 from urllib.parse import urlencode
@@ -44,9 +45,11 @@ from connectors.omnidesk.channel.notices import (
     Notices,
 )
 from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, Pulled, ToCustomer
-from connectors.omnidesk.channel.record import TurnRecord
+from connectors.omnidesk.channel.record import TurnRecord, to_json
 from connectors.omnidesk.channel.sides import BotSide, FileLink, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
+    NEW_CHAT_POLL,
+    Accepted,
     Handoff,
     LocalLine,
     NotInRelay,
@@ -531,60 +534,100 @@ class Relay:
             handoff.conversation_id, handoff.channel, handoff.chat_session_id, item, handoff.route
         )
 
+    async def _accept(
+        self,
+        chat_session_id: str,
+        item: ToCustomer,
+        *,
+        record: Optional[RecordEntry] = None,
+        activity: str = "agent",
+        fill_agent: bool = False,
+    ) -> Accepted:
+        """Store an agent's event for the customer, in one switchboard step; NotInRelay if no chat.
+
+        When no one drains the conversation's outbox and its customer can be
+        reached from here, the step takes the drainer lease too, and the entry
+        is sent from here at once (outbox.taken). An unknown chat is looked for
+        again for ``new_chat_grace``, as a hookpoint may come a moment before the
+        handoff is registered.
+        """
+        agent = item.agent
+        named = agent is not None and bool(agent.name or agent.picture)
+        deadline = time.monotonic() + self._settings.new_chat_grace
+        while True:
+            token = uuid.uuid4().hex
+            accepted = await self._switchboard.accept(
+                chat_session_id,
+                item.to_json(),
+                at=time.time(),
+                record=to_json(record) if record is not None else None,
+                activity=activity,
+                agent=(agent.name, agent.picture) if named and agent is not None else None,
+                fill_agent=fill_agent,
+                lease=(token, self._outbox.timings.lease_ttl),
+                lease_channels=self._outbox.sent_from_anywhere,
+            )
+            if accepted is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise NotInRelay(chat_session_id)
+            await asyncio.sleep(NEW_CHAT_POLL)
+        conversation_id = accepted.handoff.conversation_id
+        if accepted.leased is not None and accepted.head is not None:
+            self._outbox.taken(conversation_id, accepted.head, accepted.leased)
+        else:
+            self._outbox.kick(conversation_id, accepted.handoff.channel)
+        return accepted
+
     async def agent_message(self, message: AgentMessage) -> None:
         """Store the agent's text for the customer; SwitchboardError (503) when it could not be."""
-        handoff = await self._chat(message.session_id)
-        await self._put(handoff, ToCustomer("text", text=message.message, agent=message.agent))
-        _first_reply(handoff)
-        # The handoff keeps the agent (switchboard.Handoff.agent_name): files come without one.
-        named = bool(message.agent.name or message.agent.picture)
-        await self._switchboard.touch(
-            handoff.conversation_id,
-            agent=True,
-            agent_name=message.agent.name if named else None,
-            agent_picture=message.agent.picture if named else None,
+        record = RecordEntry(
+            "agent",
+            message.message,
+            message.session_id,
+            time.time(),
+            agent_name=message.agent.name,
         )
-        await self._record.add(
-            handoff.conversation_id,
-            RecordEntry(
-                "agent",
-                message.message,
-                handoff.chat_session_id,
-                time.time(),
-                agent_name=message.agent.name,
-            ),
+        accepted = await self._accept(
+            message.session_id,
+            ToCustomer("text", text=message.message, agent=message.agent),
+            record=record,
         )
+        _first_reply(accepted.handoff)
 
     async def agent_file(self, upload: AgentUpload) -> None:
         """Store the agent's file and put its link in the customer's outbox."""
+        # Looked up first: a file is not written to disk for a chat that is not open.
         handoff = await self._chat(upload.session_id)
-        agent = upload.agent
-        if not (agent.name or agent.picture):
-            agent = AgentIdentity(handoff.agent_name, handoff.agent_picture)
         stored = await self._files.store(upload.file)
         link = FileLink(
             url=self._files.url_for(stored),
             filename=stored.filename,
             is_image=stored.content_type.startswith("image/"),
         )
-        await self._put(handoff, ToCustomer("file", file=link, agent=agent))
-        _first_reply(handoff)
-        await self._switchboard.touch(handoff.conversation_id, agent=True)
-        await self._record.add(
-            handoff.conversation_id,
-            RecordEntry(
-                "agent",
-                f"[file: {stored.filename}]",
-                handoff.chat_session_id,
-                time.time(),
-                agent_name=agent.name,
-                attachment_url=link.url,
-            ),
+        named = bool(upload.agent.name or upload.agent.picture)
+        # uploadForCustomer names no agent: the chat's, kept from its messages, shows it.
+        agent = upload.agent if named else AgentIdentity(handoff.agent_name, handoff.agent_picture)
+        record = RecordEntry(
+            "agent",
+            f"[file: {stored.filename}]",
+            upload.session_id,
+            time.time(),
+            agent_name=agent.name,
+            attachment_url=link.url,
         )
+        accepted = await self._accept(
+            upload.session_id,
+            ToCustomer("file", file=link, agent=upload.agent if named else None),
+            record=record,
+            fill_agent=not named,
+        )
+        _first_reply(accepted.handoff)
 
     async def agent_typing(self, typing: AgentTyping) -> None:
-        handoff = await self._chat(typing.session_id)
-        await self._put(handoff, ToCustomer("typing", typing=typing.typing))
+        await self._accept(
+            typing.session_id, ToCustomer("typing", typing=typing.typing), activity="none"
+        )
 
     async def agent_end(self, end: EndSession) -> None:
         """The agent ended the chat: hand back in the background (NotInRelay if not open)."""

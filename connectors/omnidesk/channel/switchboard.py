@@ -35,7 +35,9 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, AsyncIterator, Deque, Dict, List, Mapping, Optional
+from typing import Any, AsyncIterator, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from connectors.omnidesk.channel.outbox_store import InMemoryOutboxStore, OutboxStore, Row
 
 logger = logging.getLogger(__name__)
 
@@ -305,13 +307,58 @@ class MemoryRecordBuffer(RecordBuffer):
             del self._locks[conversation_id]
 
 
+# -- an agent's event, stored for the customer ------------------------------------------------
+
+
+@dataclass
+class Accepted:
+    """An agent's message, file or typing, stored in the customer's outbox (``accept``).
+
+    ``handoff`` is the chat's handoff as it was before the event touched it.
+    ``leased``: the drainer lease taken for the caller when no one held it, with
+    ``head`` the outbox's oldest entry, so the caller sends it at once without
+    reading it back.
+    """
+
+    handoff: Handoff
+    entry_id: str
+    leased: Optional[str] = None
+    head: Optional[Row] = None
+
+
+def entry_fields(handoff: Handoff, item_json: str, at: float) -> Dict[str, str]:
+    """An outbox entry's fields: the item and the envelope to send it after the handoff is gone.
+
+    The same layout as ``outbox.OutboxEntry.to_fields`` (and the Redis accept script).
+    """
+    return {
+        "e": item_json,
+        "c": handoff.conversation_id,
+        "ch": handoff.channel,
+        "chat": handoff.chat_session_id,
+        "at": repr(at),
+        "r": json.dumps(handoff.route, sort_keys=True) if handoff.route else "",
+    }
+
+
+def with_agent(item_json: str, name: Optional[str], picture: Optional[str]) -> str:
+    data = json.loads(item_json)
+    data["agent"] = {"name": name, "picture": picture}
+    return json.dumps(data, sort_keys=True)
+
+
 # -- the switchboard -----------------------------------------------------------------------
 
 
 class Switchboard(abc.ABC):
-    """Handoff state, keyed by conversation id and by Omnidesk chatSessionID."""
+    """Handoff state, keyed by conversation id and by Omnidesk chatSessionID.
+
+    It also makes where the relayed turns wait for the tracker (``records``) and
+    where the customer's outbox lives (``outbox_store``): one store, one layout.
+    """
 
     records: RecordBuffer
+    outbox_store: OutboxStore
 
     @abc.abstractmethod
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
@@ -352,6 +399,31 @@ class Switchboard(abc.ABC):
 
         With ``agent_name`` or ``agent_picture`` the handoff keeps them as the
         chat's agent, for the files that come without either.
+        """
+
+    @abc.abstractmethod
+    async def accept(
+        self,
+        chat_session_id: str,
+        item_json: str,
+        *,
+        at: float,
+        record: Optional[str] = None,
+        activity: str = "agent",
+        agent: Optional[Tuple[Optional[str], Optional[str]]] = None,
+        fill_agent: bool = False,
+        lease: Optional[Tuple[str, float]] = None,
+        lease_channels: Sequence[str] = (),
+    ) -> Optional[Accepted]:
+        """Store an agent's event for the customer of chat ``chat_session_id``, in one step.
+
+        Finds the chat's open handoff (None when there is none), appends the
+        entry to its outbox, records the activity (``activity``: "agent", "other"
+        or "none") and, with ``agent`` (name, picture), the chat's agent; with
+        ``fill_agent`` the item takes the chat's agent when it names none; keeps
+        ``record`` for the tracker; with ``lease`` (token, seconds) takes the
+        outbox's drainer lease when it is free and the handoff's channel is one
+        of ``lease_channels`` (those the caller can send on from here).
         """
 
     @abc.abstractmethod
@@ -424,6 +496,8 @@ class InMemorySwitchboard(Switchboard):
     serves a conversation's turns one at a time, in order.
     """
 
+    outbox_store: InMemoryOutboxStore
+
     def __init__(self) -> None:
         self._by_conversation: Dict[str, Handoff] = {}
         self._by_chat: Dict[str, str] = {}
@@ -431,6 +505,7 @@ class InMemorySwitchboard(Switchboard):
         # the same conversation does not replace it.
         self._ending: Dict[str, Handoff] = {}
         self.records = MemoryRecordBuffer()
+        self.outbox_store = InMemoryOutboxStore()
 
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
         previous = self._by_conversation.get(handoff.conversation_id)
@@ -494,6 +569,48 @@ class InMemorySwitchboard(Switchboard):
             handoff = replace(handoff, agent_name=agent_name, agent_picture=agent_picture)
         self._by_conversation[conversation_id] = handoff
 
+    async def accept(
+        self,
+        chat_session_id: str,
+        item_json: str,
+        *,
+        at: float,
+        record: Optional[str] = None,
+        activity: str = "agent",
+        agent: Optional[Tuple[Optional[str], Optional[str]]] = None,
+        fill_agent: bool = False,
+        lease: Optional[Tuple[str, float]] = None,
+        lease_channels: Sequence[str] = (),
+    ) -> Optional[Accepted]:
+        handoff = await self.find_by_chat_session(chat_session_id)
+        if handoff is None:
+            return None
+        conversation_id = handoff.conversation_id
+        if fill_agent and (handoff.agent_name or handoff.agent_picture):
+            item_json = with_agent(item_json, handoff.agent_name, handoff.agent_picture)
+        store = self.outbox_store
+        entry_id = await store.put(conversation_id, entry_fields(handoff, item_json, at))
+        if activity != "none":
+            name, picture = agent if agent is not None else (None, None)
+            await self.touch(
+                conversation_id,
+                agent=activity == "agent",
+                now=at,
+                agent_name=name,
+                agent_picture=picture,
+            )
+        if record is not None:
+            await self.records.add(conversation_id, record)
+        accepted = Accepted(handoff, entry_id)
+        if (
+            lease is not None
+            and handoff.channel in lease_channels
+            and store.lease_if_free(conversation_id, *lease)
+        ):
+            accepted.leased = lease[0]
+            accepted.head = (await store.peek(conversation_id, 1))[0]
+        return accepted
+
     async def claim_wait_notice(self, conversation_id: str) -> bool:
         handoff = self._by_conversation.get(conversation_id)
         if handoff is None or handoff.wait_notice_sent:
@@ -529,6 +646,7 @@ class InMemorySwitchboard(Switchboard):
 
 __all__ = [
     "LINE_LEASE",
+    "Accepted",
     "Handoff",
     "InMemorySwitchboard",
     "LocalLine",
@@ -539,6 +657,7 @@ __all__ = [
     "Switchboard",
     "SwitchboardError",
     "UnreadableHandoff",
+    "entry_fields",
     "new_handoff",
     "optional_number",
     "optional_text",
