@@ -179,10 +179,16 @@ async def test_turns_arriving_on_two_instances_are_served_in_arrival_order(redis
             order.append(index)
             return place.message_number
 
+        line_key = first_board.keys.of("conv-2i", "line")
         tasks = []
         for index in range(12):
             tasks.append(asyncio.ensure_future(turn(index)))
-            await asyncio.sleep(0.005)  # each arrives before the next, alternating instances
+            # Each reaches Redis (served, or standing in its line) before the next
+            # is typed, alternating instances: that is the order the line keeps.
+            reached = len(order) + await first_board.redis.llen(line_key)
+            while reached <= index and not tasks[-1].done():
+                await asyncio.sleep(0.001)
+                reached = len(order) + await first_board.redis.llen(line_key)
         numbers = await asyncio.gather(*tasks)
         assert order == list(range(12))
         assert numbers == list(range(2, 14))

@@ -519,7 +519,8 @@ class InMemorySwitchboard(Switchboard):
         return self._by_conversation.get(conversation_id)
 
     async def count_open(self) -> int:
-        return len(self._by_conversation)
+        # As in Redis: a chat whose end Omnidesk has not heard of yet still counts.
+        return len(self._by_conversation) + len(self._ending)
 
     async def find_by_chat_session(self, chat_session_id: str) -> Optional[Handoff]:
         conversation_id = self._by_chat.get(chat_session_id)
