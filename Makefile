@@ -18,7 +18,7 @@ test:
 	scripts/bootstrap.sh --system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy connectors omnidesk_sandbox actions
+	$(BIN)/mypy connectors omnidesk_sandbox actions rasa_omnidesk
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory test-pro
 

@@ -4,9 +4,9 @@
 # Usage: scripts/bootstrap.sh [--pro] [--system-packages]
 #   (default)          .venv: Python 3.10, Rasa Open Source 3.6.21 (the `bot` extra) and the
 #                      project with its test, lint and bench tools. PYTHON chooses the interpreter.
-#   --pro              .venv-pro: Python 3.11, the newest rasa-pro 3.x and the project with its
-#                      test tools, for the second test run of `make test`. PYTHON311 chooses the
-#                      interpreter, VENV_PRO the folder.
+#   --pro              .venv-pro: Python 3.11, the newest rasa-pro 3.x with its `channels` extra,
+#                      and the project with its test tools, for the second test run of
+#                      `make test`. PYTHON311 chooses the interpreter, VENV_PRO the folder.
 #   --system-packages  also install the Debian packages the tests use
 #                      (redis-server, chromium, chromium-driver, and nginx and postgresql
 #                      for the cluster tests) where apt-get is available as root.
@@ -29,7 +29,10 @@ if [ "$LINE" = pro ]; then
     CHOSEN_NAME=PYTHON311
     VENV="${VENV_PRO:-$ROOT/.venv-pro}"
     # rasa-pro and rasa both install the package `rasa`: this environment has only rasa-pro.
-    REQUIREMENTS=("rasa-pro>=3.21,<4" "-e" "$ROOT[test]")
+    # The `channels` extra brings the client libraries of Rasa's channels (aiogram 3,
+    # fbmessenger, slack_sdk, twilio), which rasa-pro leaves out by default; the channel
+    # tests run Rasa's own output channels with them.
+    REQUIREMENTS=("rasa-pro[channels]>=3.21,<4" "-e" "$ROOT[test]")
     # Rasa Pro imports litellm, which would fetch its model price list over the network.
     export LITELLM_LOCAL_MODEL_COST_MAP=True
 else

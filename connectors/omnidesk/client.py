@@ -17,11 +17,11 @@ The action server uses it too, so it knows no framework (tests/architecture).
 import asyncio
 import logging
 import random
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from urllib.parse import quote
 
-import aiohttp
-from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
 from connectors.omnidesk import rules
@@ -407,40 +407,35 @@ async def _prepared(
     headers = {"User-Agent": USER_AGENT}
     body = b""
     if parts:
-        body, headers["Content-Type"] = await _multipart(parts)
+        body, headers["Content-Type"] = _multipart(parts)
     return url, headers, body
 
 
-class _Collect:
-    """Where aiohttp's multipart writer writes the body, to be sent as bytes."""
-
-    def __init__(self) -> None:
-        self.chunks: List[bytes] = []
-
-    async def write(self, chunk: bytes) -> None:
-        self.chunks.append(bytes(chunk))
-
-
-async def _multipart(parts: Sequence[_Part]) -> Tuple[bytes, str]:
+def _multipart(parts: Sequence[_Part]) -> Tuple[bytes, str]:
     """The multipart/form-data body of ``parts`` and its Content-Type (with the boundary).
 
-    aiohttp's own writer makes the bytes, so they are what aiohttp would send.
-    A content type on every part is what makes it multipart/form-data even
-    when no part is a file: Omnidesk documents multipart for every call.
+    Written here, byte for byte as aiohttp's own multipart writer writes it
+    (tests/client/test_client_calls.py holds the two side by side), without the
+    writer's stream machinery, which cost a quarter of a relayed turn's CPU. A
+    content type on every part is what makes it multipart/form-data even when
+    no part is a file: Omnidesk documents multipart for every call.
     """
-    form = aiohttp.FormData()
+    boundary = uuid.uuid4().hex
+    dash = f"--{boundary}\r\n".encode("ascii")
+    chunks: List[bytes] = []
     for part in parts:
         # A lone surrogate cannot be encoded as UTF-8; it goes as U+FFFD, not as a crash.
-        value = rules.valid_text(part.value) if isinstance(part.value, str) else part.value
-        form.add_field(
-            part.name,
-            value,
-            filename=rules.valid_text(part.filename) if part.filename else part.filename,
-            content_type=part.content_type or _TEXT_PART,
+        if isinstance(part.value, str):
+            data = rules.valid_text(part.value).encode("utf-8")
+        else:
+            data = bytes(part.value)
+        disposition = f'form-data; name="{quote(part.name, "")}"'
+        if part.filename:
+            disposition += f'; filename="{quote(rules.valid_text(part.filename), "")}"'
+        head = (
+            f"Content-Type: {part.content_type or _TEXT_PART}\r\n"
+            f"Content-Disposition: {disposition}\r\n\r\n"
         )
-    payload = form()
-    sink = _Collect()
-    # The multipart writer only calls write(); the rest of a stream writer
-    # (headers, chunking, compression) belongs to the transport.
-    await payload.write(cast(AbstractStreamWriter, sink))
-    return b"".join(sink.chunks), payload.content_type
+        chunks.extend((dash, head.encode("utf-8"), data, b"\r\n"))
+    chunks.append(f"--{boundary}--\r\n".encode("ascii"))
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"

@@ -12,7 +12,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from connectors.omnidesk import rules
 
@@ -58,36 +58,56 @@ class HandoffOutcome(str, enum.Enum):
     TIMED_OUT = "timed_out"
 
 
-def conversation_tag(conversation_id: str) -> str:
-    """The hash tag of every Redis key of one conversation: 8 hex digits of a digest of its id.
+# Every Redis key of one conversation carries one of TAGS hash tags; the
+# indexes that span conversations (open handoffs, waiting outboxes, waiting
+# tracker records) are kept per tag, in the same hash slot as the conversations
+# they list, so each step of the switchboard is one script on one slot.
+TAGS = 64
 
-    A tag of the id itself would break on ids holding ``{`` or ``}``; the digest
-    also fits a chat id's alphabet, so a chat id can carry its conversation's tag.
+
+def conversation_tag(conversation_id: str) -> str:
+    """The hash tag of every Redis key of one conversation: 2 hex digits, one of ``TAGS``.
+
+    A tag of the id itself would break on ids holding ``{`` or ``}``, and would
+    spread the per-tag indexes over every slot; a digest keeps them to ``TAGS``
+    slots, enough to spread a Redis Cluster's load, few enough to read them all
+    in one round trip. A chat id carries its conversation's tag.
     """
-    return hashlib.blake2s(conversation_id.encode("utf-8"), digest_size=4).hexdigest()
+    digest = hashlib.blake2s(conversation_id.encode("utf-8"), digest_size=4).digest()
+    return f"{int.from_bytes(digest, 'big') % TAGS:02x}"
+
+
+def all_tags() -> List[str]:
+    """Every conversation tag, for the readers of the per-tag indexes."""
+    return [f"{tag:02x}" for tag in range(TAGS)]
 
 
 def new_chat_session_id(conversation_id: Optional[str] = None) -> str:
-    """A fresh chatSessionID: 'rasa-', the conversation's tag, '-' and 24 random hex digits.
+    """A fresh chatSessionID: 'rasa-', the conversation's tag, '-' and 30 random hex digits.
 
     A Rasa sender_id can hold characters chatSessionID forbids, and must not be
     guessable from the outside, so each handoff gets a random id that the
-    switchboard maps back to the conversation. The tag (8 hex digits of the
-    conversation id's SHA-1) puts the chat's lookup key in its conversation's
-    hash slot on a Redis Cluster (channel/redis_switchboard.py); without a
-    conversation the tag is random.
+    switchboard maps back to the conversation. The tag puts the chat's lookup
+    key in its conversation's hash slot on a Redis Cluster
+    (channel/redis_switchboard.py); without a conversation the tag is random.
     """
-    tag = conversation_tag(conversation_id) if conversation_id is not None else uuid.uuid4().hex[:8]
-    return rules.CHAT_SESSION_ID.check(f"rasa-{tag}-{uuid.uuid4().hex[:24]}")
+    tag = (
+        conversation_tag(conversation_id)
+        if conversation_id is not None
+        else f"{uuid.uuid4().int % TAGS:02x}"
+    )
+    return rules.CHAT_SESSION_ID.check(f"rasa-{tag}-{uuid.uuid4().hex[:30]}")
 
 
-_TAGGED_CHAT = re.compile(r"rasa-([0-9a-f]{8})-[0-9a-f]{24}")
+_TAGGED_CHAT = re.compile(r"rasa-([0-9a-f]{2})-[0-9a-f]{30}")
 
 
 def tag_of_chat(chat_session_id: str) -> Optional[str]:
     """The conversation tag a chat id made by ``new_chat_session_id`` carries, or None."""
     match = _TAGGED_CHAT.fullmatch(chat_session_id)
-    return match.group(1) if match else None
+    if match is None or int(match.group(1), 16) >= TAGS:
+        return None
+    return match.group(1)
 
 
 class ControlPayloadError(ValueError):

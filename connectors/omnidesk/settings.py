@@ -76,6 +76,7 @@ _MASK = "***"
 HOOKPOINT_TOKEN_LENGTH = 40
 HOOKPOINT_TOKEN_CONTEXT = b"omnidesk-hookpoint:"
 CUSTOMER_TOKEN_CONTEXT = b"omnidesk-customer:"
+STREAM_TICKET_CONTEXT = b"omnidesk-stream:"
 
 
 class Secret:
@@ -629,6 +630,9 @@ class OmnideskSettings:
     )
     redis_wait_timeout: float = setting(0.5, parse=_positive)
     agent_name_prefix: bool = setting(True, parse=_boolean)
+    # Messenger: agent messages carry the HUMAN_AGENT tag (answers up to 7 days after
+    # the customer's last message; the app needs Meta's Human Agent permission).
+    messenger_human_agent_tag: bool = setting(True, parse=_boolean)
     # Several instances: how long agent files are kept, and how many chats the
     # sweeper ends at once.
     files_retention: float = setting(
@@ -667,6 +671,12 @@ class OmnideskSettings:
     )
     log_format: str = setting("text", parse=_log_format, example="{default} (or json)")
     log_message_text: bool = setting(False, parse=_boolean)
+    # A customer who pulls (rest, docs/channel.md): how many long polls and
+    # streams one process holds at once, and how long a stream's ticket opens it.
+    pull_max_held: int = setting(
+        1000, parse=_integer(1, 100000, "must be a whole number from 1 to 100000")
+    )
+    stream_ticket_ttl: float = setting(600.0, parse=_positive, example="{default} (10 minutes)")
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "OmnideskSettings":
@@ -785,6 +795,35 @@ class OmnideskSettings:
         """The customer's capability for the customer routes while ``chat_session_id`` is open."""
         return derive_chat_token(
             self.hookpoint_secret.reveal(), CUSTOMER_TOKEN_CONTEXT, chat_session_id
+        )
+
+    def stream_ticket(self, conversation_id: str, chat_session_id: str, expires_at: int) -> str:
+        """A read-only pass to one conversation's stream of one chat until ``expires_at``.
+
+        ``{chat}.{expires_at}.{signature}``: the signature, an HMAC under the
+        hookpoint secret, binds the conversation too. It goes in a URL (an
+        EventSource cannot set headers), so it opens only the stream, and only
+        for ``stream_ticket_ttl``; docs/security.md says why.
+        """
+        return f"{chat_session_id}.{expires_at}.{self._ticket_signature(conversation_id, chat_session_id, expires_at)}"
+
+    def stream_ticket_chat(self, conversation_id: str, ticket: str, now: float) -> Optional[str]:
+        """The chat whose stream ``ticket`` opens for ``conversation_id`` now, or None."""
+        chat_session_id, _, rest = ticket.partition(".")
+        expires, _, signature = rest.partition(".")
+        if not (chat_session_id and expires.isascii() and expires.isdigit() and signature):
+            return None
+        expected = self._ticket_signature(conversation_id, chat_session_id, int(expires))
+        if not hmac.compare_digest(signature.encode("utf-8", "replace"), expected.encode("ascii")):
+            return None
+        return chat_session_id if int(expires) > now else None
+
+    def _ticket_signature(self, conversation_id: str, chat_session_id: str, expires_at: int) -> str:
+        # The chat id and the time hold no newline, so the message reads one way only.
+        return derive_chat_token(
+            self.hookpoint_secret.reveal(),
+            STREAM_TICKET_CONTEXT,
+            f"{conversation_id}\n{chat_session_id}\n{expires_at}",
         )
 
     @property

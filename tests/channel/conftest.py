@@ -191,6 +191,7 @@ async def channel_server(
     agent: Any = "default",
     access_log: bool = True,
     port: int = 0,
+    cors: Optional[str] = None,
     **settings: Any,
 ) -> AsyncIterator[ChannelServer]:
     async with _maybe_sandbox(sandbox) as running:
@@ -225,6 +226,11 @@ async def channel_server(
         if agent is not None:
             app.ctx.agent = agent
             bot.lock_store = getattr(agent, "lock_store", None)
+        if cors is not None:
+            # What `rasa run --cors` does, for a page served from another origin.
+            from rasa.server import configure_cors
+
+            configure_cors(app, cors)
         app.blueprint(channel.blueprint(bot.handle), url_prefix="/webhooks/omnidesk")
         app.ctx.input_channels = [channel]
         for wrapped in channel.customer_channels:

@@ -19,12 +19,9 @@ from sanic import Blueprint, response
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, OutboxTimings, ToCustomer
-from connectors.omnidesk.channel.outbox_store import (
-    InMemoryOutboxStore,
-    OutboxStore,
-    RedisOutboxStore,
-)
+from connectors.omnidesk.channel.redis_switchboard import RedisSwitchboard
 from connectors.omnidesk.channel.sides import FileLink
+from connectors.omnidesk.channel.switchboard import InMemorySwitchboard, Switchboard
 from omnidesk_sandbox.testing import Sandbox
 from tests.channel.conftest import ChannelServer, callback_setup, channel_server
 from tests.channel.test_socketio_relay import PERSISTENT, Widget
@@ -260,11 +257,11 @@ class AbsentCustomer:
         return True
 
 
-def store_at(url: str, retention: float) -> OutboxStore:
-    """The store a channel with ``switchboard_url: url`` has (a Redis one with its own clients)."""
+def board_at(url: str, retention: float) -> Switchboard:
+    """The switchboard, and its outbox store, a channel with ``switchboard_url: url`` has."""
     if url == "memory://":
-        return InMemoryOutboxStore()
-    return RedisOutboxStore(url, retention)
+        return InMemorySwitchboard()
+    return RedisSwitchboard(url, outbox_retention=retention)
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
@@ -272,7 +269,8 @@ async def test_a_message_that_waits_longer_than_the_retention_is_dropped_and_log
     store: str, request: Any, caplog: Any
 ) -> None:
     switchboard_url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
-    store_ = store_at(switchboard_url, retention=0.2)
+    board = board_at(switchboard_url, retention=0.2)
+    store_ = board.outbox_store
     line = AbsentCustomer()
     outbox = Outbox(
         store_,
@@ -283,11 +281,11 @@ async def test_a_message_that_waits_longer_than_the_retention_is_dropped_and_log
     try:
         await outbox.put("gone-customer", "socketio", "chat-42", ToCustomer("text", text="Hi"))
         await asyncio.sleep(0.1)
-        assert await store_.head("gone-customer", 5) != []
+        assert await store_.peek("gone-customer", 5) != []
         await asyncio.sleep(0.2)
         outbox.kick("gone-customer")
         await outbox.wait_idle(2.0)
-        assert await store_.head("gone-customer", 5) == []
+        assert await store_.peek("gone-customer", 5) == []
         assert await store_.waiting() == []
         assert line.sent == []
         dropped = [r.getMessage() for r in caplog.records if "outbox_retention" in r.getMessage()]
@@ -296,6 +294,7 @@ async def test_a_message_that_waits_longer_than_the_retention_is_dropped_and_log
         assert outbox.drainer_state_size() == (0, 0, 0)
     finally:
         await outbox.close()
+        await board.close()
 
 
 def test_what_the_customer_is_sent_survives_the_round_trip_through_json() -> None:
@@ -305,9 +304,9 @@ def test_what_the_customer_is_sent_survives_the_round_trip_through_json() -> Non
         agent=AgentIdentity(name="Anna", picture=None),
     )
     entry = OutboxEntry("conv-1", "socketio", "chat-1", 1.5, item)
-    assert OutboxEntry.from_json(entry.to_json()) == entry
+    assert OutboxEntry.from_fields(entry.to_fields()) == entry
     typing = OutboxEntry("conv-1", "socketio", "chat-1", 2.0, ToCustomer("typing", typing=False))
-    assert OutboxEntry.from_json(typing.to_json()) == typing
+    assert OutboxEntry.from_fields(typing.to_fields()) == typing
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
@@ -315,7 +314,8 @@ async def test_a_socket_stops_counting_when_its_instance_stops_renewing_it(
     store: str, request: Any
 ) -> None:
     url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
-    outbox_store = store_at(url, retention=60)
+    board = board_at(url, retention=60)
+    outbox_store = board.outbox_store
     try:
         await outbox_store.mark_present("session-1", "socket-a", 0.3)
         await outbox_store.mark_present_many([("session-2", "socket-b")], 0.3)
@@ -329,7 +329,7 @@ async def test_a_socket_stops_counting_when_its_instance_stops_renewing_it(
         await outbox_store.mark_gone("session-2", "socket-b")
         assert not await outbox_store.present("session-2")
     finally:
-        await outbox_store.close()
+        await board.close()
 
 
 # -- any other channel: its own output channel, which may raise for a while ------------

@@ -19,10 +19,18 @@ BASE = {
 }
 
 
-def test_rest_channel_is_refused_at_start_up_naming_the_channels_that_can() -> None:
+def test_a_channel_that_answers_only_in_the_request_is_refused_naming_rest_as_a_way() -> None:
+    # Hangouts answers inside the request, as rest does, and has no client that polls.
     with pytest.raises(ChannelConfigError) as raised:
-        OmnideskInput.from_credentials({**BASE, "customer_channels": {"rest": None}})
-    assert "rest" in str(raised.value) and "socketio" in str(raised.value)
+        OmnideskInput.from_credentials({**BASE, "customer_channels": {"hangouts": None}})
+    message = str(raised.value)
+    assert message.startswith("customer_channels: hangouts (it answers only inside the request")
+    assert "Use rest (its client polls or streams them)" in message and "socketio" in message
+
+
+def test_rest_is_served_and_its_customer_pulls() -> None:
+    channel = OmnideskInput.from_credentials({**BASE, "customer_channels": {"rest": None}})
+    assert [c.name() for c in channel.customer_channels] == ["rest"]
 
 
 def test_missing_or_unknown_customer_channels_fail_naming_the_key() -> None:

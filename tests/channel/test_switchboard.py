@@ -179,10 +179,16 @@ async def test_turns_arriving_on_two_instances_are_served_in_arrival_order(redis
             order.append(index)
             return place.message_number
 
+        line_key = first_board.keys.of("conv-2i", "line")
         tasks = []
         for index in range(12):
             tasks.append(asyncio.ensure_future(turn(index)))
-            await asyncio.sleep(0.005)  # each arrives before the next, alternating instances
+            # Each reaches Redis (served, or standing in its line) before the next
+            # is typed, alternating instances: that is the order the line keeps.
+            reached = len(order) + await first_board.redis.llen(line_key)
+            while reached <= index and not tasks[-1].done():
+                await asyncio.sleep(0.001)
+                reached = len(order) + await first_board.redis.llen(line_key)
         numbers = await asyncio.gather(*tasks)
         assert order == list(range(12))
         assert numbers == list(range(2, 14))
@@ -260,3 +266,20 @@ async def test_one_unreadable_record_hides_no_other_handoff(redis_url: str) -> N
         assert [h.conversation_id for h in await board.all()] == ["conv-2"]
     finally:
         await board.close()
+
+
+async def test_a_handoffs_route_is_kept_through_turns_touches_and_its_end(
+    switchboard: Switchboard,
+) -> None:
+    # Slack's reply goes to the customer's channel and thread: the handoff keeps them.
+    route = {"channel": "C0SUPPORT", "thread_ts": "1700000000.000100"}
+    await switchboard.start(new_handoff("U0CUSTOMER", "rasa-bbbbbbbbbb", "slack", 2, route=route))
+    place = await served(switchboard, LocalLine(), "U0CUSTOMER")
+    assert place.handoff is not None and place.handoff.route == route
+    await switchboard.touch("U0CUSTOMER", agent=True, agent_name="Anna", agent_picture=None)
+
+    assert (await switchboard.get("U0CUSTOMER")).route == route  # type: ignore[union-attr]
+    found = await switchboard.find_by_chat_session("rasa-bbbbbbbbbb")
+    assert found is not None and found.route == route
+    ended = await switchboard.end("U0CUSTOMER", "rasa-bbbbbbbbbb")
+    assert ended is not None and ended.route == route

@@ -120,7 +120,7 @@ async def test_posts_alternating_between_two_instances_reach_the_agent_in_order(
         ]
         chat = await CallbackSetup(server=servers[0], customer=customer).hand_over("alt-1")
         sandbox.inject_fault("notifyUserNewChatMessage", latency_ms=150)
-        posts: List["asyncio.Future[int]"] = []
+        posts: List[asyncio.Future[int]] = []
         index = 0
 
         async def send(text: str) -> None:
@@ -180,7 +180,11 @@ async def test_a_customer_away_when_the_chat_ends_gets_the_last_words_then_the_e
             await back.wait_for(lambda: len(back.texts()) >= 3)
             await asyncio.sleep(0.2)
             assert agent_texts(back) == ["One more thing", "Goodbye"]
-            assert back.texts() == ["One more thing", "Goodbye", "Back with the bot (ended_by_agent)."]
+            assert back.texts() == [
+                "One more thing",
+                "Goodbye",
+                "Back with the bot (ended_by_agent).",
+            ]
         finally:
             await back.close()
 

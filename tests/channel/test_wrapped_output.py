@@ -48,7 +48,9 @@ def wrapped() -> Tuple[WrappedOutput, RecordingOutput, List[HandoffStarted]]:
     inner = RecordingOutput()
     started: List[HandoffStarted] = []
 
-    async def on_started(conversation_id: str, channel: str, handoff: HandoffStarted) -> bool:
+    async def on_started(
+        conversation_id: str, channel: str, handoff: HandoffStarted, route: Any = None
+    ) -> bool:
         started.append(handoff)
         return True  # registered
 

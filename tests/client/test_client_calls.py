@@ -1,10 +1,15 @@
 """What each of the six calls puts on the wire, and what the client makes of the answer."""
 
+import asyncio
 import subprocess
 import sys
+from typing import Any, List
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from connectors.omnidesk import rules
 from connectors.omnidesk.client import ChatConfig, ChatResult
 from connectors.omnidesk.settings import SPEC_END_CHAT_PATH
 from tests.client.fake_omnidesk import (
@@ -339,3 +344,55 @@ def test_importing_the_client_loads_neither_rasa_nor_sanic():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 0, completed.stderr
+
+
+# -- the body on the wire ------------------------------------------------------------
+
+
+async def _aiohttp_body(parts: Any, boundary: str) -> bytes:
+    """What aiohttp's own multipart writer writes for ``parts`` under ``boundary``."""
+    import aiohttp
+
+    writer = aiohttp.MultipartWriter("form-data", boundary=boundary)
+    for part in parts:
+        value = rules.valid_text(part.value) if isinstance(part.value, str) else part.value
+        payload = writer.append(
+            value, {"Content-Type": part.content_type or "text/plain; charset=utf-8"}
+        )
+        filename = rules.valid_text(part.filename) if part.filename else None
+        if filename:
+            payload.set_content_disposition("form-data", name=part.name, filename=filename)
+        else:
+            payload.set_content_disposition("form-data", name=part.name)
+    chunks: List[bytes] = []
+
+    class Sink:
+        async def write(self, chunk: bytes) -> None:
+            chunks.append(bytes(chunk))
+
+    await writer.write(Sink())  # type: ignore[arg-type]
+    return b"".join(chunks)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(
+            st.sampled_from(["message", "chatSessionID", "file", "chatServer"]),
+            st.one_of(st.text(max_size=40), st.binary(max_size=40)),
+            st.one_of(st.none(), st.text(min_size=1, max_size=20)),
+            st.sampled_from([None, "image/png", "application/pdf"]),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_the_body_is_byte_for_byte_what_aiohttps_writer_makes(values: Any) -> None:
+    from connectors.omnidesk.client import _multipart, _Part
+
+    parts = [
+        _Part(name, value, filename, content_type) for name, value, filename, content_type in values
+    ]
+    body, content_type = _multipart(parts)
+    boundary = content_type.split("boundary=", 1)[1]
+    assert body == asyncio.run(_aiohttp_body(parts, boundary))

@@ -139,7 +139,7 @@ def test_the_messages_troubleshooting_quotes_are_the_code_s(
         ),
         _settings_error({**VALID_ENV, "OMNIDESK_PUBLIC_URL": "https://my_bot.example.com"}),
     ]
-    for credentials in ({}, {"customer_channels": {"rest": None}}):
+    for credentials in ({}, {"customer_channels": {"hangouts": None}}):
         with pytest.raises(ChannelConfigError) as raised:
             OmnideskInput.from_credentials(credentials)
         produced.append(str(raised.value))

@@ -207,9 +207,9 @@ def test_the_installed_connector_sits_beside_a_bot_s_own_connectors_folder(tmp_p
 
 
 def test_a_bot_s_connectors_init_hides_it_unless_it_extends_its_path(tmp_path: Path) -> None:
-    guide = read(DOCS / "getting-started.md")
+    guide = read(DOCS / "troubleshooting.md")
     fix = re.search(r"^(__path__ = .+)$", guide, re.MULTILINE)
-    assert fix, "docs/getting-started.md shows no __init__.py that merges the installed part"
+    assert fix, "docs/troubleshooting.md shows no __init__.py that merges the installed part"
     hidden = _import_from_a_bot(tmp_path / "empty", init="")
     assert hidden.returncode != 0
     assert "No module named 'connectors.omnidesk'" in hidden.stderr

@@ -24,8 +24,10 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import sysconfig
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -34,7 +36,7 @@ import pytest
 
 from tests.docs.support import DOCS, ROOT
 from tests.e2e.people import Desk, apoll
-from tests.e2e.stack import BIN, Process, base_env, free_port, launch, log_tail, wait_http
+from tests.e2e.stack import Process, base_env, free_port, launch, log_tail, wait_http
 
 PAGE = DOCS / "getting-started.md"
 # Where the page says the port is yours to choose.
@@ -72,7 +74,20 @@ def test_every_code_block_of_the_page_says_what_step_it_is() -> None:
         "every code block in getting-started.md needs a <!-- step: ... --> comment "
         "right above it, so the page's test applies it or knows why not"
     )
-    known = {"init", "install", "none", "write", "append", "run", "env", "start", "say"}
+    known = {
+        "init",
+        "install",
+        "none",
+        "write",
+        "append",
+        "run",
+        "env",
+        "start",
+        "say",
+        "agent",
+        "poll",
+        "try",
+    }
     assert {step.kind for step in page_steps()} <= known
 
 
@@ -97,7 +112,9 @@ def as_here(text: str, ports: Dict[int, int]) -> str:
     return text.replace(CHECKOUT, str(ROOT))
 
 
-def run_commands(text: str, project: Path, env: Dict[str, str], log: Path) -> None:
+def run_commands(text: str, project: Path, env: Dict[str, str], log: Path) -> str:
+    """Run each line in ``project``; all they printed."""
+    printed = []
     for command in (line for line in text.splitlines() if line.strip()):
         done = subprocess.run(
             ["bash", "-c", command],
@@ -113,6 +130,43 @@ def run_commands(text: str, project: Path, env: Dict[str, str], log: Path) -> No
             out.write(f"$ {command}\n{output}\n")
         tail = "\n".join(output.splitlines()[-30:])
         assert done.returncode == 0, f"the page's `{command}` failed ({done.returncode}):\n{tail}"
+        printed.append(output)
+    return "".join(printed)
+
+
+# The bot's own channels, in a regular package: rasa_omnidesk must not be hidden by it.
+OWN_CONNECTORS = {
+    "connectors/__init__.py": '"""The moodbot\'s own channels."""\n',
+    "connectors/moodbot_channel.py": (
+        "from rasa.core.channels.rest import RestInput\n\n\n"
+        "class MoodInput(RestInput):\n"
+        "    @classmethod\n"
+        "    def name(cls):\n"
+        '        return "mood"\n'
+    ),
+}
+
+
+def bot_environment(where: Path) -> Path:
+    """A fresh venv that sees this environment's packages (the bot's Rasa) and nothing else.
+
+    Its ``rasa`` is ``python -m rasa``: the console script of this environment
+    would run this environment's Python, which has this checkout installed.
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
+    python = where / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    (Path(site) / "bot_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    rasa = where / "bin" / "rasa"
+    rasa.write_text(f'#!/bin/sh\nexec "{python}" -m rasa "$@"\n')
+    rasa.chmod(0o755)
+    return where / "bin"
 
 
 @dataclass
@@ -121,8 +175,10 @@ class Followed:
 
     project: Path
     processes: Dict[str, Process]
-    say_command: str
+    commands: Dict[str, str]  # the page's say, poll and agent commands, as templates
     sandbox_url: str
+    env: Dict[str, str]
+    tried: Dict[str, str] = field(default_factory=dict)  # a try step's command: its output
 
     def received(self, sender: str) -> List[Dict[str, Any]]:
         lines = self.processes["receiver"].log.read_text(errors="replace").splitlines()
@@ -136,16 +192,31 @@ class Followed:
                 messages.append(message)
         return messages
 
-    def say(self, sender: str, text: str) -> None:
-        """The page's curl command, with this sender and text in its JSON body."""
-        words = shlex.split(self.say_command)
+    def run(self, kind: str, sender: str = "", **values: str) -> str:
+        """One of the page's commands, its placeholders (and sender) filled in; what it printed."""
+        command = self.commands[kind]
+        if sender:
+            assert "sender=jane&" in command, command
+            command = command.replace("sender=jane&", f"sender={sender}&")
+        for name, value in values.items():
+            command = command.replace(f"<{name}>", value)
+        done = subprocess.run(
+            shlex.split(command), capture_output=True, timeout=120, check=False, env=self.env
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        return done.stdout.decode()
+
+    def say(self, sender: str, text: str) -> List[Dict[str, Any]]:
+        """The page's curl to rest, with this sender and text in its JSON body: the answer."""
+        words = shlex.split(self.commands["say"])
         body = words.index("-d") + 1
         payload = json.loads(words[body])
         payload.update(sender=sender, message=text)
         words[body] = json.dumps(payload)
         done = subprocess.run(words, capture_output=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr.decode(errors="replace")
-        assert done.stdout.decode() == "success", done.stdout
+        answer: List[Dict[str, Any]] = json.loads(done.stdout)
+        return answer
 
 
 def start(name: str, command: str, project: Path, env: Dict[str, str], log_dir: Path) -> Process:
@@ -175,10 +246,14 @@ def followed(tmp_path_factory: pytest.TempPathFactory, ports: Dict[int, int]) ->
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
     commands_log = log_dir / "commands.log"
-    env = base_env()
-    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
+    # A user's shell: nothing of this checkout on the path; the bot's environment first.
+    env = {k: v for k, v in base_env().items() if k != "PYTHONPATH"}
+    bot_bin = bot_environment(tmp_path_factory.mktemp("bot-env") / "venv")
+    env["PATH"] = os.pathsep.join([str(bot_bin), env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = str(bot_bin.parent)
     processes: Dict[str, Process] = {}
-    say_command = ""
+    commands: Dict[str, str] = {}
+    tried: Dict[str, str] = {}
     try:
         for step in page_steps():
             text = as_here(step.text, ports)
@@ -190,7 +265,10 @@ def followed(tmp_path_factory: pytest.TempPathFactory, ports: Dict[int, int]) ->
                     dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"),
                 )
-            elif step.kind in ("install", "none"):
+                for name, content in OWN_CONNECTORS.items():
+                    (project / name).parent.mkdir(parents=True, exist_ok=True)
+                    (project / name).write_text(content, encoding="utf-8")
+            elif step.kind == "none":
                 continue
             elif step.kind == "write":
                 (project / step.argument).parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +279,7 @@ def followed(tmp_path_factory: pytest.TempPathFactory, ports: Dict[int, int]) ->
                 if before and not before.endswith("\n"):
                     before += "\n"
                 target.write_text(before + text, encoding="utf-8")
-            elif step.kind == "run":
+            elif step.kind in ("run", "install"):
                 run_commands(text, project, env, commands_log)
             elif step.kind == "env":
                 for line in text.splitlines():
@@ -219,23 +297,40 @@ def followed(tmp_path_factory: pytest.TempPathFactory, ports: Dict[int, int]) ->
                     wait_http(processes["actions"], f"http://127.0.0.1:{port}/health", deadline)
                 else:
                     wait_port(processes[step.argument], port, deadline)
-            elif step.kind == "say":
-                say_command = text.strip()
+            elif step.kind == "try":
+                output = run_commands(text, project, env, commands_log)
+                assert step.argument in output, f"the page's `{text.strip()}` printed {output!r}"
+                tried[text.strip()] = output
+            else:
+                commands[" ".join([step.kind, step.argument]).strip()] = text.strip()
         assert set(processes) == set(PAGE_PORTS), f"the page starts {sorted(processes)}"
-        assert say_command, "the page shows no way for the customer to write"
+        assert {"say", "poll", "agent chats", "agent reply"} <= set(commands), commands
         yield Followed(
             project,
             processes,
-            say_command,
+            commands,
             f"http://127.0.0.1:{ports[PAGE_PORTS['sandbox']]}",
+            env,
+            tried,
         )
     finally:
         for process in reversed(list(processes.values())):
             process.stop()
 
 
-async def say(followed: Followed, sender: str, text: str) -> None:
-    await asyncio.get_running_loop().run_in_executor(None, followed.say, sender, text)
+async def say(followed: Followed, sender: str, text: str) -> List[Dict[str, Any]]:
+    return await asyncio.get_running_loop().run_in_executor(None, followed.say, sender, text)
+
+
+async def page_command(followed: Followed, kind: str, **values: str) -> Any:
+    printed = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: followed.run(kind, **values)
+    )
+    return json.loads(printed)
+
+
+def texts(messages: List[Dict[str, Any]]) -> List[str]:
+    return [str(m["text"]) for m in messages if m.get("text")]
 
 
 # The journey runs the rasa command line and real processes (skipped on Rasa Pro
@@ -243,41 +338,49 @@ async def say(followed: Followed, sender: str, text: str) -> None:
 @pytest.mark.e2e
 @pytest.mark.rasa_cli
 @pytest.mark.timeout(1500)
-async def test_the_page_reaches_a_live_agent_and_back(followed: Followed) -> None:
+async def test_the_page_reaches_a_live_agent_on_rest_and_back(followed: Followed) -> None:
     customer = f"jane-{os.getpid()}"
 
-    def texts() -> List[str]:
-        return [m["text"] for m in followed.received(customer) if m.get("text")]
+    def logs() -> str:
+        return (
+            f"rasa:\n{log_tail(followed.processes['rasa'].log)}\n"
+            f"actions:\n{log_tail(followed.processes['actions'].log)}"
+        )
 
-    async def says(fragment: str, after: int = 0) -> str:
-        async def seen() -> Any:
-            return next((t for t in texts()[after:] if fragment in t), None)
+    async def poll_until(after: str, done: Any) -> List[Dict[str, Any]]:
+        """The page's poll, with the cursor, until ``done(messages so far)``."""
+        seen: List[Dict[str, Any]] = []
+        for _ in range(10):
+            messages = await page_command(
+                followed, "poll", sender=customer, id=after, customer_token=token
+            )
+            assert isinstance(messages, list), messages
+            seen += messages
+            if messages:
+                after = str(messages[-1]["id"])
+            if done(seen):
+                return seen
+        raise AssertionError(f"the poll never brought it; got {seen!r}\n{logs()}")
 
-        try:
-            return str(await apoll(seen, f"the customer hearing {fragment!r}", timeout=60))
-        except AssertionError as error:
-            raise AssertionError(
-                f"{error}\nrasa:\n{log_tail(followed.processes['rasa'].log)}\n"
-                f"actions:\n{log_tail(followed.processes['actions'].log)}"
-            ) from None
+    # The moodbot answers on rest, as before.
+    assert texts(await say(followed, customer, "hello")) == ["Hey! How are you?"], logs()
+
+    # Asked for a person, it hands over; the answer carries the handoff's details.
+    answer = await say(followed, customer, "I want to talk to a person")
+    spoken = " ".join(texts(answer))
+    assert "One moment, I'm looking for a colleague" in spoken, (answer, logs())
+    assert "You're connected with our support team" in spoken, (answer, logs())
+    assert not any("omnidesk_handoff" in json.dumps(m) for m in answer)
+    [details] = [m for m in answer if "omnidesk_customer" in (m.get("custom") or {})]
+    token = details["custom"]["omnidesk_customer"]["customer_token"]
+    [chat] = (await page_command(followed, "agent chats"))["chats"]
+    chat_id = chat["chat_session_id"]
 
     async with aiohttp.ClientSession() as http:
         desk = Desk(followed.sandbox_url, http)
 
-        # The moodbot answers.
-        await say(followed, customer, "hello")
-        await says("Hey! How are you?")
-
-        # Asked for a person, it hands over.
-        await say(followed, customer, "I want to talk to a person")
-        await says("One moment, I'm looking for a colleague")
-        await says("You're connected with our support team")
-        assert not any("omnidesk_handoff" in json.dumps(m) for m in followed.received(customer))
-        [chat] = await desk.chats()
-        chat_id = chat["chat_session_id"]
-
-        # A turn each way.
-        await say(followed, customer, "My parcel has not arrived")
+        # A turn each way: the customer's to the desk, the agent's to the long poll.
+        assert texts(await say(followed, customer, "My parcel has not arrived")) == []
 
         async def at_the_desk() -> Any:
             return any(
@@ -286,21 +389,23 @@ async def test_the_page_reaches_a_live_agent_and_back(followed: Followed) -> Non
             )
 
         await apoll(at_the_desk, "the customer's turn at the agent's desk")
-        answer = await desk.reply(chat_id, "Hello, I'm Anna. Let me check.", name="Anna")
-        assert answer["hookpoint_status"] == 200, answer
-        await says("Hello, I'm Anna. Let me check.")
-        [from_agent] = [
-            m
-            for m in followed.received(customer)
-            if m.get("text", "").startswith("Hello, I'm Anna")
-        ]
-        assert (from_agent.get("agent") or {}).get("name") == "Anna", from_agent
+        replied = await page_command(followed, "agent reply", chat_session_id=chat_id)
+        assert replied["hookpoint_status"] == 200, replied
+        heard = await poll_until(str(details["id"]), lambda seen: texts(seen))
+        assert texts(heard) == ["Hello, I am Anna. Let me check."]
+        assert heard[0]["agent"]["name"] == "Anna"
 
-        # The agent ends the chat; the moodbot is back.
+        # The agent ends the chat: the moodbot's words and the end; then it answers again.
         await desk.end(chat_id)
-        await says("Our colleague has closed the chat. I'm back")
-        heard = len(texts())
-        await say(followed, customer, "hello")
-        await says("Hey! How are you?", after=heard)
+        tail = await poll_until(
+            str(heard[-1]["id"]),
+            lambda seen: any("omnidesk_ended" in (m.get("custom") or {}) for m in seen),
+        )
+        assert any("Our colleague has closed the chat. I'm back" in t for t in texts(tail))
+        assert texts(await say(followed, customer, "hello")) == ["Hey! How are you?"]
         relayed = [m["text"] for m in (await desk.chat(chat_id))["messages"]]
         assert relayed.count("hello") == 0, relayed
+
+    # The callback try reached the app backend, which printed the moodbot's answer.
+    received = [m.get("text") for m in followed.received("jane-app")]
+    assert "Hey! How are you?" in received, received

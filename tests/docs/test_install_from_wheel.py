@@ -127,3 +127,74 @@ def test_the_action_extra_installs_rasa_sdk_and_no_rasa(wheel: Path, tmp_path: P
         "from connectors.omnidesk.channel.input import OmnideskInput\n", ""
     )
     assert str(tmp_path / "action-venv") in run([str(python), "-c", code], cwd=tmp_path, env=env)
+
+
+# A bot that keeps its own channels in a regular connectors/ package, as many do.
+OWN_CONNECTORS = {
+    "connectors/__init__.py": '"""The shop\'s own channels."""\nSHOP = "example shop"\n',
+    "connectors/shop.py": (
+        "from rasa.core.channels.channel import InputChannel, OutputChannel\n\n\n"
+        "class ShopOutput(OutputChannel):\n"
+        "    @classmethod\n"
+        "    def name(cls):\n"
+        '        return "shop"\n\n\n'
+        "class ShopInput(InputChannel):\n"
+        "    @classmethod\n"
+        "    def name(cls):\n"
+        '        return "shop"\n\n'
+        "    def get_output_channel(self):\n"
+        "        return ShopOutput()\n"
+    ),
+    "actions/__init__.py": "from rasa_omnidesk import ActionEscalateToHuman  # noqa: F401\n",
+}
+
+# What `rasa run` does with credentials.yml's keys, on either Rasa line.
+BUILD_CHANNELS = """
+import json, sys
+from rasa.core.run import _create_single_channel
+found = {}
+try:
+    _create_single_channel("connectors.omnidesk.OmnideskInput", {"customer_channels": {"rest": None}})
+    found["hidden"] = None
+except Exception as error:
+    found["hidden"] = str(error)
+channel = _create_single_channel(
+    "rasa_omnidesk.OmnideskInput",
+    {"customer_channels": {"rest": None, "connectors.shop.ShopInput": None}},
+)
+import connectors
+found["channels"] = [c.name() for c in channel.customer_channels]
+found["own_package"] = connectors.SHOP
+print(json.dumps(found))
+"""
+
+REGISTER_FROM_ACTIONS = """
+from rasa_sdk.executor import ActionExecutor
+executor = ActionExecutor()
+executor.register_package("actions")
+assert "action_escalate_to_human" in executor.actions, executor.actions
+import connectors.omnidesk, connectors.shop
+print(connectors.omnidesk.__file__)
+"""
+
+
+def test_a_bot_with_its_own_connectors_package_names_the_installed_connector_rasa_omnidesk(
+    wheel: Path, tmp_path: Path
+) -> None:
+    python = fresh_venv(tmp_path / "bot-venv", beside_this_env=True)
+    env = clean_env()
+    run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], cwd=tmp_path, env=env)
+    bot = tmp_path / "bot"
+    for name, text in OWN_CONNECTORS.items():
+        (bot / name).parent.mkdir(parents=True, exist_ok=True)
+        (bot / name).write_text(text)
+
+    found = json.loads(run([str(python), "-c", BUILD_CHANNELS], cwd=bot, env=env))
+    # Its own package hides connectors.omnidesk: what Rasa says (troubleshooting.md quotes it).
+    assert found["hidden"].startswith(
+        "Failed to find input channel class for 'connectors.omnidesk.OmnideskInput'"
+    ), found
+    assert found["channels"] == ["rest", "shop"]
+    assert found["own_package"] == "example shop"
+    where = run([str(python), "-c", REGISTER_FROM_ACTIONS], cwd=bot, env=env)
+    assert str(tmp_path / "bot-venv") in where, "connectors.omnidesk came from elsewhere"

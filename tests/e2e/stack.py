@@ -7,7 +7,7 @@ group, each logging to its own file under ``log_dir``:
   gives the port),
 - the action server (``rasa run actions``),
 - Rasa with the trained example bot and the Omnidesk channel wrapping socketio
-  (``session_persistence: true``) and callback (posting to ``callback_url``),
+  (``session_persistence: true``), callback (posting to ``callback_url``) and rest,
   with ``--enable-api`` so trackers can be read.
 
 Each is waited for by polling it (bounded); a process that dies or does not
@@ -469,6 +469,7 @@ class Stack:
         cors: Optional[List[str]] = None,
         model: Optional[Path] = None,
         sandbox_args: Sequence[str] = (),
+        rasa_launcher: Sequence[str] = (),
     ) -> "Stack":
         """Start everything; raise StackError (everything stopped again) if a part fails.
 
@@ -476,6 +477,9 @@ class Stack:
         retries). ``credentials_override``: the whole credentials.yml mapping,
         instead of the generated one. ``cors``: origins for ``rasa run --cors``.
         ``sandbox_args``: more options for the sandbox (e.g. ``--max-chats 2000``).
+        ``rasa_launcher``: what runs Rasa's command line instead of the ``rasa``
+        script, e.g. ``python -m tests.channel_apis.on_fakes rasa`` (channel
+        clients pointed at local fakes).
         """
         deadline = time.monotonic() + timeout
         log_dir = Path(log_dir)
@@ -502,6 +506,8 @@ class Stack:
             rasa_command = rasa_run_command(
                 model_path, rasa_port, credentials_file, endpoints_file, cors
             )
+            if rasa_launcher:
+                rasa_command = [*rasa_launcher, *rasa_command[1:]]
             rasa = launch("Rasa (rasa run)", rasa_command, log_dir / "rasa.log", stack_env)
             processes.append(rasa)
 
@@ -544,7 +550,7 @@ class Stack:
 
 
 def generated_credentials(callback_url: str) -> Dict[str, Any]:
-    """credentials.yml for the stack: the Omnidesk channel wrapping socketio and callback."""
+    """credentials.yml for the stack: the Omnidesk channel wrapping socketio, callback and rest."""
     return {
         "connectors.omnidesk.OmnideskInput": {
             "customer_channels": {
@@ -554,6 +560,7 @@ def generated_credentials(callback_url: str) -> Dict[str, Any]:
                     "session_persistence": True,
                 },
                 "callback": {"url": callback_url},
+                "rest": None,
             }
         }
     }

@@ -3,7 +3,7 @@ group, a Cluster (keys spread over its masters), and TLS with an ACL user.
 
 Each script, pipeline and pub/sub channel the connector uses runs here on the real
 deployment, through one ``RedisClients`` per instance as the channel makes them. The
-prefix has no hash tag, so on the Cluster the indexes' shards and the conversations
+prefix has no hash tag, so on the Cluster the per-tag indexes and the conversations
 land on every master.
 """
 
@@ -17,9 +17,9 @@ import pytest
 
 from connectors.omnidesk.channel.outbox_store import RedisOutboxStore
 from connectors.omnidesk.channel.redis_clients import RedisClients
-from connectors.omnidesk.channel.redis_switchboard import INDEX_SHARDS, RedisKeys, RedisSwitchboard
+from connectors.omnidesk.channel.redis_switchboard import RedisKeys, RedisSwitchboard
 from connectors.omnidesk.channel.switchboard import Handoff, SwitchboardError
-from connectors.omnidesk.handoff import new_chat_session_id
+from connectors.omnidesk.handoff import TAGS, new_chat_session_id
 from connectors.omnidesk.redis_connection import (
     RedisConnection,
     close_client,
@@ -73,16 +73,20 @@ def prefix() -> str:
 
 @asynccontextmanager
 async def instance(
-    connection: RedisConnection, prefix: str, **store: float
+    connection: RedisConnection, prefix: str, **waits: float
 ) -> AsyncIterator[Tuple[RedisSwitchboard, RedisOutboxStore]]:
-    """What one Rasa instance has: one set of clients, a switchboard and an outbox on them."""
+    """What one Rasa instance has: one set of clients, a switchboard and its outbox on them."""
     clients = RedisClients(connection)
-    board = RedisSwitchboard(clients, prefix=prefix, line_lease=30)
-    outbox = RedisOutboxStore(clients, retention=60, prefix=prefix, **store)  # type: ignore[arg-type]
+    board = RedisSwitchboard(
+        clients,
+        prefix=prefix,
+        line_lease=30,
+        outbox_retention=60,
+        **waits,  # type: ignore[arg-type]
+    )
     try:
-        yield board, outbox
+        yield board, board.outbox_store
     finally:
-        await outbox.close()
         await board.close()
         await clients.close()
 
@@ -149,19 +153,24 @@ async def test_messages_for_customers_wait_in_order_and_leave_once(
     async with instance(connection, prefix) as (_, outbox):
         for number in range(3):
             for conversation_id in conversations:
-                await outbox.put(conversation_id, f"{conversation_id} #{number}")
+                await outbox.put(conversation_id, {"text": f"{conversation_id} #{number}"})
 
         assert await outbox.waiting() == sorted(conversations)
         assert await outbox.count_waiting() == 3 * len(conversations)
         for conversation_id in conversations:
-            assert await outbox.lease(conversation_id, "me", 5)
-            rows = await outbox.head(conversation_id, 10)
-            assert [raw for _, raw in rows] == [f"{conversation_id} #{n}" for n in range(3)]
-            assert not await outbox.remove(conversation_id, rows[0][0], "someone else")
-            for entry_id, _ in rows:
-                assert await outbox.remove(conversation_id, entry_id, "me")
-            await outbox.release(conversation_id, "me")
+            head = await outbox.take(conversation_id, "me", 5)
+            assert head
+            assert await outbox.take(conversation_id, "someone else", 5) is None
+            assert await outbox.remove(conversation_id, head[0][0], "someone else", 5) is None
+            left: List[str] = []
+            while head:
+                entry_id, fields = head[0]
+                left.append(fields["text"])
+                head = await outbox.remove(conversation_id, entry_id, "me", 5)
+            assert head == []
+            assert left == [f"{conversation_id} #{n}" for n in range(3)]
         assert await outbox.waiting() == []
+        assert await outbox.count_waiting() == 0
 
         await outbox.mark_present_many([(c, f"socket-{c}") for c in conversations], 5)
         assert all([await outbox.present(c) for c in conversations])
@@ -179,7 +188,7 @@ async def test_another_instance_hears_a_put_and_a_place_given_up(
         listening = asyncio.ensure_future(second_outbox.listen(nudged.put_nowait))
         try:
             await asyncio.wait_for(second.clients.subscriber.connected.wait(), 10)
-            await first_outbox.put("cust-9", "hello")
+            await first_outbox.put("cust-9", {"text": "hello"})
             assert await asyncio.wait_for(nudged.get(), 5) == "cust-9"
 
             await first.start(handoff("conv-line"))
@@ -212,14 +221,14 @@ async def _served_number(board: RedisSwitchboard, conversation_id: str) -> int:
         return place.message_number
 
 
-def test_the_indexes_shards_are_spread_over_every_master(
+def test_the_per_tag_indexes_are_spread_over_every_master(
     redis_cluster: RedisClusterServers,
 ) -> None:
     masters = redis_cluster.masters()
-    slots = [key_slot(masters[0], key) for key in RedisKeys().index_shards("open")]
+    slots = [key_slot(masters[0], key) for key in RedisKeys().every_tag("open")]
     owners = {_owner(redis_cluster, slot) for slot in slots}
 
-    assert len(slots) == INDEX_SHARDS and len(set(slots)) == INDEX_SHARDS
+    assert len(slots) == TAGS and len(set(slots)) == TAGS
     assert owners == {master.port for master in masters}
 
 
@@ -239,10 +248,10 @@ async def test_a_put_no_replica_confirms_is_taken_back_and_fails(
         outbox,
     ):
         with pytest.raises(SwitchboardError) as refused:
-            await outbox.put("cust-w", "not kept")
+            await outbox.put("cust-w", {"text": "not kept"})
 
         assert "0 of 1 replicas" in str(refused.value)
-        assert await outbox.head("cust-w", 5) == []
+        assert await outbox.peek("cust-w", 5) == []
 
 
 @pytest.mark.parametrize("mode", ["sentinel", "cluster"])
@@ -257,7 +266,7 @@ async def test_a_put_waits_until_a_replica_has_it(
         outbox,
     ):
         for index in range(8):
-            await outbox.put(f"cust-{index}", "kept by a replica too")
+            await outbox.put(f"cust-{index}", {"text": "kept by a replica too"})
 
         assert len(await outbox.waiting()) == 8
 
@@ -280,7 +289,7 @@ async def test_the_same_clients_work_on_after_a_cluster_master_dies(
                     async with board.in_line("conv-failover", True, 2.0) as place:
                         assert place.first
                         number = place.message_number
-                    await outbox.put("conv-failover", "after the failover")
+                    await outbox.put("conv-failover", {"text": "after the failover"})
                     break
                 except SwitchboardError:
                     failures += 1
@@ -293,7 +302,7 @@ async def test_the_same_clients_work_on_after_a_cluster_master_dies(
             )
             # The handoff was written before the kill, and the replica had it.
             assert number == 2
-            assert [raw for _, raw in await outbox.head("conv-failover", 5)] == [
+            assert [fields["text"] for _, fields in await outbox.peek("conv-failover", 5)] == [
                 "after the failover"
             ]
         finally:
@@ -345,5 +354,7 @@ async def test_a_master_that_lost_the_scripts_is_given_them_again(
             master.call("SCRIPT", "FLUSH")
 
         assert await _served_number(board, "conv-noscript") == 3
-        assert await outbox.lease("conv-noscript", "me", 5)
+        await outbox.put("conv-noscript", {"text": "after the flush"})
+        head = await outbox.take("conv-noscript", "me", 5)
+        assert head and head[0][1]["text"] == "after the flush"
         assert await board.claim_wait_notice("conv-noscript")

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings, ToCustomer
-from connectors.omnidesk.channel.outbox_store import InMemoryOutboxStore, OutboxStore
+from connectors.omnidesk.channel.outbox_store import OutboxStore
 from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.sides import FileLink, RecordEntry
 from connectors.omnidesk.channel.switchboard import Handoff, InMemorySwitchboard, Switchboard
@@ -233,7 +233,7 @@ async def relay_harness(
     line = RecordingLine()
     bot = bot or FakeBot()
     board = switchboard or InMemorySwitchboard()
-    store = InMemoryOutboxStore()
+    store = board.outbox_store
     outbox = Outbox(
         store,
         {CHANNEL: line},

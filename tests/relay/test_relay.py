@@ -307,7 +307,7 @@ async def test_a_message_the_channel_refuses_for_good_is_dropped_and_the_agent_t
         [note] = h.desk.messages()
         assert "Not delivered to the customer" in note and "24-hour window" in note
         assert h.desk.numbers() == [None]  # the connector's note takes no customer number
-        assert await h.store.head("c-17", 5) == []
+        assert await h.store.peek("c-17", 5) == []
 
 
 async def test_the_bots_words_wait_behind_the_agents_last_message_for_a_channel_that_is_down() -> (

@@ -1,7 +1,7 @@
 """action_escalate_to_human: hand the conversation to a live agent in Omnidesk.
 
-0. A turn that no OmnideskInput handed to the bot (``rasa shell``, ``rest``, an
-   unwrapped channel) is refused with a response: no Omnidesk call at all.
+0. A turn that no OmnideskInput handed to the bot (``rasa shell``, a channel
+   listed beside it, ``rest`` among them) is refused with a response: no Omnidesk call at all.
 1. The history goes to Omnidesk's chatbot log (a ticket, so someone follows up
    whatever happens next).
 2. requestChatConfig says whether an agent is online.
@@ -253,7 +253,7 @@ def _not_served(dispatcher: CollectingDispatcher, tracker: Tracker) -> List[Even
             "handoff channel_not_served conversation=%s channel=%s: this turn did not come "
             "through connectors.omnidesk.OmnideskInput, so no Omnidesk chat is opened. "
             "Move the channel under customer_channels of OmnideskInput in credentials.yml "
-            "(rasa shell and rest cannot be served; see docs/troubleshooting.md).",
+            "(rasa shell cannot be served; see docs/troubleshooting.md).",
             tracker.sender_id,
             channel,
         )

@@ -9,7 +9,7 @@ customer outside a request is in lines/.
 """
 
 import logging
-from typing import Any, Awaitable, Callable, Dict
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional
 
 from rasa.core.channels.channel import OutputChannel
 
@@ -25,20 +25,35 @@ from connectors.omnidesk.handoff import (
 
 logger = logging.getLogger(__name__)
 
-# Registers the handoff; False when it could not be (the customer was told).
-OnHandoffStarted = Callable[[str, str, HandoffStarted], Awaitable[bool]]
+# Registers the handoff (conversation, channel, what started, the turn's route);
+# False when it could not be (the customer was told).
+OnHandoffStarted = Callable[
+    [str, str, HandoffStarted, Optional[Mapping[str, str]]], Awaitable[bool]
+]
 
 _CONTENT_KEYS = ("text", "buttons", "quick_replies", "image", "attachment", "elements", "custom")
 
 
 @rasa_compat.pass_on_output_members
 class WrappedOutput(OutputChannel):  # type: ignore[misc]
-    """The wrapped channel's output channel, with the control payload taken off."""
+    """The wrapped channel's output channel, with the control payload taken off.
 
-    def __init__(self, inner: OutputChannel, channel: str, on_started: OnHandoffStarted) -> None:
+    ``route`` is where the turn's customer gets replies on a channel that needs
+    more than the conversation id (lines/ reads it from the turn); a handoff
+    this turn starts keeps it.
+    """
+
+    def __init__(
+        self,
+        inner: OutputChannel,
+        channel: str,
+        on_started: OnHandoffStarted,
+        route: Optional[Mapping[str, str]] = None,
+    ) -> None:
         self.inner = inner
         super().__init__()
         self.channel = channel
+        self.route = route
         self._on_started = on_started
         # Set when the handoff of this turn could not be registered: the action's
         # "you're connected" that follows the payload would be false, so the rest
@@ -66,7 +81,7 @@ class WrappedOutput(OutputChannel):  # type: ignore[misc]
                 error,
             )
             return
-        if not await self._on_started(recipient_id, self.channel, started):
+        if not await self._on_started(recipient_id, self.channel, started, self.route):
             self._handoff_failed = True
 
     async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> Any:
@@ -152,7 +167,11 @@ def outbox_output(outbox: Outbox, handoff: Handoff) -> OutboxOutput:
         item = ToCustomer("response", response=message, notice="end")
         try:
             await outbox.put(
-                handoff.conversation_id, handoff.channel, handoff.chat_session_id, item
+                handoff.conversation_id,
+                handoff.channel,
+                handoff.chat_session_id,
+                item,
+                handoff.route,
             )
         except SwitchboardError as error:
             logger.warning(
@@ -161,6 +180,6 @@ def outbox_output(outbox: Outbox, handoff: Handoff) -> OutboxOutput:
                 error,
                 handoff.conversation_id,
             )
-            await outbox.send_now(handoff.conversation_id, handoff.channel, item)
+            await outbox.send_now(handoff.conversation_id, handoff.channel, item, handoff.route)
 
     return OutboxOutput(put, handoff.channel)

@@ -2,7 +2,7 @@
 
 Rasa's face of the connector: ``from_credentials`` validates everything at
 start-up, ``blueprint`` wraps the customer's own channels (socketio, callback,
-or any channel that can send outside a request) and serves their routes at
+rest, or any channel that can send outside a request) and serves their routes at
 their usual URLs beside the connector's own (routes.py), and the listeners
 build and close the running parts. It routes a customer turn by asking the
 relay once; relay.py decides. The start-up checks live in startup.py, what
@@ -26,22 +26,28 @@ from connectors.omnidesk.channel.customer import WrappedOutput, outbox_output
 from connectors.omnidesk.channel.files import AgentFileStore
 from connectors.omnidesk.channel.health import Health
 from connectors.omnidesk.channel.incoming import mark_with_bot, repair_text
-from connectors.omnidesk.channel.lines import line_for
+from connectors.omnidesk.channel.lines import (
+    LineOptions,
+    StatusCallbacks,
+    close_lines,
+    line_for,
+    route_of,
+)
+from connectors.omnidesk.channel.lines.rest import carrying_what_waits
 from connectors.omnidesk.channel.outbox import Outbox, OutboxTimings
-from connectors.omnidesk.channel.outbox_store import create_outbox_store
 from connectors.omnidesk.channel.rasa_bot import RasaBot
-from connectors.omnidesk.channel.rasa_compat import Handler
+from connectors.omnidesk.channel.rasa_compat import Handler, Lifecycle
 from connectors.omnidesk.channel.redis_clients import RedisClients
 from connectors.omnidesk.channel.redis_switchboard import create_switchboard
 from connectors.omnidesk.channel.relay import Relay
 from connectors.omnidesk.channel.routes import Routes
-from connectors.omnidesk.channel.sides import CustomerLine
+from connectors.omnidesk.channel.sides import CustomerLine, is_pulled
 from connectors.omnidesk.channel.startup import (
     CHANNEL_NAME,
     ChannelConfigError,
     build_customer_channel,
-    can_push,
     check_deployment,
+    push_refusal,
     warn_if_plain_http,
     warn_lock_store,
 )
@@ -92,13 +98,19 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             raise ChannelConfigError(
                 f"customer_channels: more than one channel named {', '.join(duplicates)}"
             )
-        refused = [str(c.name()) for c in customer_channels if not can_push(c)]
+        refused = [
+            f"{channel.name()} ({reason})"
+            for channel, reason in ((c, push_refusal(c)) for c in customer_channels)
+            if reason is not None
+        ]
         if refused:
             raise ChannelConfigError(
-                f"customer_channels: {', '.join(refused)} cannot send a message outside the "
-                "request that brought the customer's turn, so agent replies could not reach "
-                "the customer. Use a channel that can push: socketio, callback, or one with "
-                "its own get_output_channel (telegram, slack, facebook, twilio, ...)."
+                f"customer_channels: {'; '.join(refused)}: it cannot send a message outside "
+                "the request that brought the customer's turn, and its customer cannot fetch "
+                "one later, so agent replies could not reach the customer. Use rest (its "
+                "client polls or streams them), or a channel that can push: socketio, "
+                "callback, telegram, facebook, slack, twilio, botframework, or one with its "
+                "own get_output_channel."
             )
         self.settings = settings
         self.customer_channels = list(customer_channels)
@@ -109,6 +121,8 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         self.health = Health(settings)
         self.routes = Routes(settings, lambda: self.relay, self.health)
         self._lines: Dict[str, CustomerLine] = {}
+        # Wrapped channels repaired to live in the serving loop (rasa_compat).
+        self._repaired: List[Lifecycle] = []
         self._sweeping: Optional[asyncio.Task[None]] = None
         # Where the customer's socket.io sessions are connected: the outbox keeps it.
         self.outbox: Optional[Outbox] = None
@@ -125,7 +139,11 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         return None
 
     async def _on_handoff_started(
-        self, conversation_id: str, channel: str, started: HandoffStarted
+        self,
+        conversation_id: str,
+        channel: str,
+        started: HandoffStarted,
+        route: Optional[Mapping[str, str]] = None,
     ) -> bool:
         """Register the handoff; False when it could not be (the chat was ended, the customer told)."""
         if self.relay is None:
@@ -135,7 +153,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
                 conversation_id,
             )
             return False
-        return await self.relay.start(conversation_id, channel, started)
+        return await self.relay.start(conversation_id, channel, started, route)
 
     async def _socket_joined(self, recipient_id: str, socket_id: str) -> None:
         if self.outbox is not None:
@@ -145,8 +163,10 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         if self.outbox is not None:
             await self.outbox.socket_left(socket_id)
 
-    def wrap_output(self, output: OutputChannel, channel: str) -> WrappedOutput:
-        return WrappedOutput(output, channel, self._on_handoff_started)
+    def wrap_output(
+        self, output: OutputChannel, channel: str, route: Optional[Mapping[str, str]] = None
+    ) -> WrappedOutput:
+        return WrappedOutput(output, channel, self._on_handoff_started, route)
 
     def output_for(self, channel_name: str) -> Optional[OutputChannel]:
         """The wrapped channel's output channel, for a push outside a request."""
@@ -170,7 +190,8 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
         async def handle(message: UserMessage) -> Any:
             repair_text(message)
-            output = self.wrap_output(message.output_channel, channel_name)
+            route = route_of(channel, message)
+            output = self.wrap_output(message.output_channel, channel_name, route)
             message.output_channel = output
 
             async def to_bot() -> Any:
@@ -194,10 +215,25 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
     def blueprint(self, on_new_message: Handler) -> Blueprint:
         rasa_compat.install_secret_filter()
         wrapped: List[Tuple[InputChannel, Blueprint]] = []
+        options = LineOptions(
+            name_prefix=self.settings.agent_name_prefix,
+            human_agent_tag=self.settings.messenger_human_agent_tag,
+            routes_url=lambda: f"{self.settings.public_url}{self.route_prefix}",
+        )
         for channel in self.customer_channels:
-            blueprint = channel.blueprint(self._relayed(channel, on_new_message))
+            repaired = rasa_compat.keep_in_serving_loop(channel)
+            if repaired is not None:
+                self._repaired.append(repaired)
+            line = line_for(channel, options)
+            handler = self._relayed(channel, on_new_message)
+            if is_pulled(line):
+                # rest: the answer to a turn also carries what waits for the customer.
+                handler = carrying_what_waits(handler, lambda: self.outbox)
+            blueprint = channel.blueprint(handler)
             wrapped.append((channel, blueprint))
-            self._lines[str(channel.name())] = line_for(channel, self.settings.agent_name_prefix)
+            self._lines[str(channel.name())] = line
+            if isinstance(line, StatusCallbacks):
+                self.routes.on_status_callbacks(str(channel.name()), line)
             sio = (
                 rasa_compat.socketio_server(channel) if isinstance(channel, SocketIOInput) else None
             )
@@ -234,9 +270,16 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
         rasa_compat.install_secret_filter()
         handoff_events.configure(self.settings.log_format, self.settings.log_message_text)
         warn_lock_store(app, self.settings)
+        for repaired in self._repaired:
+            await repaired.start()
         connection = self.settings.redis_connection
         self._redis = RedisClients(connection) if connection is not None else None
-        switchboard = create_switchboard(self._redis)
+        switchboard = create_switchboard(
+            self._redis,
+            self.settings.outbox_retention,
+            wait_replicas=self.settings.redis_wait_replicas,
+            wait_timeout=self.settings.redis_wait_timeout,
+        )
         client = OmnideskClient(self.settings, transport=self.health.transport())
         files_dir = str(self.settings.files_dir) if self.settings.files_dir else None
         files = AgentFileStore(
@@ -245,12 +288,7 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
             f"{self.settings.public_url}{self.route_prefix}/files",
         )
         outbox = Outbox(
-            create_outbox_store(
-                self._redis,
-                self.settings.outbox_retention,
-                wait_replicas=self.settings.redis_wait_replicas,
-                wait_timeout=self.settings.redis_wait_timeout,
-            ),
+            switchboard.outbox_store,
             self._lines,
             OutboxTimings.from_settings(self.settings),
         )
@@ -292,3 +330,6 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
                 self._redis = None
             for manager in self._socket_managers:
                 await rasa_compat.stop_shared_sockets(manager)
+            await close_lines(self._lines.values())
+            for repaired in self._repaired:
+                await repaired.stop()

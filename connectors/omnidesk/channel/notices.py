@@ -66,7 +66,9 @@ class Notices:
         )
         conversation_id = handoff.conversation_id
         try:
-            await self._outbox.put(conversation_id, handoff.channel, handoff.chat_session_id, item)
+            await self._outbox.put(
+                conversation_id, handoff.channel, handoff.chat_session_id, item, handoff.route
+            )
             return
         except SwitchboardError as error:
             logger.warning(
@@ -76,7 +78,7 @@ class Notices:
                 conversation_id,
             )
         try:
-            await self._outbox.send_now(conversation_id, handoff.channel, item)
+            await self._outbox.send_now(conversation_id, handoff.channel, item, handoff.route)
         except Exception as error:
             logger.error(
                 "Could not tell the customer of conversation %s (chat %s) %s: %s: %s",

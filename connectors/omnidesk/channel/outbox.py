@@ -6,7 +6,10 @@ answers ``ok``. A drainer takes them off one at a time, oldest first, and
 removes an entry only once the customer's channel took it. A socket.io
 customer's entries are sent by the instance a socket of that session is
 connected to (``Presence``; a put nudges every instance through Redis); for the
-callback channel and any other, the send must succeed. What the channel
+callback channel and any other, the send must succeed. A customer who pulls
+(rest: ``sides.is_pulled``) is sent nothing: their client reads what waits
+after its cursor and acknowledges it (``read``, ``wait``, ``acknowledge``), or
+the answer to their next turn carries it (``take_for_answer``). What the channel
 refused stays and is tried again with backoff (``outbox_backoff_base`` doubling
 up to ``outbox_backoff_max``); what waits longer than ``outbox_retention`` is
 dropped and logged with its chat id.
@@ -20,7 +23,7 @@ with ``memory://``, in the switchboard's Redis otherwise. docs/architecture.md
 
 Here, top to bottom: what an entry is (``ToCustomer``, ``OutboxEntry``), its
 timings (``OutboxTimings``), which instance holds a socket (``Presence``), and
-the ``Outbox`` itself (put, drain, poll, flush, lifecycle).
+the ``Outbox`` itself (put, drain, the customer's pulls, poll, lifecycle).
 """
 
 import asyncio
@@ -34,8 +37,14 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set,
 
 from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.outbox_store import OutboxStore
-from connectors.omnidesk.channel.sides import CustomerLine, FileLink, Undeliverable
+from connectors.omnidesk.channel.outbox_store import OutboxStore, Row, entry_order
+from connectors.omnidesk.channel.sides import (
+    CustomerLine,
+    FileLink,
+    RoutedLine,
+    Undeliverable,
+    is_pulled,
+)
 from connectors.omnidesk.channel.switchboard import SwitchboardError
 from connectors.omnidesk.settings import OmnideskSettings
 
@@ -47,11 +56,12 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ToCustomer:
     """One thing for the customer: text (agent's or a notice), an agent file, typing,
-    the handoff's details (the customer token and the routes it opens), or a bot
+    the handoff's details (the customer token and the routes it opens), a bot
     message as Rasa uttered it (``response``: the bot's words when it takes back
-    a conversation)."""
+    a conversation), or, for a customer who pulls, the end of the chat
+    (``ended``, after the bot's words: a stream closes on it)."""
 
-    kind: str  # "text" | "file" | "typing" | "details" | "response"
+    kind: str  # "text" | "file" | "typing" | "details" | "response" | "ended"
     text: str = ""
     file: Optional[FileLink] = None
     typing: bool = False
@@ -60,14 +70,22 @@ class ToCustomer:
     response: Optional[Mapping[str, Any]] = None
     # A connector notice's text: "notice", or "end" for the end-of-chat message.
     notice: str = ""
+    # How the chat ended (a HandoffOutcome's value), on an "ended" entry.
+    outcome: str = ""
 
     @property
     def metric_kind(self) -> str:
         """What omnidesk_agent_deliveries_total calls it: message, file, typing, notice, end."""
         if self.notice:
             return self.notice
-        # The handoff's details and the bot's words are the connector's own, like a notice.
-        kinds = {"text": "message", "file": "file", "details": "notice", "response": "notice"}
+        # The handoff's details, the bot's words and the end are the connector's own.
+        kinds = {
+            "text": "message",
+            "file": "file",
+            "details": "notice",
+            "response": "notice",
+            "ended": "notice",
+        }
         return kinds.get(self.kind, "typing")
 
     def describe(self) -> str:
@@ -78,6 +96,7 @@ class ToCustomer:
             "file": "agent file",
             "details": "handoff details",
             "response": "bot message",
+            "ended": "end of the chat",
         }
         return names.get(self.kind, "agent typing")
 
@@ -101,7 +120,16 @@ class ToCustomer:
             data["response"] = dict(self.response)
         if self.notice:
             data["notice"] = self.notice
+        if self.outcome:
+            data["outcome"] = self.outcome
         return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> "ToCustomer":
+        return cls.from_dict(json.loads(raw))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ToCustomer":
@@ -130,11 +158,23 @@ class ToCustomer:
             ),
             response=dict(response) if isinstance(response, Mapping) else None,
             notice=str(data.get("notice", "")),
+            outcome=str(data.get("outcome", "")),
         )
 
 
-async def send_to(line: CustomerLine, conversation_id: str, item: ToCustomer) -> None:
-    """Send ``item`` on ``line``; raises whatever the customer's channel raised."""
+async def send_to(
+    line: CustomerLine,
+    conversation_id: str,
+    item: ToCustomer,
+    route: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Send ``item`` on ``line``; raises whatever the customer's channel raised.
+
+    ``route`` is where the conversation's replies go on a channel that needs
+    more than its id (``Handoff.route``); a line that takes routes is given it.
+    """
+    if isinstance(line, RoutedLine):
+        line = line.along(route)
     if item.kind == "text":
         await line.send_text(conversation_id, item.text, item.agent)
     elif item.kind == "file" and item.file is not None:
@@ -146,6 +186,9 @@ async def send_to(line: CustomerLine, conversation_id: str, item: ToCustomer) ->
             logger.debug(
                 "The channel of conversation %s has no use for handoff details.", conversation_id
             )
+    elif item.kind == "ended":
+        # Only a customer who pulls is told; a pushing channel had the bot's words.
+        return
     elif not await line.send_typing(conversation_id, item.typing):
         logger.debug("The channel of conversation %s cannot show typing; dropped.", conversation_id)
 
@@ -159,29 +202,48 @@ class OutboxEntry:
     chat_session_id: str
     stored_at: float
     item: ToCustomer
+    # The handoff's route (Slack's channel and thread, Teams' conversation
+    # reference), so the entry reaches the right place after the handoff is gone.
+    route: Optional[Mapping[str, str]] = None
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "c": self.conversation_id,
-                "ch": self.channel,
-                "chat": self.chat_session_id,
-                "at": self.stored_at,
-                "item": self.item.to_dict(),
-            },
-            sort_keys=True,
-        )
+    def to_fields(self) -> Dict[str, str]:
+        """The entry as the store keeps it: ``e`` the item's JSON, the envelope beside it.
+
+        A script can write the envelope itself (the switchboard's ``accept``
+        fills the channel and the route from the handoff it read).
+        """
+        return {
+            "e": self.item.to_json(),
+            "c": self.conversation_id,
+            "ch": self.channel,
+            "chat": self.chat_session_id,
+            "at": repr(self.stored_at),
+            "r": json.dumps(dict(self.route), sort_keys=True) if self.route else "",
+        }
 
     @classmethod
-    def from_json(cls, raw: str) -> "OutboxEntry":
-        data = json.loads(raw)
+    def from_fields(cls, fields: Mapping[str, str]) -> "OutboxEntry":
+        route = json.loads(fields["r"]) if fields.get("r") else None
         return cls(
-            conversation_id=str(data["c"]),
-            channel=str(data["ch"]),
-            chat_session_id=str(data["chat"]),
-            stored_at=float(data["at"]),
-            item=ToCustomer.from_dict(data["item"]),
+            conversation_id=str(fields["c"]),
+            channel=str(fields["ch"]),
+            chat_session_id=str(fields["chat"]),
+            stored_at=float(fields["at"]),
+            item=ToCustomer.from_json(fields["e"]),
+            route=(
+                {str(key): str(value) for key, value in route.items()}
+                if isinstance(route, Mapping)
+                else None
+            ),
         )
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """An entry as a customer who pulls reads it: its id is their cursor."""
+
+    entry_id: str
+    entry: OutboxEntry
 
 
 # -- timings ---------------------------------------------------------------------------
@@ -208,13 +270,13 @@ class OutboxTimings:
     # An absent customer's outbox is looked at again unasked this often (their
     # return starts a drainer at once).
     away_recheck: float = 30.0
-    head_batch: int = 20  # entries read per round trip
     shutdown_grace: float = 5.0  # drainers under way may finish at shutdown
     typing_stale: float = 10.0  # a waiting typing indicator older than this means nothing
     # A socket counts as connected this long without a refresh by its instance,
     # which refreshes it every presence_refresh.
     presence_ttl: float = 6.0
     presence_refresh: float = 2.0
+    pull_batch: int = 50  # entries one poll answer or stream read carries at most
 
     @classmethod
     def from_settings(cls, settings: OmnideskSettings) -> "OutboxTimings":
@@ -315,31 +377,56 @@ class Outbox:
         self._store = store
         self._lines = dict(lines)
         self.on_undeliverable = on_undeliverable
+        # The channels any instance can send on (a socket.io customer is sent to
+        # from the instance holding their socket).
+        self.sent_from_anywhere = tuple(
+            name
+            for name, line in self._lines.items()
+            if not line.held_by_socket and not is_pulled(line)
+        )
         self.presence = Presence(store, self.timings)
         self._drainers: Dict[str, asyncio.Task[None]] = {}
         self._again: Set[str] = set()
+        # An entry and the lease a store step took for a drainer already under way.
+        self._handed: Dict[str, Tuple[Row, str]] = {}
         self._failures: Dict[str, int] = {}
         self._not_before: Dict[str, float] = {}  # monotonic: retry after backoff, or away
         self._background: List[asyncio.Task[None]] = []
         self._poll_failing = False
+        # Polls and streams waiting for a conversation's next entry, woken by any put.
+        self._pullers: Dict[str, Set[asyncio.Event]] = {}
 
     # -- putting -----------------------------------------------------------------
 
     async def put(
-        self, conversation_id: str, channel: str, chat_session_id: str, item: ToCustomer
+        self,
+        conversation_id: str,
+        channel: str,
+        chat_session_id: str,
+        item: ToCustomer,
+        route: Optional[Mapping[str, str]] = None,
     ) -> None:
-        """Store ``item`` for the customer, then start draining; SwitchboardError if not stored."""
-        entry = OutboxEntry(conversation_id, channel, chat_session_id, time.time(), item)
-        await self._store.put(conversation_id, entry.to_json())
+        """Store ``item`` for the customer, then start draining; SwitchboardError if not stored.
+
+        ``route``: the handoff's route, for a channel that needs one (``Handoff.route``).
+        """
+        entry = OutboxEntry(conversation_id, channel, chat_session_id, time.time(), item, route)
+        await self._store.put(conversation_id, entry.to_fields())
         logger.debug(
             "Outbox of conversation %s (chat %s): %s stored.",
             conversation_id,
             chat_session_id,
             item.describe(),
         )
-        self.kick(conversation_id)
+        self.kick(conversation_id, channel)
 
-    async def send_now(self, conversation_id: str, channel: str, item: ToCustomer) -> None:
+    async def send_now(
+        self,
+        conversation_id: str,
+        channel: str,
+        item: ToCustomer,
+        route: Optional[Mapping[str, str]] = None,
+    ) -> None:
         """Send ``item`` on the customer's channel directly, bypassing the store.
 
         For a notice when the store is down: it is mostly about that ("we have
@@ -350,7 +437,7 @@ class Outbox:
         if line is None:
             raise LookupError(f"no wrapped channel named {channel}")
         await asyncio.wait_for(
-            send_to(line, conversation_id, item), timeout=self.timings.delivery_timeout
+            send_to(line, conversation_id, item, route), timeout=self.timings.delivery_timeout
         )
 
     # -- socket.io presence ---------------------------------------------------------
@@ -365,18 +452,38 @@ class Outbox:
 
     # -- draining ----------------------------------------------------------------
 
-    def kick(self, conversation_id: str) -> None:
-        """Drain the conversation's outbox now (a drainer under way goes round once more)."""
+    def kick(self, conversation_id: str, channel: Optional[str] = None) -> None:
+        """Drain the conversation's outbox now (a drainer under way goes round once more).
+
+        Its polls and streams are woken; a customer who pulls (``channel``) needs
+        no drainer.
+        """
+        self._wake(conversation_id)
+        if channel is not None and self.pulls(channel):
+            return
         self._not_before.pop(conversation_id, None)
         self._failures.pop(conversation_id, None)
         self._start_drainer(conversation_id)
 
-    def _start_drainer(self, conversation_id: str) -> None:
+    def taken(self, conversation_id: str, row: Row, token: str) -> None:
+        """Deliver an entry a store step just put and leased for this instance (no read back).
+
+        The switchboard's ``accept`` stores an agent's message and, when no one
+        drains the conversation, takes its drainer lease in the same round trip;
+        the entry is then sent from here and removed in one more.
+        """
+        self._wake(conversation_id)
+        self._start_drainer(conversation_id, (row, token))
+
+    def _start_drainer(self, conversation_id: str, first: Optional[Tuple[Row, str]] = None) -> None:
         running = self._drainers.get(conversation_id)
         if running is not None and not running.done():
             self._again.add(conversation_id)
+            if first is not None:
+                # The drainer under way goes round once more, with the lease taken for it.
+                self._handed[conversation_id] = first
             return
-        task = asyncio.ensure_future(self._drain_loop(conversation_id))
+        task = asyncio.ensure_future(self._drain_loop(conversation_id, first))
         self._drainers[conversation_id] = task
 
         def done(finished: "asyncio.Task[None]") -> None:
@@ -385,11 +492,14 @@ class Outbox:
 
         task.add_done_callback(done)
 
-    async def _drain_loop(self, conversation_id: str) -> None:
+    async def _drain_loop(
+        self, conversation_id: str, first: Optional[Tuple[Row, str]] = None
+    ) -> None:
         while True:
             self._again.discard(conversation_id)
+            first = first or self._handed.pop(conversation_id, None)
             try:
-                await self._drain(conversation_id)
+                await self._drain(conversation_id, first)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -401,50 +511,68 @@ class Outbox:
                 )
                 self._back_off(conversation_id)
                 return
+            first = None
             if conversation_id not in self._again:
                 return
 
-    async def _drain(self, conversation_id: str) -> None:
-        token = uuid.uuid4().hex
-        ttl = self.timings.lease_ttl
-        if not await self._store.lease(conversation_id, token, ttl):
-            # Another drainer has it; it goes on until the outbox is empty, and the
-            # poll looks again in case it had just finished.
-            return
-        try:
-            while True:
-                rows = await self._store.head(conversation_id, self.timings.head_batch)
-                if not rows:
-                    # Drained: nothing of this conversation is kept here any more.
-                    self._failures.pop(conversation_id, None)
-                    self._not_before.pop(conversation_id, None)
-                    return
-                for entry_id, raw in rows:
-                    if not await self._take(conversation_id, entry_id, raw, token):
-                        return
-                    if not await self._store.lease(conversation_id, token, ttl):
-                        return
-        finally:
-            try:
-                await self._store.release(conversation_id, token)
-            except SwitchboardError as error:
-                logger.warning(
-                    "Outbox lease of conversation %s not released (it expires on its own): %s",
-                    conversation_id,
-                    error,
-                )
+    async def _drain(self, conversation_id: str, first: Optional[Tuple[Row, str]]) -> None:
+        """Send the conversation's entries oldest first, one round trip per entry.
 
-    async def _take(self, conversation_id: str, entry_id: str, raw: str, token: str) -> bool:
-        """Send one entry and remove it; False when draining stops here (the entry waits)."""
+        The lease comes with the head entry (``take``), and each removal renews
+        it with the next one (``remove``), or releases it when none is left.
+        """
+        ttl = self.timings.lease_ttl
+        if first is not None:
+            row, token = first
+            rows: Optional[List[Row]] = [row]
+        else:
+            token = uuid.uuid4().hex
+            rows = await self._store.take(conversation_id, token, ttl)
+            if rows is None:
+                # Another drainer has it; it goes on until the outbox is empty, and the
+                # poll looks again in case it had just finished.
+                return
+        stopped = False
         try:
-            entry = OutboxEntry.from_json(raw)
+            while rows:
+                entry_id, fields = rows[0]
+                rows = await self._handle(conversation_id, entry_id, fields, token)
+                if rows is None:
+                    stopped = True
+                    return
+            # Drained (the store released the lease): nothing of it is kept here.
+            self._failures.pop(conversation_id, None)
+            self._not_before.pop(conversation_id, None)
+        except BaseException:
+            stopped = True
+            raise
+        finally:
+            if stopped:
+                try:
+                    await self._store.release(conversation_id, token)
+                except SwitchboardError as error:
+                    logger.warning(
+                        "Outbox lease of conversation %s not released (it expires on its own): %s",
+                        conversation_id,
+                        error,
+                    )
+
+    async def _remove(self, conversation_id: str, entry_id: str, token: str) -> Optional[List[Row]]:
+        return await self._store.remove(conversation_id, entry_id, token, self.timings.lease_ttl)
+
+    async def _handle(
+        self, conversation_id: str, entry_id: str, fields: Dict[str, str], token: str
+    ) -> Optional[List[Row]]:
+        """Send one entry and remove it: what waits next, or None when draining stops here."""
+        try:
+            entry = OutboxEntry.from_fields(fields)
         except (ValueError, KeyError, TypeError) as error:
             logger.error(
                 "Outbox of conversation %s holds an entry this version cannot read (%s); dropped.",
                 conversation_id,
                 error,
             )
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
         age = time.time() - entry.stored_at
         if age > self.timings.retention:
             logger.warning(
@@ -457,11 +585,11 @@ class Outbox:
                 self.timings.retention,
             )
             _given_up(entry, "expired")
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
         if entry.item.kind == "typing" and age > self.timings.typing_stale:
             # The agent's typing of minutes ago, shown to a customer who came back, would lie.
             logger.debug("Outbox of conversation %s: stale agent typing dropped.", conversation_id)
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
         line = self._lines.get(entry.channel)
         if line is None:
             logger.error(
@@ -473,13 +601,22 @@ class Outbox:
                 entry.item.describe(),
             )
             _given_up(entry, "channel_not_wrapped")
-            return await self._store.remove(conversation_id, entry_id, token)
+            return await self._remove(conversation_id, entry_id, token)
+        if is_pulled(line):
+            # The customer's client reads and acknowledges it; the drainer only keeps
+            # the retention, looking again after a while.
+            self._not_before[conversation_id] = time.monotonic() + self.timings.away_recheck
+            return None
+        if entry.item.kind == "ended":
+            # Only a customer who pulls is told of the end this way.
+            return await self._remove(conversation_id, entry_id, token)
         if line.held_by_socket and not self.presence.here(conversation_id):
             await self._wait_for_socket(conversation_id, entry)
-            return False
+            return None
         try:
             await asyncio.wait_for(
-                send_to(line, conversation_id, entry.item), timeout=self.timings.delivery_timeout
+                send_to(line, conversation_id, entry.item, entry.route),
+                timeout=self.timings.delivery_timeout,
             )
         except asyncio.CancelledError:
             raise
@@ -497,28 +634,29 @@ class Outbox:
                 error,
                 delay,
             )
-            return False
+            return None
         self._failures.pop(conversation_id, None)
-        if not await self._store.remove(conversation_id, entry_id, token):
+        following = await self._remove(conversation_id, entry_id, token)
+        if following is None:
             logger.warning(
                 "Outbox lease of conversation %s lapsed during a delivery; another "
                 "drainer may send %s again.",
                 conversation_id,
                 entry.item.describe(),
             )
-            return False
-        logger.info(
+            return None
+        logger.debug(
             "Delivered %s to conversation %s (chat %s).",
             entry.item.describe(),
             conversation_id,
             entry.chat_session_id,
         )
         metrics.agent_delivery(entry.item.metric_kind, delivered=True)
-        return True
+        return following
 
     async def _refused_for_good(
         self, entry: OutboxEntry, entry_id: str, token: str, reason: str
-    ) -> bool:
+    ) -> Optional[List[Row]]:
         """The channel refused the entry for good: taken off, counted, logged, the relay told."""
         conversation_id = entry.conversation_id
         logger.error(
@@ -529,8 +667,9 @@ class Outbox:
             reason,
         )
         self._failures.pop(conversation_id, None)
-        if not await self._store.remove(conversation_id, entry_id, token):
-            return False
+        following = await self._remove(conversation_id, entry_id, token)
+        if following is None:
+            return None
         _given_up(entry, "refused")
         if self.on_undeliverable is not None:
             try:
@@ -543,7 +682,7 @@ class Outbox:
                     type(error).__name__,
                     error,
                 )
-        return True
+        return following
 
     async def _wait_for_socket(self, conversation_id: str, entry: OutboxEntry) -> None:
         """No socket of the customer here: the instance holding one sends, or their return."""
@@ -570,6 +709,151 @@ class Outbox:
         self._not_before[conversation_id] = time.monotonic() + delay
         return delay
 
+    # -- the customer pulls (rest) --------------------------------------------------
+
+    def pulls(self, channel: str) -> bool:
+        """Whether the customer of ``channel`` fetches what waits (rest) rather than being sent it."""
+        return is_pulled(self._lines.get(channel))
+
+    async def mark_ended(
+        self, conversation_id: str, channel: str, chat_session_id: str, outcome: str
+    ) -> None:
+        """For a customer who pulls: the chat is over, after the bot's words. Never raises.
+
+        Not stored (Redis down), a stream still ends: it looks at the handoff on
+        every heartbeat (routes.py).
+        """
+        if not self.pulls(channel):
+            return
+        try:
+            await self.put(
+                conversation_id, channel, chat_session_id, ToCustomer("ended", outcome=outcome)
+            )
+        except SwitchboardError as error:
+            logger.warning(
+                "Outbox of conversation %s (chat %s): the end of the chat not stored: %s",
+                conversation_id,
+                chat_session_id,
+                error,
+            )
+
+    async def acknowledge(self, conversation_id: str, up_to: str) -> int:
+        """The customer's client has everything up to ``up_to``: taken off, counted delivered."""
+        removed = await self._store.acknowledge(conversation_id, up_to)
+        for _, fields in removed:
+            entry = _readable(conversation_id, fields)
+            if entry is not None and self._fresh(entry):
+                metrics.agent_delivery(entry.item.metric_kind, delivered=True)
+        if removed:
+            logger.info(
+                "Delivered %d outbox entries to conversation %s: its client has them up to %s.",
+                len(removed),
+                conversation_id,
+                up_to,
+            )
+        return len(removed)
+
+    async def chats_waiting(self, conversation_id: str) -> Set[str]:
+        """The chats whose entries wait in the conversation's outbox (the oldest few hundred)."""
+        rows = await self._store.read_after(conversation_id, None, self.timings.pull_batch * 4)
+        chats = set()
+        for _, fields in rows:
+            entry = _readable(conversation_id, fields)
+            if entry is not None:
+                chats.add(entry.chat_session_id)
+        return chats
+
+    async def read(
+        self, conversation_id: str, after: Optional[str], chat_session_id: str
+    ) -> List[Pulled]:
+        """What waits after ``after`` for chat ``chat_session_id``, oldest first, up to a batch.
+
+        Entries of another chat (an earlier handoff's leftovers), entries past
+        the retention and agent typing gone stale are skipped: an
+        acknowledgement past them takes them off.
+        """
+        found: List[Pulled] = []
+        cursor = after
+        batch = self.timings.pull_batch
+        while True:
+            rows = await self._store.read_after(conversation_id, cursor, batch)
+            for entry_id, fields in rows:
+                entry = _readable(conversation_id, fields)
+                if (
+                    entry is not None
+                    and entry.chat_session_id == chat_session_id
+                    and self._fresh(entry)
+                ):
+                    found.append(Pulled(entry_id, entry))
+            if found or len(rows) < batch:
+                return found[:batch]
+            cursor = rows[-1][0]
+
+    async def wait(
+        self, conversation_id: str, after: Optional[str], chat_session_id: str, timeout: float
+    ) -> List[Pulled]:
+        """``read``, waiting up to ``timeout`` seconds for something to arrive.
+
+        Woken by a put on this instance and, through the store's nudge, on any
+        other; no polling. Without a nudge (pub/sub reconnecting) it still
+        reads again when ``timeout`` runs out.
+        """
+        woken = asyncio.Event()
+        waiting = self._pullers.setdefault(conversation_id, set())
+        waiting.add(woken)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                woken.clear()
+                found = await self.read(conversation_id, after, chat_session_id)
+                remaining = deadline - loop.time()
+                if found or remaining <= 0:
+                    return found
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woken.wait(), remaining)
+        finally:
+            waiting.discard(woken)
+            if not waiting:
+                self._pullers.pop(conversation_id, None)
+
+    async def hand_out(self, conversation_id: str, pulled: List[Pulled]) -> None:
+        """A poll or stream is about to give the client ``pulled``: the next answer skips them."""
+        if pulled:
+            await self._store.note_handed(conversation_id, pulled[-1].entry_id)
+
+    async def take_for_answer(self, conversation_id: str) -> List[Pulled]:
+        """What waits for a customer who pulls, for the answer to their turn; taken off.
+
+        Only what no poll or stream has handed out yet, of any chat, agent
+        typing left out (it would be stale by the time it is shown). The
+        answer is the cursor: what it carries is acknowledged with it.
+        """
+        handed = await self._store.handed(conversation_id)
+        rows = await self._store.read_after(conversation_id, handed, self.timings.pull_batch)
+        taken = []
+        for entry_id, fields in rows:
+            entry = _readable(conversation_id, fields)
+            if entry is not None and entry.item.kind != "typing" and self._fresh(entry):
+                taken.append(Pulled(entry_id, entry))
+        if rows:
+            await self.acknowledge(conversation_id, rows[-1][0])
+        return taken
+
+    def _fresh(self, entry: OutboxEntry) -> bool:
+        age = time.time() - entry.stored_at
+        if age > self.timings.retention:
+            return False
+        return not (entry.item.kind == "typing" and age > self.timings.typing_stale)
+
+    def _wake(self, conversation_id: str) -> None:
+        for woken in self._pullers.get(conversation_id, ()):
+            woken.set()
+
+    def pullers_waiting(self) -> int:
+        """How many polls and streams wait here now."""
+        return sum(len(waiting) for waiting in self._pullers.values())
+
     async def count_waiting(self) -> int:
         """How many entries wait, in every conversation (the metrics)."""
         return await self._store.count_waiting()
@@ -585,6 +869,7 @@ class Outbox:
         ]
 
     def _on_nudge(self, conversation_id: str) -> None:
+        self._wake(conversation_id)
         if self.presence.here(conversation_id):
             self.kick(conversation_id)
 
@@ -640,6 +925,28 @@ class Outbox:
     def drainer_state_size(self) -> Tuple[int, int, int]:
         """How many conversations the drainer keeps state for (failures, waits, running)."""
         return len(self._failures), len(self._not_before), len(self._drainers)
+
+
+def _readable(conversation_id: str, fields: Mapping[str, str]) -> Optional[OutboxEntry]:
+    """The entry, or None (logged) when this version cannot read it."""
+    try:
+        return OutboxEntry.from_fields(fields)
+    except (ValueError, KeyError, TypeError) as error:
+        logger.error(
+            "Outbox of conversation %s holds an entry this version cannot read (%s); skipped.",
+            conversation_id,
+            error,
+        )
+        return None
+
+
+def later_id(first: Optional[str], second: Optional[str]) -> Optional[str]:
+    """The later of two entry ids (None is before every id)."""
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return first if entry_order(first) >= entry_order(second) else second
 
 
 def _given_up(entry: OutboxEntry, reason: str) -> None:

@@ -15,6 +15,7 @@ import inspect
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 from urllib.parse import urljoin
 
@@ -104,6 +105,41 @@ def _call_on_inner(name: str) -> Callable[..., Any]:
 
     call.__name__ = name
     return call
+
+
+def output_channel_for(channel: InputChannel, conversation_id: str) -> Optional[OutputChannel]:
+    """The output channel ``channel`` gives for a push to one conversation.
+
+    Rasa Pro 3.19 added ``InputChannel.get_output_channel_for_conversation``: a
+    channel may answer per conversation (or None when it cannot reach that one
+    from here). Before it, and on Rasa 3.6, every conversation gets
+    ``get_output_channel()``.
+    """
+    per_conversation = getattr(channel, "get_output_channel_for_conversation", None)
+    if callable(per_conversation):
+        output: Optional[OutputChannel] = per_conversation(conversation_id)
+        return output
+    return channel.get_output_channel()
+
+
+def telegram_bot(output: Any) -> Any:
+    """The aiogram ``Bot`` of Rasa's ``TelegramOutput``.
+
+    Rasa 3.6 (aiogram 2) makes ``TelegramOutput`` a ``Bot`` itself; Rasa Pro
+    3.13 and later (aiogram 3) give it one as ``output.bot``.
+    """
+    bot = getattr(output, "bot", None)
+    return output if bot is None else bot
+
+
+async def close_telegram_output(output: Any) -> None:
+    """Close the HTTP session of a ``TelegramOutput``'s bot (aiogram 2 and 3 alike)."""
+    session = getattr(telegram_bot(output), "session", None)
+    close = getattr(session, "close", None)
+    if close is not None:
+        closed = close()
+        if inspect.isawaitable(closed):
+            await closed
 
 
 def attach_tracker_state(wrapper: Any, inner: Any, tracker: Any) -> None:
@@ -418,6 +454,81 @@ async def socket_session(sio: Any, sid: str, namespace: Optional[str]) -> Option
         return None
     value = session.get(SOCKET_SESSION_KEY) if isinstance(session, dict) else None
     return value if isinstance(value, str) and value else None
+
+
+# -- Telegram's webhook (Rasa 3.6 and Rasa Pro up to 3.11, aiogram 2) ------------------
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """What a repaired channel does when the server starts, and when it stops."""
+
+    start: Callable[[], Awaitable[None]]
+    stop: Callable[[], Awaitable[None]]
+
+
+def is_rasa_channel(channel: Any, module: str, name: str) -> bool:
+    """Whether ``channel`` is Rasa's ``module.name`` channel or a subclass of it.
+
+    Read from the class's ancestry, so a channel whose client library is not
+    installed need not be imported to ask.
+    """
+    return any(
+        klass.__module__ == module and klass.__name__ == name for klass in type(channel).__mro__
+    )
+
+
+def keep_in_serving_loop(channel: InputChannel) -> Optional[Lifecycle]:
+    """Repair a channel whose output channel is built in a loop that is gone; None if sound.
+
+    Rasa 3.6's ``TelegramInput.get_output_channel()`` runs
+    ``asyncio.run(set_webhook(...))`` (RasaHQ/rasa PR #13040, "Externally
+    triggered intent fail with Telegram channel", never merged into 3.6). Its
+    ``blueprint()`` calls it once, at start-up, outside any loop: the
+    aiohttp session aiogram then opens belongs to that finished loop, so the
+    webhook answers every update with 500 ("Event loop is closed" at
+    ``get_me``), wrapped or not. Inside the serving loop (Rasa's HTTP API, an
+    agent's reply) the call raises "asyncio.run() cannot be called from a
+    running event loop". So the channel gets one ``TelegramOutput`` made here,
+    without a call, as its output channel (an attribute of this instance; Rasa's
+    class is unchanged): aiogram opens its session on the first call, in the
+    serving loop. The webhook is set when the server has started, in that loop,
+    as Rasa would have set it at start-up; the session is closed at stop.
+
+    Rasa Pro 3.13 on (aiogram 3) builds the output without a call and sets no
+    webhook on its own: nothing to repair. Known by what the installed Rasa has:
+    the repaired ``TelegramOutput`` is an aiogram ``Bot`` itself; Pro's holds one.
+    """
+    if not is_rasa_channel(channel, "rasa.core.channels.telegram", "TelegramInput"):
+        return None
+    from rasa.core.channels.telegram import TelegramOutput
+
+    if not any(klass.__module__.startswith("aiogram.") for klass in TelegramOutput.__mro__):
+        return None
+    output = TelegramOutput(channel.access_token)
+    setattr(channel, "get_output_channel", lambda: output)  # noqa: B010 -- this instance only
+    webhook_url = getattr(channel, "webhook_url", None)
+
+    async def start() -> None:
+        if not webhook_url:
+            return
+        try:
+            await output.set_webhook(url=webhook_url)
+        except Exception as error:  # aiogram's TelegramAPIError, or the network
+            logger.error(
+                "Telegram did not take the webhook %s (%s: %s): customers' messages may not "
+                "arrive. Check customer_channels.telegram.access_token and webhook_url.",
+                webhook_url,
+                type(error).__name__,
+                error,
+            )
+            return
+        logger.info("Telegram webhook set to %s.", webhook_url)
+
+    async def stop() -> None:
+        await close_telegram_output(output)
+
+    return Lifecycle(start, stop)
 
 
 # -- Rasa's channel registry (rasa.server._get_output_channel) -------------------------

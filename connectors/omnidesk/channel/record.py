@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import asdict
 from typing import List, Optional
 
 from connectors.omnidesk.channel.sides import BotSide, RecordEntry
@@ -34,7 +33,9 @@ FLUSH_POLL = 0.05  # seconds between looks while another instance writes a conve
 
 
 def to_json(entry: RecordEntry) -> str:
-    return json.dumps(asdict(entry), sort_keys=True)
+    # vars(), not dataclasses.asdict: the fields are plain values, and asdict's deep
+    # copy was a tenth of the connector's CPU on a relayed turn.
+    return json.dumps(vars(entry), sort_keys=True)
 
 
 def from_json(conversation_id: str, raw: str) -> RecordEntry:

@@ -18,7 +18,7 @@ caller names, so it follows that key's writes on the same connection.
 import asyncio
 import contextlib
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from connectors.omnidesk.redis_connection import (
     DEFAULT_SOCKET_TIMEOUT,
@@ -223,11 +223,3 @@ class RedisClients:
     async def close(self) -> None:
         await self.subscriber.close()
         await close_client(self.data)
-
-
-def index_members(rows: Sequence[Any]) -> List[str]:
-    """The members of every shard of an index (one SMEMBERS answer per shard), sorted."""
-    found: Set[str] = set()
-    for members in rows:
-        found.update(_text(member) for member in members or ())
-    return sorted(found)

@@ -1,14 +1,15 @@
 """The switchboard in Redis: shared by every Rasa instance, and it survives a restart.
 
-Every key of one conversation carries the same hash tag
-(``handoff.conversation_tag``: eight hex digits of a digest of the conversation id), so each script touches one
-hash slot and runs on a Redis Cluster as on one server. The chat ids the action
-opens carry that tag too (handoff.new_chat_session_id), so a chat's lookup key
-sits in its conversation's slot. The few keys that span conversations (the
-open set the sweeper lists, the waiting tracker records, the sweeper's lease)
-are touched by commands of their own, beside the scripts, never inside them;
-the sets are indexes cut in ``INDEX_SHARDS`` shards, each in a slot of its own
-(``RedisKeys.shard``), so no one slot takes every conversation's writes.
+Every key of one conversation carries its hash tag (``handoff.conversation_tag``:
+one of 64, a digest of the conversation id), and so do the indexes that list
+conversations (the open handoffs, the outboxes with entries, the tracker records
+waiting), kept per tag. So each script touches one hash slot and runs on a Redis
+Cluster as on one server, while 64 slots share the load. The chat ids the action
+opens carry their conversation's tag (handoff.new_chat_session_id), so a chat's
+lookup key is in the same slot too. Only the sweeper's lease and the pub/sub
+channels are global. The clients are the process's own, shared with the outbox
+store (redis_clients.py): one server, the master a Sentinel group names, or a
+Redis Cluster, from the ``redis`` or ``switchboard_url`` setting.
 
 Each mutation two callers may race on is one Lua script: taking a place in a
 conversation's line (which, when the place is first, also reads the handoff
@@ -16,9 +17,8 @@ and numbers the turn: one round trip before the Omnidesk call), leaving it
 (with the relayed turn kept for the tracker: one round trip after), ending a
 handoff (exactly one of two racing ends wins), starting one in place of
 another, claiming the one-time wait notice. switchboard.py has the interface
-and the in-memory twin; ``create_switchboard`` picks one of the two: Redis
-when the channel has Redis clients (redis_clients.py, made from the ``redis``
-or ``switchboard_url`` setting), in memory otherwise.
+and the in-memory twin; ``create_switchboard`` picks one of the two by the
+``switchboard_url`` setting.
 """
 
 import asyncio
@@ -28,12 +28,14 @@ import logging
 import time
 import uuid
 from dataclasses import replace
-from typing import Any, AsyncIterator, Dict, Iterable, List, Optional, Set, Union
+from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from connectors.omnidesk import metrics
-from connectors.omnidesk.channel.redis_clients import RedisClients, index_members
+from connectors.omnidesk.channel.outbox_store import RedisOutboxStore, rows_of
+from connectors.omnidesk.channel.redis_clients import RedisClients
 from connectors.omnidesk.channel.switchboard import (
     LINE_LEASE,
+    Accepted,
     Handoff,
     InMemorySwitchboard,
     Place,
@@ -44,7 +46,7 @@ from connectors.omnidesk.channel.switchboard import (
     optional_number,
     optional_text,
 )
-from connectors.omnidesk.handoff import conversation_tag, tag_of_chat
+from connectors.omnidesk.handoff import all_tags, conversation_tag, tag_of_chat
 from connectors.omnidesk.redis_connection import RedisConnection
 
 logger = logging.getLogger(__name__)
@@ -137,54 +139,158 @@ return 1
 """
 
 # Leave the line, keep the relayed turns for the tracker, wake the next place.
-# KEYS: line, untils, record list; ARGV: ticket, wake channel, conversation,
-# record ttl (s), then the entries. Returns how many entries waited before.
+# KEYS: line, untils, record list, the tag's record-due set; ARGV: ticket, wake
+# channel, conversation, record ttl (s), the time, then the entries.
 _LEAVE_SCRIPT = """
 redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1], 's:' .. ARGV[1])
-local before = 0
-if #ARGV > 4 then
-  before = redis.call('LLEN', KEYS[3])
-  for i = 5, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if #ARGV > 5 then
+  for i = 6, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))
+  redis.call('ZADD', KEYS[4], 'NX', ARGV[5], ARGV[3])
 end
 if redis.call('LLEN', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
-return before
+return 1
 """
 
-# Start a handoff in place of whatever the conversation had. KEYS[1] the
-# handoff; ARGV: JSON, next number, last activity. Returns the replaced fields.
-_START_SCRIPT = """
+# A key of this conversation, in its slot, from the tag and prefix the script
+# is given (a chat's lookup key names the conversation only once read).
+_KEY_FUNCTION = """
+local function key(prefix, tag, what, conv)
+  return prefix .. '{' .. tag .. '}:' .. what .. ':' .. conv
+end
+"""
+
+# Start a handoff in place of whatever the conversation had: the handoff, its
+# chat's lookup key, the tag's open set, and the replaced chat's lookup key
+# when it carries the same tag. KEYS: handoff, chat key, open set; ARGV: JSON,
+# next number, last activity, conversation, prefix, tag. Returns the replaced
+# fields, or false.
+_START_SCRIPT = (
+    _KEY_FUNCTION
+    + """
 local previous = redis.call('HMGET', KEYS[1], 'h', 'n', 'w', 'a', 'l', 'an', 'e', 'ea')
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'h', ARGV[1], 'n', ARGV[2], 'l', ARGV[3])
-if previous[1] then return previous end
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[4])
+if previous[1] then
+  local old = cjson.decode(previous[1])['chat_session_id']
+  local old_key = key(ARGV[5], ARGV[6], 'chat', old)
+  if old_key ~= KEYS[2] and string.match(old, '^rasa%-(%x%x)%-') == ARGV[6] then
+    redis.call('DEL', old_key)
+  end
+  return previous
+end
 return false
 """
+)
 
 # End an open handoff (only chat ARGV[1] when not ''). ARGV[2]: the outcome when
 # Omnidesk is still to hear of the end (the handoff stays, marked), '' to forget
-# it at once; ARGV[3] the time. Returns the fields as they were, or false.
-_END_SCRIPT = """
+# it at once (its chat's lookup key and its place in the open set with it);
+# ARGV[3] the time; ARGV[4..6] conversation, prefix, tag. KEYS: handoff, open
+# set. Returns the fields as they were, or false.
+_END_SCRIPT = (
+    _KEY_FUNCTION
+    + """
 local v = redis.call('HMGET', KEYS[1], 'h', 'n', 'w', 'a', 'l', 'an', 'e', 'ea')
 if (not v[1]) or v[7] then return false end
-if ARGV[1] ~= '' and cjson.decode(v[1])['chat_session_id'] ~= ARGV[1] then return false end
+local chat = cjson.decode(v[1])['chat_session_id']
+if ARGV[1] ~= '' and chat ~= ARGV[1] then return false end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'e', ARGV[2], 'ea', ARGV[3])
 else
   redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[4])
+  if string.match(chat, '^rasa%-(%x%x)%-') == ARGV[6] then
+    redis.call('DEL', key(ARGV[5], ARGV[6], 'chat', chat))
+  end
 end
 return v
 """
+)
 
-# Omnidesk heard of the end of chat ARGV[1]: forget the ending handoff. 1 if it did.
-_TOLD_SCRIPT = """
+# Omnidesk heard of the end of chat ARGV[1]: forget the ending handoff. KEYS:
+# handoff, open set; ARGV: chat, conversation, prefix, tag. 1 if it did.
+_TOLD_SCRIPT = (
+    _KEY_FUNCTION
+    + """
 local raw = redis.call('HGET', KEYS[1], 'h')
 if (not raw) or (not redis.call('HGET', KEYS[1], 'e')) then return 0 end
 if cjson.decode(raw)['chat_session_id'] ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+if string.match(ARGV[1], '^rasa%-(%x%x)%-') == ARGV[4] then
+  redis.call('DEL', key(ARGV[3], ARGV[4], 'chat', ARGV[1]))
+end
 return 1
 """
+)
+
+# An agent's message, file or typing into the customer's outbox, in one step:
+# find the chat's open handoff (KEYS[1] its lookup key, or, with ARGV[3] the
+# conversation, its handoff), append the entry (its channel and route taken
+# from the handoff), note the outbox waiting, record activity and the agent,
+# keep the message for the tracker, take the drainer lease when it is free,
+# nudge every instance. ARGV: prefix, tag, conversation or '', chat, item JSON,
+# time, tracker entry or '', activity ('1' agent, '0' other, '-' none), agent
+# JSON or '', '1' to fill the item's agent from the handoff's, lease token or
+# '', lease ms, stream ttl s, record ttl s, nudge channel, mark, the channels
+# the caller can send on (',a,b,'; the lease is taken only for those). Returns
+# false (no open chat) or {fields, conversation, entry id, leased, head}.
+_ACCEPT_SCRIPT = (
+    _KEY_FUNCTION
+    + """
+local prefix, tag, conv = ARGV[1], ARGV[2], ARGV[3]
+if conv == '' then
+  conv = redis.call('GET', KEYS[1])
+  if not conv then return false end
+end
+local hk = key(prefix, tag, 'handoff', conv)
+local v = redis.call('HMGET', hk, 'h', 'n', 'w', 'a', 'l', 'an', 'e', 'ea')
+-- Not here: a chat id made without its conversation's tag points elsewhere.
+if not v[1] then return {0, conv} end
+if v[7] then return false end
+local h = cjson.decode(v[1])
+if h['chat_session_id'] ~= ARGV[4] then return false end
+local item = ARGV[5]
+if ARGV[10] == '1' and v[6] then
+  local it = cjson.decode(item)
+  local agent = cjson.decode(v[6])
+  it['agent'] = {name = agent[1], picture = agent[2]}
+  item = cjson.encode(it)
+end
+local route = ''
+if h['route'] ~= nil and h['route'] ~= cjson.null then route = cjson.encode(h['route']) end
+local stream = key(prefix, tag, 'outbox', conv)
+local id = redis.call('XADD', stream, '*', 'e', item, 'c', conv, 'ch', h['channel'],
+  'chat', ARGV[4], 'at', ARGV[6], 'r', route, 'u', ARGV[16])
+redis.call('EXPIRE', stream, tonumber(ARGV[13]))
+redis.call('SADD', prefix .. '{' .. tag .. '}:outbox-waiting', conv)
+if ARGV[8] ~= '-' then
+  redis.call('HSET', hk, 'l', ARGV[6])
+  if ARGV[8] == '1' then redis.call('HSET', hk, 'a', ARGV[6]) end
+  if ARGV[9] ~= '' then redis.call('HSET', hk, 'an', ARGV[9]) end
+end
+if ARGV[7] ~= '' then
+  local rk = key(prefix, tag, 'record', conv)
+  redis.call('RPUSH', rk, ARGV[7])
+  redis.call('EXPIRE', rk, tonumber(ARGV[14]))
+  redis.call('ZADD', prefix .. '{' .. tag .. '}:record-due', 'NX', ARGV[6], conv)
+end
+local leased = 0
+local head = {}
+if ARGV[11] ~= '' and string.find(ARGV[17], ',' .. h['channel'] .. ',', 1, true) then
+  if redis.call('SET', key(prefix, tag, 'outbox-lease', conv), ARGV[11], 'NX', 'PX', ARGV[12]) then
+    leased = 1
+    head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  end
+end
+redis.call('PUBLISH', ARGV[15], conv)
+return {1, v, conv, id, leased, head}
+"""
+)
 
 # Record activity on an open handoff only: HSET on a missing key would revive it.
 _TOUCH_SCRIPT = """
@@ -214,10 +320,25 @@ return 1
 
 # -- the tracker records ----------------------------------------------------------------
 
-# Drop the written entries. Returns how many are left.
+# Keep one entry; the conversation is due from now if it had none. KEYS: the
+# list, the tag's due set; ARGV: the entry, ttl s, now, conversation.
+_RECORD_ADD_SCRIPT = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4])
+return 1
+"""
+
+# Drop the written entries; the conversation is due again from now if any wait.
+# KEYS: the list, the tag's due set; ARGV: count, now, conversation.
 _DROP_SCRIPT = """
 redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
-return redis.call('LLEN', KEYS[1])
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+else
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+end
+return 1
 """
 
 _UNLOCK_SCRIPT = """
@@ -227,9 +348,6 @@ return 0
 
 FLUSH_LEASE = 60.0  # seconds one instance may spend writing one conversation's turns
 RECORD_TTL = 7 * 24 * 3600  # seconds waiting tracker entries are kept at most
-# The sets that span conversations are cut in this many shards, each in a hash slot
-# of its own. Changing it strands the members of the shards that go away.
-INDEX_SHARDS = 16
 
 
 class RedisKeys:
@@ -237,32 +355,6 @@ class RedisKeys:
 
     def __init__(self, prefix: str = "omnidesk:") -> None:
         self.prefix = prefix
-
-    # -- the indexes that span conversations, in shards -------------------------------
-
-    @staticmethod
-    def shard(conversation_id: str) -> int:
-        """The shard of the indexes a conversation is listed in, by its tag."""
-        return int(conversation_tag(conversation_id), 16) % INDEX_SHARDS
-
-    def index(self, name: str, conversation_id: str) -> str:
-        """The shard of index ``name`` (``open``, ``outbox:waiting``, ``record:due``) that
-        lists ``conversation_id``."""
-        return self.index_shard(name, self.shard(conversation_id))
-
-    def index_shard(self, name: str, shard: int) -> str:
-        return f"{self.prefix}{{shard-{shard}}}:{name}"
-
-    def index_shards(self, name: str) -> List[str]:
-        """Every shard of index ``name``, to read them all in one pipeline."""
-        return [self.index_shard(name, shard) for shard in range(INDEX_SHARDS)]
-
-    def by_shard(self, name: str, conversation_ids: Iterable[str]) -> Dict[str, List[str]]:
-        """``conversation_ids`` grouped by the shard of index ``name`` that lists them."""
-        grouped: Dict[str, List[str]] = {}
-        for conversation_id in conversation_ids:
-            grouped.setdefault(self.index(name, conversation_id), []).append(conversation_id)
-        return grouped
 
     def of(self, conversation_id: str, what: str) -> str:
         """A key of one conversation, in its hash slot."""
@@ -276,9 +368,20 @@ class RedisKeys:
     def handoff(self, conversation_id: str) -> str:
         return self.of(conversation_id, "handoff")
 
-    def open(self, conversation_id: str) -> str:
-        """The shard of the open handoffs' index (the sweeper's) listing the conversation."""
-        return self.index("open", conversation_id)
+    def per_tag(self, tag: str, what: str) -> str:
+        """An index of the conversations of one tag (open, outbox-waiting, record-due)."""
+        return f"{self.prefix}{{{tag}}}:{what}"
+
+    def per_tag_of(self, conversation_id: str, what: str) -> str:
+        return self.per_tag(conversation_tag(conversation_id), what)
+
+    def every_tag(self, what: str) -> List[str]:
+        """The index ``what`` of every tag, for its readers (one round trip, pipelined)."""
+        return [self.per_tag(tag, what) for tag in all_tags()]
+
+    @property
+    def nudge(self) -> str:
+        return f"{self.prefix}outbox:nudge"
 
     @property
     def sweeper(self) -> str:
@@ -288,89 +391,60 @@ class RedisKeys:
     def line_wake(self) -> str:
         return f"{self.prefix}line:wake"
 
-    def record_due(self, conversation_id: str) -> str:
-        """The shard of the conversations whose relayed turns wait for the tracker."""
-        return self.index("record:due", conversation_id)
-
-    def outbox_waiting(self, conversation_id: str) -> str:
-        """The shard of the conversations with outbox entries waiting (the outbox's poll)."""
-        return self.index("outbox:waiting", conversation_id)
-
-    @property
-    def outbox_nudge(self) -> str:
-        return f"{self.prefix}outbox:nudge"
-
 
 class RedisRecordBuffer(RecordBuffer):
     """Relayed turns waiting for the tracker, in Redis beside the handoffs.
 
-    A list per conversation (``record:<conversation>``, in its slot) and a
-    sorted set of the conversations with entries, scored by when their oldest
-    entry came (``record:due``, in shards, kept by commands of its own).
+    A list per conversation (``record:<conversation>``) and, per tag, a sorted
+    set of the conversations with entries scored by when their oldest entry came
+    (``record-due``), both in the conversation's slot.
     """
 
     def __init__(self, board: "RedisSwitchboard") -> None:
         self._board = board
         redis = board.redis
         self._redis: Any = redis
+        self._add = redis.register_script(_RECORD_ADD_SCRIPT)
         self._drop = redis.register_script(_DROP_SCRIPT)
         self._unlock = redis.register_script(_UNLOCK_SCRIPT)
 
-    def _due(self, conversation_id: str) -> str:
-        return self._board.keys.record_due(conversation_id)
-
-    def _list(self, conversation_id: str) -> str:
-        return self._board.keys.of(conversation_id, "record")
+    def _keys(self, conversation_id: str) -> List[str]:
+        keys = self._board.keys
+        return [keys.of(conversation_id, "record"), keys.per_tag_of(conversation_id, "record-due")]
 
     def _lock_key(self, conversation_id: str) -> str:
         return self._board.keys.of(conversation_id, "record-lock")
 
     async def add(self, conversation_id: str, raw: str) -> None:
-        key = self._list(conversation_id)
-        pipe = self._board.clients.pipeline()
-        pipe.rpush(key, raw)
-        pipe.expire(key, RECORD_TTL)
-        pipe.zadd(self._due(conversation_id), {conversation_id: time.time()}, nx=True)
-        await self._board.call("record", pipe.execute())
-
-    async def noted(self, conversation_id: str, waited_before: int) -> None:
-        """Entries were kept by another step: mark the conversation due if they are its first."""
-        if waited_before == 0:
-            await self._board.call(
-                "record",
-                self._redis.zadd(
-                    self._due(conversation_id), {conversation_id: time.time()}, nx=True
-                ),
-            )
+        await self._board.call(
+            "record",
+            self._add(
+                keys=self._keys(conversation_id),
+                args=[raw, RECORD_TTL, time.time(), conversation_id],
+            ),
+        )
 
     async def peek(self, conversation_id: str) -> List[str]:
         raws = await self._board.call(
-            "record read", self._redis.lrange(self._list(conversation_id), 0, -1)
+            "record read", self._redis.lrange(self._keys(conversation_id)[0], 0, -1)
         )
         return [str(raw) for raw in raws]
 
     async def drop(self, conversation_id: str, count: int) -> None:
-        left = await self._board.call(
-            "record drop", self._drop(keys=[self._list(conversation_id)], args=[count])
+        await self._board.call(
+            "record drop",
+            self._drop(
+                keys=self._keys(conversation_id), args=[count, time.time(), conversation_id]
+            ),
         )
-        due = self._due(conversation_id)
-        if int(left) == 0:
-            await self._board.call("record drop", self._redis.zrem(due, conversation_id))
-        else:
-            # Due again from now: what is left came after the write began.
-            await self._board.call(
-                "record drop", self._redis.zadd(due, {conversation_id: time.time()})
-            )
 
     async def due(self, older_than: Optional[float]) -> List[str]:
         top = "+inf" if older_than is None else time.time() - older_than
         pipe = self._board.clients.pipeline()
-        for shard in self._board.keys.index_shards("record:due"):
-            pipe.zrangebyscore(shard, "-inf", top, withscores=True)
-        rows = await self._board.call("record due", pipe.execute())
-        # Oldest first across the shards, as one set would give them.
-        scored = sorted((float(score), str(member)) for row in rows for member, score in row)
-        return [member for _, member in scored]
+        for key in self._board.keys.every_tag("record-due"):
+            pipe.zrangebyscore(key, "-inf", top)
+        shards = await self._board.call("record due", pipe.execute())
+        return [str(member) for shard in shards for member in shard]
 
     async def lock(self, conversation_id: str) -> Optional[str]:
         token = uuid.uuid4().hex
@@ -390,8 +464,8 @@ class RedisRecordBuffer(RecordBuffer):
 
 
 class _Wakes:
-    """Hears the line's wake-ups (a channel of the process's one subscriber) and wakes
-    this process's waiters; after the subscriber connected again, every waiter looks."""
+    """Hears the line's wake-ups (a channel of the process's one subscriber) and wakes this
+    process's waiters; after the subscriber connected again, every waiter looks again."""
 
     def __init__(self, board: "RedisSwitchboard") -> None:
         self._board = board
@@ -433,6 +507,7 @@ class RedisSwitchboard(Switchboard):
     """Handoffs in Redis: shared by every Rasa instance, kept across restarts."""
 
     records: RedisRecordBuffer
+    outbox_store: RedisOutboxStore
 
     def __init__(
         self,
@@ -440,9 +515,13 @@ class RedisSwitchboard(Switchboard):
         prefix: str = "omnidesk:",
         timeout: float = 5.0,
         line_lease: float = LINE_LEASE,
+        outbox_retention: float = 86400.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
     ) -> None:
-        """``redis``: the process's clients (shared with the outbox store), or a
-        connection or URL to make clients of its own, closed with it."""
+        """``redis``: the process's clients, or a connection or URL to make clients of its
+        own, closed with it. ``wait_replicas``: how many replicas must confirm an outbox
+        put (``WAIT``) within ``wait_timeout`` seconds before it counts as stored."""
         self.line_lease = line_lease
         self._owns_clients = not isinstance(redis, RedisClients)
         if isinstance(redis, str):
@@ -451,6 +530,8 @@ class RedisSwitchboard(Switchboard):
             redis = RedisClients(redis, timeout)
         self.clients: RedisClients = redis
         self._redis: Any = redis.data
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.keys = RedisKeys(prefix)
         self._arrive = self._redis.register_script(_ARRIVE_SCRIPT)
         self._check = self._redis.register_script(_CHECK_SCRIPT)
@@ -463,8 +544,10 @@ class RedisSwitchboard(Switchboard):
         self._claim = self._redis.register_script(_CLAIM_SCRIPT)
         self._sweeper = self._redis.register_script(_SWEEPER_SCRIPT)
         self._release = self._redis.register_script(_RELEASE_SCRIPT)
+        self._accept = self._redis.register_script(_ACCEPT_SCRIPT)
         self._wakes = _Wakes(self)
         self.records = RedisRecordBuffer(self)
+        self.outbox_store = RedisOutboxStore(self, outbox_retention)
         # Leaves of the line retried in the background after Redis failed them.
         self._holding: Set[asyncio.Future[None]] = set()
         # conversation -> the ticket of a place whose arrival may have been stored
@@ -479,6 +562,13 @@ class RedisSwitchboard(Switchboard):
     @property
     def prefix(self) -> str:
         return self.keys.prefix
+
+    # What the outbox store raises for a failed store step (it imports no switchboard).
+    error_class = SwitchboardError
+
+    @staticmethod
+    def reply_lost(error: BaseException) -> bool:
+        return isinstance(error, SwitchboardError) and reply_lost(error)
 
     async def call(self, what: str, coroutine: Any) -> Any:
         """Await a Redis call; a failure becomes a SwitchboardError that says what failed."""
@@ -540,7 +630,7 @@ class RedisSwitchboard(Switchboard):
             if reply_lost(error):
                 # Still unknown (Redis is failing over): the turn, tried again, asks
                 # with this ticket, so it neither waits behind itself nor skips a number.
-                if len(self._unsure) > 10000:
+                if len(self._unsure) > 10_000:
                     self._unsure.clear()
                 self._unsure[place.conversation_id] = place.ticket
             raise
@@ -551,8 +641,8 @@ class RedisSwitchboard(Switchboard):
         self, conversation_id: str, numbered: bool, wait: float
     ) -> AsyncIterator[Place]:
         deadline = time.monotonic() + wait
-        unsure = self._unsure.pop(conversation_id, None)
         place = Place(conversation_id, first=False)
+        unsure = self._unsure.pop(conversation_id, None)
         if unsure is not None:
             place.ticket = unsure
         self._wakes.enter(conversation_id)
@@ -603,10 +693,20 @@ class RedisSwitchboard(Switchboard):
     async def _give_up(self, place: Place) -> None:
         """Leave the line and keep the relayed turns; shielded, so a cancelled turn still leaves."""
         conversation_id = place.conversation_id
-        keys = [*self._line_keys(conversation_id)[:2], self.keys.of(conversation_id, "record")]
-        args: List[Any] = [place.ticket, self.keys.line_wake, conversation_id, RECORD_TTL]
-        args.extend(place.kept)
-        leaving = asyncio.ensure_future(self._leave_once(place, keys, args))
+        keys = [
+            *self._line_keys(conversation_id)[:2],
+            self.keys.of(conversation_id, "record"),
+            self.keys.per_tag_of(conversation_id, "record-due"),
+        ]
+        args: List[Any] = [
+            place.ticket,
+            self.keys.line_wake,
+            conversation_id,
+            RECORD_TTL,
+            time.time(),
+            *place.kept,
+        ]
+        leaving = asyncio.ensure_future(self.call("line", self._leave(keys=keys, args=args)))
         try:
             await asyncio.shield(leaving)
         except SwitchboardError as error:
@@ -616,7 +716,7 @@ class RedisSwitchboard(Switchboard):
             logger.warning(
                 "Could not leave the line of conversation %s yet%s, trying again for %.0f s: %s",
                 conversation_id,
-                f" nor keep {len(place.kept)} relayed turns for its tracker" if place.kept else "",
+                f" (with {len(place.kept)} relayed turns for its tracker)" if place.kept else "",
                 self.line_lease,
                 error,
             )
@@ -624,18 +724,13 @@ class RedisSwitchboard(Switchboard):
             self._holding.add(retrying)
             retrying.add_done_callback(self._holding.discard)
 
-    async def _leave_once(self, place: Place, keys: List[str], args: List[Any]) -> None:
-        before = await self.call("line", self._leave(keys=keys, args=args))
-        if place.kept:
-            await self.records.noted(place.conversation_id, int(before))
-
     async def _leave_later(self, place: Place, keys: List[str], args: List[Any]) -> None:
         deadline = time.monotonic() + self.line_lease
         pause = 0.25
         while True:
             await asyncio.sleep(pause)
             try:
-                await self._leave_once(place, keys, args)
+                await self.call("line", self._leave(keys=keys, args=args))
             except SwitchboardError as error:
                 if time.monotonic() + pause > deadline:
                     # The place lapses on its own within the lease; turns kept here are
@@ -658,24 +753,48 @@ class RedisSwitchboard(Switchboard):
 
     # -- handoffs -------------------------------------------------------------------------
 
+    def _chat_key_in_slot(self, conversation_id: str, chat_session_id: str) -> Optional[str]:
+        """The chat's lookup key when it sits in the conversation's slot, else None."""
+        if tag_of_chat(chat_session_id) == conversation_tag(conversation_id):
+            return self.keys.chat(chat_session_id)
+        return None
+
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
-        pipe = self.clients.pipeline()
-        # The chat's lookup first: a lookup of a chat whose handoff is not there
-        # yet finds nothing (it is checked against the handoff), never a wrong one.
-        # Both are in the conversation's slot, so a Cluster keeps their order too.
-        pipe.set(self.keys.chat(handoff.chat_session_id), handoff.conversation_id)
-        pipe.sadd(self.keys.open(handoff.conversation_id), handoff.conversation_id)
-        self.clients.queue_script(
-            pipe,
-            self._start,
-            [self.keys.handoff(handoff.conversation_id)],
-            [handoff.to_json(), handoff.next_message_number, handoff.last_activity],
+        conversation_id = handoff.conversation_id
+        chat_key = self._chat_key_in_slot(conversation_id, handoff.chat_session_id)
+        if chat_key is None:
+            # A chat id the action did not make (no tag, or another conversation's):
+            # its lookup key is in another slot, written by a command of its own.
+            await self.call(
+                "start", self._redis.set(self.keys.chat(handoff.chat_session_id), conversation_id)
+            )
+        tag = conversation_tag(conversation_id)
+        replaced = await self.call(
+            "start",
+            self._start(
+                keys=[
+                    self.keys.handoff(conversation_id),
+                    chat_key or self.keys.of(conversation_id, "chat-foreign"),
+                    self.keys.per_tag(tag, "open"),
+                ],
+                args=[
+                    handoff.to_json(),
+                    handoff.next_message_number,
+                    handoff.last_activity,
+                    conversation_id,
+                    self.keys.prefix,
+                    tag,
+                ],
+            ),
         )
-        results = await self.call("start", pipe.execute())
-        replaced = _from_fields(results[-1], including_ending=True) if results[-1] else None
-        if replaced is not None and replaced.chat_session_id != handoff.chat_session_id:
-            await self.call("start", self._redis.delete(self.keys.chat(replaced.chat_session_id)))
-        return replaced
+        previous = _from_fields(replaced, including_ending=True) if replaced else None
+        if (
+            previous is not None
+            and previous.chat_session_id != handoff.chat_session_id
+            and self._chat_key_in_slot(conversation_id, previous.chat_session_id) is None
+        ):
+            await self.call("start", self._redis.delete(self.keys.chat(previous.chat_session_id)))
+        return previous
 
     async def get(self, conversation_id: str) -> Optional[Handoff]:
         return await self._read(conversation_id)
@@ -708,6 +827,107 @@ class RedisSwitchboard(Switchboard):
             args.extend(["an", json.dumps([agent_name, agent_picture])])
         await self.call("touch", self._touch(keys=[self.keys.handoff(conversation_id)], args=args))
 
+    async def accept(
+        self,
+        chat_session_id: str,
+        item_json: str,
+        *,
+        at: float,
+        record: Optional[str] = None,
+        activity: str = "agent",
+        agent: Optional[Tuple[Optional[str], Optional[str]]] = None,
+        fill_agent: bool = False,
+        lease: Optional[Tuple[str, float]] = None,
+        lease_channels: Sequence[str] = (),
+    ) -> Optional[Accepted]:
+        """One script, one round trip: found, stored, touched, recorded, leased, nudged.
+
+        A chat id the action made carries its conversation's tag, so its lookup
+        key is in the slot of everything else the script touches. Another chat
+        id is looked up first (a second round trip).
+        """
+        tag = tag_of_chat(chat_session_id)
+        conversation_id = ""
+        first_key = self.keys.chat(chat_session_id)
+        if tag is None:
+            found = await self.call("lookup", self._redis.get(first_key))
+            if found is None:
+                return None
+            conversation_id = str(found)
+            tag = conversation_tag(conversation_id)
+            first_key = self.keys.handoff(conversation_id)
+        args: List[Any] = [
+            self.keys.prefix,
+            tag,
+            conversation_id,
+            chat_session_id,
+            item_json,
+            repr(at),
+            record or "",
+            {"agent": "1", "other": "0"}.get(activity, "-"),
+            json.dumps(list(agent)) if agent is not None else "",
+            "1" if fill_agent else "0",
+            lease[0] if lease is not None else "",
+            int(lease[1] * 1000) if lease is not None else 0,
+            self.outbox_store.key_ttl,
+            RECORD_TTL,
+            self.keys.nudge,
+            uuid.uuid4().hex,
+            "," + ",".join(lease_channels) + ",",
+        ]
+        answer, confirmed = await self._accept_once(first_key, args)
+        if answer and int(answer[0]) == 0 and not conversation_id:
+            # The chat id carries another tag than its conversation's: ask there.
+            conversation_id = str(answer[1])
+            args[1], args[2] = conversation_tag(conversation_id), conversation_id
+            first_key = self.keys.handoff(conversation_id)
+            answer, confirmed = await self._accept_once(first_key, args)
+        if not answer or int(answer[0]) != 1:
+            return None
+        _one, fields, conversation, entry_id, leased, head = answer
+        if confirmed is not None and confirmed < self.wait_replicas:
+            await self._take_back(str(conversation), str(entry_id), record, lease, int(leased))
+            raise SwitchboardError(
+                f"agent message not confirmed: {confirmed} of {self.wait_replicas} replicas "
+                f"(redis_wait_replicas) had it within {self.wait_timeout:g} s "
+                "(redis_wait_timeout); it was taken back. Check the replicas' link to the master."
+            )
+        handoff = _from_fields(fields)
+        if handoff is None:
+            return None
+        accepted = Accepted(handoff, str(entry_id))
+        if int(leased) and lease is not None:
+            rows = rows_of(head)
+            accepted.leased = lease[0]
+            accepted.head = rows[0] if rows else None
+        return accepted
+
+    async def _accept_once(self, first_key: str, args: List[Any]) -> Tuple[Any, Optional[int]]:
+        """The accept script's answer, and with ``redis_wait_replicas`` how many replicas
+        confirmed its writes (``WAIT`` on the same connection), else None."""
+        if self.wait_replicas <= 0:
+            return await self.call("accept", self._accept(keys=[first_key], args=args)), None
+        answers = await self.outbox_store.confirmed(self._accept, [first_key], args)
+        return answers[0], int(answers[-1])
+
+    async def _take_back(
+        self,
+        conversation_id: str,
+        entry_id: str,
+        record: Optional[str],
+        lease: Optional[Tuple[str, float]],
+        leased: int,
+    ) -> None:
+        """Undo an agent message too few replicas confirmed: Omnidesk will send it again."""
+        metrics.switchboard_error("accept")
+        pipe = self.clients.pipeline()
+        pipe.xdel(self.keys.of(conversation_id, "outbox"), entry_id)
+        if record:
+            pipe.lrem(self.keys.of(conversation_id, "record"), 1, record)
+        await self.call("accept", pipe.execute())
+        if leased and lease is not None:
+            await self.outbox_store.release(conversation_id, lease[0])
+
     async def claim_wait_notice(self, conversation_id: str) -> bool:
         claimed = await self.call(
             "claim_wait_notice", self._claim(keys=[self.keys.handoff(conversation_id)])
@@ -720,50 +940,62 @@ class RedisSwitchboard(Switchboard):
         chat_session_id: Optional[str] = None,
         tell_omnidesk: Optional[str] = None,
     ) -> Optional[Handoff]:
+        tag = conversation_tag(conversation_id)
         ended = await self.call(
             "end",
             self._end(
-                keys=[self.keys.handoff(conversation_id)],
-                args=[chat_session_id or "", tell_omnidesk or "", time.time()],
+                keys=[self.keys.handoff(conversation_id), self.keys.per_tag(tag, "open")],
+                args=[
+                    chat_session_id or "",
+                    tell_omnidesk or "",
+                    time.time(),
+                    conversation_id,
+                    self.keys.prefix,
+                    tag,
+                ],
             ),
         )
         handoff = _from_fields(ended) if ended else None
         if handoff is not None and tell_omnidesk is None:
-            await self._forget(handoff)
+            await self._forget_foreign_chat(handoff)
         return handoff
 
     async def told_omnidesk(self, conversation_id: str, chat_session_id: str) -> None:
+        tag = conversation_tag(conversation_id)
         forgotten = await self.call(
             "told",
-            self._told(keys=[self.keys.handoff(conversation_id)], args=[chat_session_id]),
+            self._told(
+                keys=[self.keys.handoff(conversation_id), self.keys.per_tag(tag, "open")],
+                args=[chat_session_id, conversation_id, self.keys.prefix, tag],
+            ),
         )
-        if int(forgotten):
-            pipe = self.clients.pipeline()
-            pipe.delete(self.keys.chat(chat_session_id))
-            pipe.srem(self.keys.open(conversation_id), conversation_id)
-            await self.call("told", pipe.execute())
+        if int(forgotten) and self._chat_key_in_slot(conversation_id, chat_session_id) is None:
+            await self.call("told", self._redis.delete(self.keys.chat(chat_session_id)))
 
-    async def _forget(self, handoff: Handoff) -> None:
+    async def _forget_foreign_chat(self, handoff: Handoff) -> None:
+        """A chat id the action did not make has its lookup key elsewhere: removed apart."""
+        if self._chat_key_in_slot(handoff.conversation_id, handoff.chat_session_id) is None:
+            await self.call("end", self._redis.delete(self.keys.chat(handoff.chat_session_id)))
+
+    async def _open_members(self) -> List[str]:
         pipe = self.clients.pipeline()
-        pipe.delete(self.keys.chat(handoff.chat_session_id))
-        pipe.srem(self.keys.open(handoff.conversation_id), handoff.conversation_id)
-        await self.call("end", pipe.execute())
+        for key in self.keys.every_tag("open"):
+            pipe.smembers(key)
+        shards = await self.call("list", pipe.execute())
+        return sorted(str(member) for shard in shards for member in shard)
 
     async def count_open(self) -> int:
         pipe = self.clients.pipeline()
-        for shard in self.keys.index_shards("open"):
-            pipe.scard(shard)
+        for key in self.keys.every_tag("open"):
+            pipe.scard(key)
         return sum(int(count) for count in await self.call("count", pipe.execute()))
 
     async def all(self) -> List[Handoff]:
-        pipe = self.clients.pipeline()
-        for shard in self.keys.index_shards("open"):
-            pipe.smembers(shard)
-        members = index_members(await self.call("list", pipe.execute()))
+        members = await self._open_members()
         if not members:
             return []
-        # One round trip for every handoff (per node on a Cluster): the sweeper must
-        # not hold up the loop with one trip per chat.
+        # One round trip for every handoff: the sweeper must not hold up the loop
+        # with one trip per chat.
         pipe = self.clients.pipeline()
         for conversation_id in members:
             pipe.hmget(self.keys.handoff(conversation_id), *_FIELDS)
@@ -781,12 +1013,12 @@ class RedisSwitchboard(Switchboard):
                 gone.append(conversation_id)
             else:
                 handoffs.append(handoff)
-        if gone:
-            # An index entry left by an instance that stopped between two steps.
-            pipe = self.clients.pipeline()
-            for shard, conversations in self.keys.by_shard("open", gone).items():
-                pipe.srem(shard, *conversations)
-            await self.call("list", pipe.execute())
+        for conversation_id in gone:
+            # An index entry of a handoff removed without it (by hand, or by expiry).
+            await self.call(
+                "list",
+                self._redis.srem(self.keys.per_tag_of(conversation_id, "open"), conversation_id),
+            )
         return handoffs
 
     async def claim_sweeper(self, holder: str, lease_seconds: float) -> bool:
@@ -802,6 +1034,7 @@ class RedisSwitchboard(Switchboard):
     async def close(self) -> None:
         for retrying in list(self._holding):
             retrying.cancel()
+        await self.outbox_store.close()
         if self._owns_clients:
             await self.clients.close()
 
@@ -815,16 +1048,10 @@ def reply_lost(error: SwitchboardError) -> bool:
     cause = error.__cause__
     if isinstance(cause, (RedisTimeout, asyncio.TimeoutError)):
         return True
-    if isinstance(cause, (RedisConnectionError, ConnectionError)):
-        # redis-py words a connection that never opened "Error ... connecting to ...";
-        # Sentinel's "no master" and a refused connection sent nothing either.
+    if isinstance(cause, (RedisConnectionError, OSError)):
         text = str(cause).lower()
-        never_sent = (
-            "connecting to" in text
-            or "refused" in text
-            or type(cause).__name__ in ("MasterNotFoundError", "SlaveNotFoundError")
-        )
-        return not never_sent
+        refused = "refused" in text or "error 111" in text or "connecting to" in text
+        return not refused
     return False
 
 
@@ -862,10 +1089,19 @@ def _from_fields(values: Any, including_ending: bool = False) -> Optional[Handof
 
 
 def create_switchboard(
-    redis: Optional[RedisClients], line_lease: float = LINE_LEASE
+    clients: Optional[RedisClients],
+    outbox_retention: float = 86400.0,
+    line_lease: float = LINE_LEASE,
+    wait_replicas: int = 0,
+    wait_timeout: float = 0.5,
 ) -> Switchboard:
-    """The switchboard on the process's Redis clients, or in memory when there are none
-    (``memory://``)."""
-    if redis is None:
+    """In memory without Redis clients; in Redis with the process's clients (redis_clients.py)."""
+    if clients is None:
         return InMemorySwitchboard()
-    return RedisSwitchboard(redis, line_lease=line_lease)
+    return RedisSwitchboard(
+        clients,
+        line_lease=line_lease,
+        outbox_retention=outbox_retention,
+        wait_replicas=wait_replicas,
+        wait_timeout=wait_timeout,
+    )

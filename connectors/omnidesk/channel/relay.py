@@ -20,9 +20,12 @@ import contextlib
 import hmac
 import logging
 import time
-from typing import Any, Awaitable, Callable, List, Optional, Set
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, List, Mapping, Optional, Set, Tuple
+from urllib.parse import urlencode
 
-from connectors.omnidesk import handoff_events
+from connectors.omnidesk import handoff_events, metrics
 from connectors.omnidesk.channel.files import AgentFileStore, StoredFile
 from connectors.omnidesk.channel.hookpoints import (
     AgentIdentity,
@@ -41,10 +44,12 @@ from connectors.omnidesk.channel.notices import (
     TURN_NOT_HANDLED,
     Notices,
 )
-from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, ToCustomer
-from connectors.omnidesk.channel.record import TurnRecord
+from connectors.omnidesk.channel.outbox import Outbox, OutboxEntry, Pulled, ToCustomer
+from connectors.omnidesk.channel.record import TurnRecord, to_json
 from connectors.omnidesk.channel.sides import BotSide, FileLink, RecordEntry
 from connectors.omnidesk.channel.switchboard import (
+    NEW_CHAT_POLL,
+    Accepted,
     Handoff,
     LocalLine,
     NotInRelay,
@@ -59,7 +64,24 @@ from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Relay"]
+__all__ = ["Reader", "Relay"]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A customer who pulls, as a poll or stream proved it: whose outbox, which chat's entries.
+
+    ``open`` is False once that chat has ended: its last entries can still be read.
+    """
+
+    conversation_id: str
+    chat_session_id: str
+    open: bool
+
+
+class NotPulled(LookupError):
+    """The conversation's channel delivers its messages itself; only rest is pulled from."""
+
 
 # A turn kept through a switchboard outage is tried again this often.
 OUTAGE_RETRY_INTERVAL = 1.0
@@ -101,8 +123,18 @@ class Relay:
 
     # -- the start of a handoff ----------------------------------------------------
 
-    async def start(self, conversation_id: str, channel: str, started: HandoffStarted) -> bool:
+    async def start(
+        self,
+        conversation_id: str,
+        channel: str,
+        started: HandoffStarted,
+        route: Optional[Mapping[str, str]] = None,
+    ) -> bool:
         """Put the conversation with the agent of the chat the action opened.
+
+        ``route``: where the customer's channel replies in this conversation,
+        when it needs more than the conversation id (lines/ reads it from the
+        customer's turn); kept with the handoff.
 
         False when the switchboard could not take it: the chat is then ended
         (left open, it would wait on the agent's desk for a customer whose
@@ -113,6 +145,7 @@ class Relay:
             chat_session_id=started.chat_session_id,
             channel=channel,
             next_message_number=started.next_message_number,
+            route=route,
         )
         try:
             replaced = await self._switchboard.start(handoff)
@@ -153,6 +186,10 @@ class Relay:
             "upload_url": f"{self._routes_url}/upload",
             "event_url": f"{self._routes_url}/event",
         }
+        if self._outbox.pulls(handoff.channel):
+            # rest: where its client fetches what the agent sends (docs/channel.md).
+            details["messages_url"] = f"{self._routes_url}/messages"
+            details["stream_url"] = f"{self._routes_url}/stream"
         try:
             await self._put(handoff, ToCustomer("details", details=details))
         except SwitchboardError as error:
@@ -417,6 +454,75 @@ class Relay:
             handoff.chat_session_id,
         )
 
+    # -- the customer pulls (rest): long polls and streams -----------------------------
+
+    async def reader(self, conversation_id: str, token: Optional[str]) -> Reader:
+        """Whose entries a customer token reads; NotInRelay (404) as ``check_customer``.
+
+        The open handoff's chat, or an ended chat whose last entries still wait
+        (the end of the chat, the bot's words): its client fetches those with
+        the token it had. The tokens are derived, so any instance checks them.
+        """
+        handoff = await self._switchboard.get(conversation_id)
+        if handoff is not None and self._is_customer_token(token, handoff.chat_session_id):
+            if not self._outbox.pulls(handoff.channel):
+                raise NotPulled(conversation_id)
+            return Reader(conversation_id, handoff.chat_session_id, open=True)
+        for chat_session_id in await self._outbox.chats_waiting(conversation_id):
+            if self._is_customer_token(token, chat_session_id):
+                return Reader(conversation_id, chat_session_id, open=False)
+        logger.warning(
+            "Customer pull for conversation %s without its customer token refused (404).",
+            conversation_id,
+        )
+        raise NotInRelay(conversation_id)
+
+    def _is_customer_token(self, token: Optional[str], chat_session_id: str) -> bool:
+        expected = self._settings.customer_token(chat_session_id)
+        return bool(token) and hmac.compare_digest(
+            str(token).encode("utf-8", "replace"), expected.encode("ascii")
+        )
+
+    def stream_url(self, reader: Reader) -> Tuple[str, int]:
+        """The URL of ``reader``'s stream, its short-lived ticket inside, and how long it opens it."""
+        ttl = max(1, int(self._settings.stream_ticket_ttl))
+        ticket = self._settings.stream_ticket(
+            reader.conversation_id, reader.chat_session_id, int(time.time()) + ttl
+        )
+        query = urlencode({"sender": reader.conversation_id, "ticket": ticket})
+        return f"{self._routes_url}/stream?{query}", ttl
+
+    async def ticket_reader(self, conversation_id: str, ticket: Optional[str]) -> Reader:
+        """The reader a stream ticket stands for; NotInRelay (404) when forged or expired."""
+        chat_session_id = self._settings.stream_ticket_chat(
+            conversation_id, ticket or "", time.time()
+        )
+        if chat_session_id is None:
+            logger.warning(
+                "Stream for conversation %s without a valid ticket refused (404).", conversation_id
+            )
+            raise NotInRelay(conversation_id)
+        return Reader(
+            conversation_id,
+            chat_session_id,
+            open=await self.still_open(conversation_id, chat_session_id),
+        )
+
+    async def still_open(self, conversation_id: str, chat_session_id: str) -> bool:
+        handoff = await self._switchboard.get(conversation_id)
+        return handoff is not None and handoff.chat_session_id == chat_session_id
+
+    async def acknowledge(self, reader: Reader, up_to: str) -> None:
+        """The client has everything up to ``up_to``: taken off the outbox."""
+        await self._outbox.acknowledge(reader.conversation_id, up_to)
+
+    async def pull(self, reader: Reader, after: Optional[str], wait: float) -> List[Pulled]:
+        """What waits for ``reader`` after ``after``, waiting up to ``wait`` s for it; handed out."""
+        conversation_id = reader.conversation_id
+        found = await self._outbox.wait(conversation_id, after, reader.chat_session_id, wait)
+        await self._outbox.hand_out(conversation_id, found)
+        return found
+
     # -- the agent's side: into the customer's outbox, before the hookpoint's ok ----
 
     async def _chat(self, chat_session_id: str) -> Handoff:
@@ -425,63 +531,103 @@ class Relay:
 
     async def _put(self, handoff: Handoff, item: ToCustomer) -> None:
         await self._outbox.put(
-            handoff.conversation_id, handoff.channel, handoff.chat_session_id, item
+            handoff.conversation_id, handoff.channel, handoff.chat_session_id, item, handoff.route
         )
+
+    async def _accept(
+        self,
+        chat_session_id: str,
+        item: ToCustomer,
+        *,
+        record: Optional[RecordEntry] = None,
+        activity: str = "agent",
+        fill_agent: bool = False,
+    ) -> Accepted:
+        """Store an agent's event for the customer, in one switchboard step; NotInRelay if no chat.
+
+        When no one drains the conversation's outbox and its customer can be
+        reached from here, the step takes the drainer lease too, and the entry
+        is sent from here at once (outbox.taken). An unknown chat is looked for
+        again for ``new_chat_grace``, as a hookpoint may come a moment before the
+        handoff is registered.
+        """
+        agent = item.agent
+        named = agent is not None and bool(agent.name or agent.picture)
+        deadline = time.monotonic() + self._settings.new_chat_grace
+        while True:
+            token = uuid.uuid4().hex
+            accepted = await self._switchboard.accept(
+                chat_session_id,
+                item.to_json(),
+                at=time.time(),
+                record=to_json(record) if record is not None else None,
+                activity=activity,
+                agent=(agent.name, agent.picture) if named and agent is not None else None,
+                fill_agent=fill_agent,
+                lease=(token, self._outbox.timings.lease_ttl),
+                lease_channels=self._outbox.sent_from_anywhere,
+            )
+            if accepted is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise NotInRelay(chat_session_id)
+            await asyncio.sleep(NEW_CHAT_POLL)
+        conversation_id = accepted.handoff.conversation_id
+        if accepted.leased is not None and accepted.head is not None:
+            self._outbox.taken(conversation_id, accepted.head, accepted.leased)
+        else:
+            self._outbox.kick(conversation_id, accepted.handoff.channel)
+        return accepted
 
     async def agent_message(self, message: AgentMessage) -> None:
         """Store the agent's text for the customer; SwitchboardError (503) when it could not be."""
-        handoff = await self._chat(message.session_id)
-        await self._put(handoff, ToCustomer("text", text=message.message, agent=message.agent))
-        _first_reply(handoff)
-        # The handoff keeps the agent (switchboard.Handoff.agent_name): files come without one.
-        named = bool(message.agent.name or message.agent.picture)
-        await self._switchboard.touch(
-            handoff.conversation_id,
-            agent=True,
-            agent_name=message.agent.name if named else None,
-            agent_picture=message.agent.picture if named else None,
+        record = RecordEntry(
+            "agent",
+            message.message,
+            message.session_id,
+            time.time(),
+            agent_name=message.agent.name,
         )
-        await self._record.add(
-            handoff.conversation_id,
-            RecordEntry(
-                "agent",
-                message.message,
-                handoff.chat_session_id,
-                time.time(),
-                agent_name=message.agent.name,
-            ),
+        accepted = await self._accept(
+            message.session_id,
+            ToCustomer("text", text=message.message, agent=message.agent),
+            record=record,
         )
+        _first_reply(accepted.handoff)
 
     async def agent_file(self, upload: AgentUpload) -> None:
         """Store the agent's file and put its link in the customer's outbox."""
+        # Looked up first: a file is not written to disk for a chat that is not open.
         handoff = await self._chat(upload.session_id)
-        agent = upload.agent
-        if not (agent.name or agent.picture):
-            agent = AgentIdentity(handoff.agent_name, handoff.agent_picture)
         stored = await self._files.store(upload.file)
         link = FileLink(
             url=self._files.url_for(stored),
             filename=stored.filename,
             is_image=stored.content_type.startswith("image/"),
         )
-        await self._put(handoff, ToCustomer("file", file=link, agent=agent))
-        _first_reply(handoff)
-        await self._switchboard.touch(handoff.conversation_id, agent=True)
-        await self._record.add(
-            handoff.conversation_id,
-            RecordEntry(
-                "agent",
-                f"[file: {stored.filename}]",
-                handoff.chat_session_id,
-                time.time(),
-                agent_name=agent.name,
-                attachment_url=link.url,
-            ),
+        named = bool(upload.agent.name or upload.agent.picture)
+        # uploadForCustomer names no agent: the chat's, kept from its messages, shows it.
+        agent = upload.agent if named else AgentIdentity(handoff.agent_name, handoff.agent_picture)
+        record = RecordEntry(
+            "agent",
+            f"[file: {stored.filename}]",
+            upload.session_id,
+            time.time(),
+            agent_name=agent.name,
+            attachment_url=link.url,
         )
+        accepted = await self._accept(
+            upload.session_id,
+            ToCustomer("file", file=link, agent=upload.agent if named else None),
+            record=record,
+            fill_agent=not named,
+        )
+        _first_reply(accepted.handoff)
 
     async def agent_typing(self, typing: AgentTyping) -> None:
-        handoff = await self._chat(typing.session_id)
-        await self._put(handoff, ToCustomer("typing", typing=typing.typing))
+        await self._accept(
+            typing.session_id, ToCustomer("typing", typing=typing.typing), activity="none"
+        )
 
     async def agent_end(self, end: EndSession) -> None:
         """The agent ended the chat: hand back in the background (NotInRelay if not open)."""
@@ -496,33 +642,71 @@ class Relay:
     async def _tell_agent_undelivered(self, entry: OutboxEntry, reason: str) -> None:
         """The customer's channel refused an agent's message for good: a marked line in the chat.
 
+        Only the agent's own messages and files: a connector notice the channel
+        refused is not the agent's ("did not reach the agent" would mislead).
+        """
+        if entry.item.kind not in ("text", "file") or entry.item.notice:
+            return
+        what = "file" if entry.item.kind == "file" else "message"
+        await self._note_undelivered(entry.chat_session_id, entry.conversation_id, what, reason)
+
+    async def agent_message_failed_later(
+        self, conversation_id: str, what: str, reason: str
+    ) -> None:
+        """The customer's channel took an agent's message, then reported it undelivered.
+
+        Twilio does so through a message's status callback (routes.py): a
+        WhatsApp reply outside the 24-hour window may be accepted first and
+        fail minutes later. Counted as a failed delivery and logged; the agent
+        of the conversation's open chat is told as for a refusal at once. With
+        the chat over, there is no one to tell; that is logged.
+        """
+        metrics.agent_delivery(what if what == "file" else "message", delivered=False)
+        handoff = await self._switchboard.get(conversation_id)
+        chat_session_id = handoff.chat_session_id if handoff is not None else None
+        handoff_events.failure(
+            "delivery", conversation_id, chat_session_id, kind=what, reason="refused_later"
+        )
+        if handoff is None:
+            logger.warning(
+                "The channel reported an agent's %s to conversation %s undelivered (%s), "
+                "but no chat is open there any more: no agent to tell.",
+                what,
+                conversation_id,
+                reason,
+            )
+            return
+        await self._note_undelivered(handoff.chat_session_id, conversation_id, what, reason)
+
+    async def _note_undelivered(
+        self, chat_session_id: str, conversation_id: str, what: str, reason: str
+    ) -> None:
+        """A marked line in the chat: the agent's last ``what`` did not reach the customer.
+
         Sent without a messageNumber: it is the connector's note, not a customer
         turn, and must not take a customer's number. A chat that has ended
         cannot hear it; that is logged.
         """
-        if entry.item.kind not in ("text", "file"):
-            return
-        what = "file" if entry.item.kind == "file" else "message"
         note = f"[Not delivered to the customer: your last {what}. The channel said: {reason}]"
         try:
             await self._client.notify_user_new_chat_message(
-                chat_session_id=entry.chat_session_id, message=note, message_number=None
+                chat_session_id=chat_session_id, message=note, message_number=None
             )
         except OmnideskError as error:
             logger.error(
                 "Could not tell the agent of chat %s (conversation %s) that a %s was not "
                 "delivered: %s",
-                entry.chat_session_id,
-                entry.conversation_id,
+                chat_session_id,
+                conversation_id,
                 what,
                 error,
             )
             return
         logger.info(
             "Agent of chat %s told that a %s did not reach conversation %s.",
-            entry.chat_session_id,
+            chat_session_id,
             what,
-            entry.conversation_id,
+            conversation_id,
         )
 
     async def agent_file_at(self, token: str, filename: str) -> Optional[StoredFile]:
@@ -604,6 +788,9 @@ class Relay:
             handed_back = False
         if not handed_back:
             await self._notices.tell(ended, CHAT_ENDED)
+        await self._outbox.mark_ended(
+            ended.conversation_id, ended.channel, ended.chat_session_id, outcome.value
+        )
         return True
 
     async def _tell_omnidesk_end(self, ended: Handoff) -> bool:

@@ -9,11 +9,21 @@
   socket's own session is the proof). The token is checked first; only an
   authenticated conversation is rate-limited, and a typing state the agent
   already sees is not sent again.
+- ``GET /messages`` (a long poll), ``POST /stream`` (a stream's ticket) and
+  ``GET /stream`` (Server-Sent Events): a rest customer fetches what waits in
+  its outbox, after the cursor its client sends, which acknowledges what came
+  before it. The customer token (a header) opens the poll and the ticket; the
+  ticket, short-lived and signed, goes in the stream's URL (an EventSource
+  cannot set headers). Then the rate limit, then the number of polls and
+  streams held, per conversation and in the process (429 with Retry-After).
 - ``GET /files/<token>/<name>``: the agent's files, as linked to the customer.
 - ``GET /``: ``{"status": "ok"}`` whenever the process serves (as before the probes).
 - ``GET /health/live`` and ``GET /health/ready``: the liveness and readiness
   probes, answered by ``Health`` (health.py).
 - ``GET /metrics``: the Prometheus metrics, when ``metrics_enabled`` (docs/metrics.md).
+- ``POST /twilio/status``: Twilio's status callback of an agent's message sent
+  on a wrapped twilio channel; Twilio's signature is checked with that
+  channel's auth token, and an undelivered or failed message is told to the agent.
 
 Each route is one closure. It reads its body under its own cap, hands typed
 values to the relay and answers ``ok``; whatever went wrong is raised and
@@ -22,14 +32,18 @@ answered by the blueprint's one exception handler from one table
 docs/security.md describe the routes.
 """
 
+import asyncio
+import contextlib
 import hmac
+import json
 import logging
 import mimetypes
 import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from urllib.parse import parse_qsl
 
 from sanic import Blueprint, response
 from sanic.exceptions import PayloadTooLarge, SanicException
@@ -51,7 +65,11 @@ from connectors.omnidesk.channel.hookpoints import (
     parse_upload,
     read_session_id,
 )
-from connectors.omnidesk.channel.relay import Relay
+from connectors.omnidesk.channel.lines import StatusCallbacks
+from connectors.omnidesk.channel.lines.rest import ENDED_KEY, is_end, is_typing, rest_message
+from connectors.omnidesk.channel.outbox import Pulled, later_id
+from connectors.omnidesk.channel.outbox_store import is_entry_id
+from connectors.omnidesk.channel.relay import NotPulled, Reader, Relay
 from connectors.omnidesk.channel.switchboard import Handoff, NotInRelay, SwitchboardError
 from connectors.omnidesk.client import OmnideskError
 from connectors.omnidesk.settings import HOOKPOINT_TOKEN_LENGTH, OmnideskSettings
@@ -72,6 +90,19 @@ TYPING_DEBOUNCE_SECONDS = 2.0
 TYPING_EVENTS = frozenset({"startedtyping", "stoppedtyping"})
 # Conversations whose limits are kept; beyond it the least recently seen is forgotten.
 MAX_TRACKED = 10_000
+
+# A customer who pulls (rest): a long poll is held this long at most (and by
+# default), a stream says it is alive this often and ends after a while (its
+# EventSource comes back with Last-Event-ID, which acknowledges what it had),
+# and one conversation may hold this many polls and streams at once per process.
+POLL_WAIT_SECONDS = 25.0
+STREAM_HEARTBEAT_SECONDS = 15.0
+STREAM_MAX_SECONDS = 300.0
+STREAM_RETRY_MILLISECONDS = 2000
+HELD_PER_CONVERSATION = 4
+HELD_RETRY_AFTER_SECONDS = 5.0
+# A write the client does not take within this long ends the stream.
+STREAM_WRITE_TIMEOUT = 10.0
 
 CUSTOMER_EVENT = "customer_event"
 CUSTOMER_TOKEN_HEADER = "X-Omnidesk-Customer-Token"  # noqa: S105 -- a header name
@@ -137,6 +168,46 @@ class RateLimit:
         return len(self._buckets)
 
 
+class TooManyHeld(RateLimited):
+    """A conversation, or the process, holds as many polls and streams as it may."""
+
+    def __init__(self, whose: str) -> None:
+        super().__init__(HELD_RETRY_AFTER_SECONDS)
+        self.args = (f"too many polls and streams held {whose}; try again shortly",)
+
+
+class HeldPulls:
+    """How many long polls and streams this process holds: per conversation, and in all."""
+
+    def __init__(self, per_conversation: int, in_all: int) -> None:
+        self._per_conversation = per_conversation
+        self._in_all = in_all
+        self._held: Dict[str, int] = {}
+        self._total = 0
+
+    @contextlib.contextmanager
+    def holding(self, conversation_id: str) -> Iterator[None]:
+        """Count one held for ``conversation_id`` while inside; TooManyHeld (429) above a bound."""
+        if self._total >= self._in_all:
+            raise TooManyHeld("by this Rasa instance")
+        if self._held.get(conversation_id, 0) >= self._per_conversation:
+            raise TooManyHeld("for this conversation")
+        self._held[conversation_id] = self._held.get(conversation_id, 0) + 1
+        self._total += 1
+        try:
+            yield
+        finally:
+            self._total -= 1
+            left = self._held[conversation_id] - 1
+            if left:
+                self._held[conversation_id] = left
+            else:
+                del self._held[conversation_id]
+
+    def __len__(self) -> int:
+        return self._total
+
+
 class TypingDebounce:
     """Relay a typing event only when it says something new, or after a while."""
 
@@ -189,10 +260,16 @@ EVENT_ANSWERS = Answers(
     not_in_relay="sender: this conversation is not with an agent",
     omnidesk_failed="event: Omnidesk did not accept the event",
 )
+PULL_ANSWERS = Answers(
+    not_in_relay="sender: this conversation has no chat with an agent whose token or ticket this is"
+)
 _ANSWERS_BY_ROUTE: Mapping[str, Answers] = {
     "omnidesk_hook": HOOKPOINT_ANSWERS,
     "omnidesk_upload": UPLOAD_ANSWERS,
     "omnidesk_event": EVENT_ANSWERS,
+    "omnidesk_messages": PULL_ANSWERS,
+    "omnidesk_stream": PULL_ANSWERS,
+    "omnidesk_stream_ticket": PULL_ANSWERS,
 }
 
 
@@ -202,6 +279,11 @@ def answer_for(error: BaseException, answers: Answers) -> Tuple[int, str]:
         return error.status, str(error)
     if isinstance(error, FileTooLarge):
         return 413, str(error)
+    if isinstance(error, NotPulled):
+        return 409, (
+            "sender: this conversation's channel delivers the agent's messages itself; "
+            "only a rest conversation is polled or streamed"
+        )
     if isinstance(error, NotInRelay):
         return 404, answers.not_in_relay
     if isinstance(error, RateLimited):
@@ -288,6 +370,37 @@ def _required_sender(value: Optional[str]) -> str:
     return value
 
 
+def _cursor(value: Optional[str], field: str) -> Optional[str]:
+    """A client's cursor (the id of the last message it has), or None for none."""
+    if value is None or value.strip() in ("", "0"):
+        return None
+    value = value.strip()
+    if not is_entry_id(value):
+        raise HookpointInputError(field, "must be a message's id, such as 1733000000000-0")
+    return value
+
+
+def _poll_wait(value: Optional[str]) -> float:
+    if value is None or value == "":
+        return POLL_WAIT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= POLL_WAIT_SECONDS:
+        raise HookpointInputError("wait", f"must be seconds from 0 to {POLL_WAIT_SECONDS:g}")
+    return seconds
+
+
+def _event(pulled: Pulled) -> bytes:
+    """One Server-Sent Event: ``typing`` and ``ended`` are named, messages are not."""
+    message = rest_message(pulled)
+    name = "ended" if is_end(message) else "typing" if is_typing(message) else ""
+    lines = [f"event: {name}"] if name else []
+    lines += [f"id: {pulled.entry_id}", f"data: {json.dumps(message)}", "", ""]
+    return "\n".join(lines).encode("utf-8")
+
+
 def _hookpoint_body_limit(hookpoint: str, settings: OmnideskSettings) -> int:
     if hookpoint == "uploadForCustomer":
         return settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
@@ -321,6 +434,16 @@ class Routes:
         self._health = health
         self.rate_limit = RateLimit()
         self.typing = TypingDebounce()
+        # Polls and streams have a bucket of their own: a chatty widget's typing
+        # events must not starve its fetches.
+        self.pull_rate = RateLimit()
+        self.held = HeldPulls(HELD_PER_CONVERSATION, settings.pull_max_held)
+        # Wrapped channels that report later what became of a message, by name.
+        self._status_callbacks: Dict[str, StatusCallbacks] = {}
+
+    def on_status_callbacks(self, channel_name: str, line: StatusCallbacks) -> None:
+        """Serve ``POST /twilio/status`` for the wrapped channel ``channel_name``."""
+        self._status_callbacks[channel_name] = line
 
     def _running(self) -> Relay:
         relay = self._relay()
@@ -419,6 +542,61 @@ class Routes:
             await self._customer_event(relay, handoff, fields.text("event"))
             return response.json({"status": "ok"})
 
+        async def messages(request: Request) -> HTTPResponse:
+            relay = self._running()
+            sender = _required_sender(request.args.get("sender"))
+            reader = await relay.reader(sender, request.headers.get(CUSTOMER_TOKEN_HEADER))
+            after = _cursor(request.args.get("after"), "after")
+            wait = _poll_wait(request.args.get("wait"))
+            self.pull_rate.take(sender)
+            with self.held.holding(sender):
+                if after is not None:
+                    await relay.acknowledge(reader, after)
+                # An ended chat's last messages are there or not: nothing more will come.
+                found = await relay.pull(reader, after, wait if reader.open else 0.0)
+            if not found and not reader.open:
+                # That chat is over and the client has all of it.
+                return response.empty(status=204)
+            return response.json(
+                [rest_message(pulled) for pulled in found], headers={"Cache-Control": "no-store"}
+            )
+
+        async def stream_ticket(request: Request) -> HTTPResponse:
+            relay = self._running()
+            fields = await read_fields(request, SMALL_BODY_BYTES)
+            sender = _required_sender(request.args.get("sender") or fields.text("sender"))
+            token = request.headers.get(CUSTOMER_TOKEN_HEADER) or fields.text("token")
+            reader = await relay.reader(sender, token)
+            self.pull_rate.take(sender)
+            url, ttl = relay.stream_url(reader)
+            return response.json(
+                {"status": "ok", "url": url, "expires_in": ttl},
+                headers={"Cache-Control": "no-store"},
+            )
+
+        async def stream(request: Request) -> Optional[HTTPResponse]:
+            relay = self._running()
+            sender = _required_sender(request.args.get("sender"))
+            reader = await relay.ticket_reader(sender, request.args.get("ticket"))
+            after = later_id(
+                _cursor(request.headers.get("last-event-id"), "Last-Event-ID"),
+                _cursor(request.args.get("after"), "after"),
+            )
+            self.pull_rate.take(sender)
+            with self.held.holding(sender):
+                if after is not None:
+                    await relay.acknowledge(reader, after)
+                if not reader.open and not await relay.pull(reader, after, 0.0):
+                    # The chat is over and the client has all of it: 204 stops an EventSource.
+                    return response.empty(status=204)
+                sse = await request.respond(
+                    content_type="text/event-stream; charset=utf-8",
+                    # Proxies pass each event on at once (nginx reads X-Accel-Buffering).
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+                )
+                await _stream(request, sse, relay, reader, after)
+            return None
+
         async def files(_: Request, token: str, filename: str) -> HTTPResponse:
             relay = self._relay()
             stored = None if relay is None else await relay.agent_file_at(token, filename)
@@ -433,6 +611,31 @@ class Routes:
                 # SVG is an image that can carry script: it is a download, like HTML.
                 headers["Content-Disposition"] = f'attachment; filename="{stored.filename}"'
             return await response.file(stored.path, mime_type=stored.content_type, headers=headers)
+
+        async def twilio_status(request: Request) -> HTTPResponse:
+            """Twilio's word on an agent's message it took: an undelivered one, the agent hears.
+
+            The URL carries the channel's name and what the message was (the line
+            put them there); Twilio signs the URL and the form with the channel's
+            auth token, so neither can be forged without it.
+            """
+            relay = self._running()
+            line = self._status_callbacks.get(request.args.get("channel") or "")
+            if line is None:
+                return error_response(404, "not found")
+            body = await read_body(request, SMALL_BODY_BYTES)
+            params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            query = request.query_string
+            url = f"{settings.public_url}{request.path}" + (f"?{query}" if query else "")
+            if not line.signature_ok(url, params, request.headers.get("X-Twilio-Signature", "")):
+                logger.warning("Twilio status callback without Twilio's signature refused (403).")
+                return error_response(403, "X-Twilio-Signature: not Twilio's signature")
+            what = request.args.get("what") or ""
+            reason = line.failure_in(params)
+            conversation_id = params.get("To", "")
+            if reason is not None and what in ("message", "file") and conversation_id:
+                await relay.agent_message_failed_later(conversation_id, what, reason)
+            return response.empty()
 
         async def metrics_page(_: Request) -> HTTPResponse:
             """The Prometheus text format; open handoffs and waiting deliveries counted now.
@@ -481,10 +684,25 @@ class Routes:
             (hook, "/hook/<token:str>/<hookpoint:str>", "omnidesk_hook"),
             (upload, "/upload", "omnidesk_upload"),
             (event, "/event", "omnidesk_event"),
+            (twilio_status, "/twilio/status", "omnidesk_twilio_status"),
         ):
             bp.add_route(
                 handler, path, methods=["POST"], stream=True, name=name, strict_slashes=True
             )
+        bp.add_route(
+            messages, "/messages", methods=["GET"], name="omnidesk_messages", strict_slashes=True
+        )
+        bp.add_route(
+            stream, "/stream", methods=["GET"], name="omnidesk_stream", strict_slashes=True
+        )
+        bp.add_route(
+            stream_ticket,
+            "/stream",
+            methods=["POST"],
+            stream=True,
+            name="omnidesk_stream_ticket",
+            strict_slashes=True,
+        )
         bp.add_route(
             files,
             "/files/<token:str>/<filename:str>",
@@ -546,6 +764,68 @@ class Routes:
             return {"status": "ok"}
 
         sio.on(CUSTOMER_EVENT, namespace=namespace)(customer_event)
+
+
+async def _stream(
+    request: Request, sse: Any, relay: Relay, reader: Reader, after: Optional[str]
+) -> None:
+    """Send what arrives for ``reader`` as events until the chat ends or the stream's time is up.
+
+    Nothing is acknowledged here: the client's next cursor does that (its
+    EventSource's Last-Event-ID). A quiet stream gets a comment every
+    heartbeat, which keeps proxies from closing it. A chat that ended without
+    its end in the outbox (the store was down at that moment) is ended on the
+    stream once it has been gone for two heartbeats.
+    """
+    conversation_id = reader.conversation_id
+    transport = getattr(request, "transport", None)
+
+    async def send(data: bytes) -> None:
+        try:
+            await asyncio.wait_for(sse.send(data), STREAM_WRITE_TIMEOUT)
+        except asyncio.TimeoutError:
+            # A hung client costs a task and a socket, and only until here.
+            if transport is not None:
+                transport.abort()
+            raise _ClientGone() from None
+
+    cursor = after
+    gone = 0
+    ends_at = time.monotonic() + STREAM_MAX_SECONDS
+    try:
+        await send(f"retry: {STREAM_RETRY_MILLISECONDS}\n\n".encode("ascii"))
+        while time.monotonic() < ends_at:
+            wait = min(STREAM_HEARTBEAT_SECONDS, max(0.0, ends_at - time.monotonic()))
+            found = await relay.pull(reader, cursor, wait)
+            for pulled in found:
+                await send(_event(pulled))
+                cursor = pulled.entry_id
+                if pulled.entry.item.kind == "ended":
+                    return
+            if found:
+                continue
+            await send(b": still here\n\n")
+            if await relay.still_open(conversation_id, reader.chat_session_id):
+                gone = 0
+                continue
+            gone += 1
+            if gone >= 2:
+                ended = {"recipient_id": conversation_id, "custom": {ENDED_KEY: {"outcome": ""}}}
+                await send(f"event: ended\ndata: {json.dumps(ended)}\n\n".encode())
+                return
+    except _ClientGone:
+        logger.info(
+            "Stream of conversation %s closed: its client took nothing for %.0f s.",
+            conversation_id,
+            STREAM_WRITE_TIMEOUT,
+        )
+    except SwitchboardError as error:
+        # The client comes back with its Last-Event-ID; nothing was acknowledged.
+        logger.warning("Stream of conversation %s ended early: %s", conversation_id, error)
+
+
+class _ClientGone(Exception):
+    """A stream's client took nothing within STREAM_WRITE_TIMEOUT."""
 
 
 def _counted(request: Request, answer: HTTPResponse) -> HTTPResponse:

@@ -2,13 +2,13 @@
 
 The relay, the outbox, the tracker record and the sweeper know neither Sanic
 nor Rasa (tests/architecture checks it); they see the customer through
-``CustomerLine`` (customer.py implements it per wrapped channel) and Rasa
+``CustomerLine`` (lines/ implements it per wrapped channel) and Rasa
 through ``BotSide`` (rasa_bot.py implements it on a running Rasa server).
 """
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Protocol, Sequence
+from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.switchboard import Handoff
@@ -39,6 +39,9 @@ class CustomerLine(Protocol):
     ``held_by_socket`` is true for a channel whose customer is reached only
     through the socket they hold (socket.io): the outbox then sends from the
     instance that socket is connected to, and waits while they are away.
+    A line may also say ``pulled = True``: its channel cannot be sent to at all
+    (rest), the customer's client fetches what waits, and the outbox sends
+    nothing (``is_pulled``). A line that does not say it is sent to.
     """
 
     held_by_socket: bool
@@ -65,6 +68,24 @@ class CustomerLine(Protocol):
         False when the channel has no widget that could use them (plain channels).
         """
         ...
+
+
+@runtime_checkable
+class RoutedLine(Protocol):
+    """A line whose channel needs the conversation's route to reply (``Handoff.route``).
+
+    Slack replies in the channel and thread the customer wrote in, Teams to a
+    conversation reference; the conversation id alone does not say where. The
+    outbox asks such a line for the line ``along`` an entry's route (None when
+    the handoff kept none) before it sends.
+    """
+
+    def along(self, route: Optional[Mapping[str, str]]) -> CustomerLine: ...
+
+
+def is_pulled(line: object) -> bool:
+    """Whether the customer of ``line`` fetches what waits rather than being sent it."""
+    return bool(getattr(line, "pulled", False))
 
 
 @dataclass(frozen=True)

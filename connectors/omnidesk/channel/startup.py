@@ -3,22 +3,24 @@
 ``from_credentials`` (input.py) builds each wrapped customer channel here and
 refuses, with a ``ChannelConfigError`` that names the key and the fix, what
 cannot work: a channel that is not an InputChannel, one that cannot send
-outside a request, memory:// with several Sanic workers, a Redis switchboard
-without shared ``files_dir``. At start it warns of what may not work: Rasa's
+outside a request (``push_refusal``, with its reason, from the channel's class
+alone: no call, no session), memory:// with several Sanic workers, a Redis
+switchboard without shared ``files_dir``. At start it warns of what may not work: Rasa's
 lock store in memory beside a Redis switchboard, hookpoint tokens over plain
 http on a public host.
 """
 
 import ipaddress
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
 import rasa.shared.utils.common
 from rasa.core.channels import BUILTIN_CHANNELS
-from rasa.core.channels.channel import CollectingOutputChannel, InputChannel
-from rasa.core.channels.socketio import SocketIOInput
+from rasa.core.channels.channel import InputChannel
+from rasa.core.channels.rest import RestInput
 
+from connectors.omnidesk.channel.lines import has_own_line
 from connectors.omnidesk.settings import OmnideskSettings
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ __all__ = [
     "build_customer_channel",
     "can_push",
     "check_deployment",
+    "push_refusal",
     "warn_if_plain_http",
     "warn_lock_store",
 ]
@@ -79,21 +82,75 @@ def build_customer_channel(key: Any, credentials: Any) -> InputChannel:
     return channel
 
 
+# Channels that cannot reach a customer after the request that brought their turn,
+# and why: the one place a channel is refused at start-up for that.
+VOICE_REFUSAL = (
+    "a voice channel: a call is handed to a person by transferring it (your voice "
+    "platform's transfer), not by relaying text"
+)
+ANSWERS_IN_REQUEST = "it answers only inside the request that brought the customer's turn"
+CANNOT_PUSH: Mapping[str, str] = {
+    # rest itself is served: its client fetches what waits (lines/rest.py).
+    "cmdline": "rasa shell reads and prints in one terminal; nothing can reach it later",
+    "rasa": ANSWERS_IN_REQUEST,
+    "hangouts": ANSWERS_IN_REQUEST,
+    "twilio_voice": VOICE_REFUSAL,
+    "audiocodes": VOICE_REFUSAL,
+    "jambonz": VOICE_REFUSAL,
+    "vier_cvg": VOICE_REFUSAL,
+}
+
+
+def push_refusal(channel: InputChannel) -> Optional[str]:
+    """Why ``channel`` cannot send a message outside the request that brought a turn; None if it can.
+
+    Asks nothing of the channel that could make a call or open a session: its
+    class decides. A channel with a line of its own (lines/, rest's among them:
+    its client fetches what waits) can; one Rasa answers only within the request
+    (``CANNOT_PUSH``, a voice channel, ``RestInput`` kin such as rasa shell's)
+    cannot; any other can when its class gives an
+    output channel for later (``get_output_channel``, or Rasa Pro's
+    ``get_output_channel_for_conversation``).
+    """
+    if has_own_line(channel):
+        return None
+    name = str(channel.name())
+    if name in CANNOT_PUSH:
+        return CANNOT_PUSH[name]
+    if _is_voice(channel):
+        return VOICE_REFUSAL
+    if _gives_output_later(type(channel)):
+        return None
+    if isinstance(channel, RestInput):
+        return ANSWERS_IN_REQUEST
+    return (
+        "its class gives no output channel for a message outside a request "
+        "(it does not define get_output_channel)"
+    )
+
+
 def can_push(channel: InputChannel) -> bool:
     """Whether ``channel`` can send a message outside the request that brought a turn."""
-    if isinstance(channel, SocketIOInput):
-        # Its output channel exists once its blueprint has been built.
-        return True
-    output = channel.get_output_channel()
-    if output is None:
-        return False
-    return not (
-        type(output) is CollectingOutputChannel
-        # Only CollectingOutputChannel and its subclasses have _persist_message;
-        # telegram's or slack's output channel has none and can push.
-        or getattr(type(output), "_persist_message", None)
-        is CollectingOutputChannel._persist_message
-    )
+    return push_refusal(channel) is None
+
+
+def _is_voice(channel: InputChannel) -> bool:
+    # Rasa Pro's voice-stream channels share a base class; Rasa 3.6 has none of them.
+    return any(klass.__name__ == "VoiceInputChannel" for klass in type(channel).__mro__)
+
+
+def _gives_output_later(channel_class: type) -> bool:
+    """Whether the class gives an output channel of its own, which InputChannel's does not.
+
+    ``get_output_channel_for_conversation`` is Rasa Pro 3.19's; a channel may
+    define it on any Rasa (rasa_compat.output_channel_for asks it first).
+    """
+    for name in ("get_output_channel", "get_output_channel_for_conversation"):
+        base = getattr(InputChannel, name, None)
+        own = getattr(channel_class, name, None)
+        if own is not None and own is not base:
+            return True
+    return False
 
 
 def check_deployment(settings: OmnideskSettings, env: Mapping[str, str]) -> None:

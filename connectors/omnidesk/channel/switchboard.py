@@ -35,7 +35,9 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, AsyncIterator, Deque, Dict, List, Optional
+from typing import Any, AsyncIterator, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from connectors.omnidesk.channel.outbox_store import InMemoryOutboxStore, OutboxStore, Row
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,10 @@ class Handoff:
     # heard of it: such a handoff routes nothing.
     ending: Optional[str] = None
     ended_at: Optional[float] = None
+    # Where the customer's channel sends a reply in this conversation, when a
+    # channel needs more than the conversation id: Slack's channel and thread,
+    # Teams' conversation reference (lines/ reads it; docs/channel.md).
+    route: Optional[Dict[str, str]] = None
 
     @property
     def agent_replied(self) -> bool:
@@ -102,6 +108,7 @@ class Handoff:
                 agent_picture=optional_text(data.get("agent_picture")),
                 ending=optional_text(data.get("ending")),
                 ended_at=optional_number(data.get("ended_at")),
+                route=route_from(data.get("route")),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise UnreadableHandoff(
@@ -118,12 +125,22 @@ def optional_number(value: Any) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def route_from(value: Any) -> Optional[Dict[str, str]]:
+    """A stored route: a mapping of text to text, or None (handoffs stored before routes)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"route is {type(value).__name__}, not a mapping")
+    return {str(key): str(item) for key, item in value.items()}
+
+
 def new_handoff(
     conversation_id: str,
     chat_session_id: str,
     channel: str,
     next_message_number: int,
     now: Optional[float] = None,
+    route: Optional[Mapping[str, str]] = None,
 ) -> Handoff:
     at = time.time() if now is None else now
     return Handoff(
@@ -133,6 +150,7 @@ def new_handoff(
         next_message_number=next_message_number,
         started_at=at,
         last_activity=at,
+        route=dict(route) if route else None,
     )
 
 
@@ -289,13 +307,58 @@ class MemoryRecordBuffer(RecordBuffer):
             del self._locks[conversation_id]
 
 
+# -- an agent's event, stored for the customer ------------------------------------------------
+
+
+@dataclass
+class Accepted:
+    """An agent's message, file or typing, stored in the customer's outbox (``accept``).
+
+    ``handoff`` is the chat's handoff as it was before the event touched it.
+    ``leased``: the drainer lease taken for the caller when no one held it, with
+    ``head`` the outbox's oldest entry, so the caller sends it at once without
+    reading it back.
+    """
+
+    handoff: Handoff
+    entry_id: str
+    leased: Optional[str] = None
+    head: Optional[Row] = None
+
+
+def entry_fields(handoff: Handoff, item_json: str, at: float) -> Dict[str, str]:
+    """An outbox entry's fields: the item and the envelope to send it after the handoff is gone.
+
+    The same layout as ``outbox.OutboxEntry.to_fields`` (and the Redis accept script).
+    """
+    return {
+        "e": item_json,
+        "c": handoff.conversation_id,
+        "ch": handoff.channel,
+        "chat": handoff.chat_session_id,
+        "at": repr(at),
+        "r": json.dumps(handoff.route, sort_keys=True) if handoff.route else "",
+    }
+
+
+def with_agent(item_json: str, name: Optional[str], picture: Optional[str]) -> str:
+    data = json.loads(item_json)
+    data["agent"] = {"name": name, "picture": picture}
+    return json.dumps(data, sort_keys=True)
+
+
 # -- the switchboard -----------------------------------------------------------------------
 
 
 class Switchboard(abc.ABC):
-    """Handoff state, keyed by conversation id and by Omnidesk chatSessionID."""
+    """Handoff state, keyed by conversation id and by Omnidesk chatSessionID.
+
+    It also makes where the relayed turns wait for the tracker (``records``) and
+    where the customer's outbox lives (``outbox_store``): one store, one layout.
+    """
 
     records: RecordBuffer
+    outbox_store: OutboxStore
 
     @abc.abstractmethod
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
@@ -336,6 +399,31 @@ class Switchboard(abc.ABC):
 
         With ``agent_name`` or ``agent_picture`` the handoff keeps them as the
         chat's agent, for the files that come without either.
+        """
+
+    @abc.abstractmethod
+    async def accept(
+        self,
+        chat_session_id: str,
+        item_json: str,
+        *,
+        at: float,
+        record: Optional[str] = None,
+        activity: str = "agent",
+        agent: Optional[Tuple[Optional[str], Optional[str]]] = None,
+        fill_agent: bool = False,
+        lease: Optional[Tuple[str, float]] = None,
+        lease_channels: Sequence[str] = (),
+    ) -> Optional[Accepted]:
+        """Store an agent's event for the customer of chat ``chat_session_id``, in one step.
+
+        Finds the chat's open handoff (None when there is none), appends the
+        entry to its outbox, records the activity (``activity``: "agent", "other"
+        or "none") and, with ``agent`` (name, picture), the chat's agent; with
+        ``fill_agent`` the item takes the chat's agent when it names none; keeps
+        ``record`` for the tracker; with ``lease`` (token, seconds) takes the
+        outbox's drainer lease when it is free and the handoff's channel is one
+        of ``lease_channels`` (those the caller can send on from here).
         """
 
     @abc.abstractmethod
@@ -408,6 +496,8 @@ class InMemorySwitchboard(Switchboard):
     serves a conversation's turns one at a time, in order.
     """
 
+    outbox_store: InMemoryOutboxStore
+
     def __init__(self) -> None:
         self._by_conversation: Dict[str, Handoff] = {}
         self._by_chat: Dict[str, str] = {}
@@ -415,6 +505,7 @@ class InMemorySwitchboard(Switchboard):
         # the same conversation does not replace it.
         self._ending: Dict[str, Handoff] = {}
         self.records = MemoryRecordBuffer()
+        self.outbox_store = InMemoryOutboxStore()
 
     async def start(self, handoff: Handoff) -> Optional[Handoff]:
         previous = self._by_conversation.get(handoff.conversation_id)
@@ -428,7 +519,8 @@ class InMemorySwitchboard(Switchboard):
         return self._by_conversation.get(conversation_id)
 
     async def count_open(self) -> int:
-        return len(self._by_conversation)
+        # As in Redis: a chat whose end Omnidesk has not heard of yet still counts.
+        return len(self._by_conversation) + len(self._ending)
 
     async def find_by_chat_session(self, chat_session_id: str) -> Optional[Handoff]:
         conversation_id = self._by_chat.get(chat_session_id)
@@ -478,6 +570,48 @@ class InMemorySwitchboard(Switchboard):
             handoff = replace(handoff, agent_name=agent_name, agent_picture=agent_picture)
         self._by_conversation[conversation_id] = handoff
 
+    async def accept(
+        self,
+        chat_session_id: str,
+        item_json: str,
+        *,
+        at: float,
+        record: Optional[str] = None,
+        activity: str = "agent",
+        agent: Optional[Tuple[Optional[str], Optional[str]]] = None,
+        fill_agent: bool = False,
+        lease: Optional[Tuple[str, float]] = None,
+        lease_channels: Sequence[str] = (),
+    ) -> Optional[Accepted]:
+        handoff = await self.find_by_chat_session(chat_session_id)
+        if handoff is None:
+            return None
+        conversation_id = handoff.conversation_id
+        if fill_agent and (handoff.agent_name or handoff.agent_picture):
+            item_json = with_agent(item_json, handoff.agent_name, handoff.agent_picture)
+        store = self.outbox_store
+        entry_id = await store.put(conversation_id, entry_fields(handoff, item_json, at))
+        if activity != "none":
+            name, picture = agent if agent is not None else (None, None)
+            await self.touch(
+                conversation_id,
+                agent=activity == "agent",
+                now=at,
+                agent_name=name,
+                agent_picture=picture,
+            )
+        if record is not None:
+            await self.records.add(conversation_id, record)
+        accepted = Accepted(handoff, entry_id)
+        if (
+            lease is not None
+            and handoff.channel in lease_channels
+            and store.lease_if_free(conversation_id, *lease)
+        ):
+            accepted.leased = lease[0]
+            accepted.head = (await store.peek(conversation_id, 1))[0]
+        return accepted
+
     async def claim_wait_notice(self, conversation_id: str) -> bool:
         handoff = self._by_conversation.get(conversation_id)
         if handoff is None or handoff.wait_notice_sent:
@@ -513,6 +647,7 @@ class InMemorySwitchboard(Switchboard):
 
 __all__ = [
     "LINE_LEASE",
+    "Accepted",
     "Handoff",
     "InMemorySwitchboard",
     "LocalLine",
@@ -523,6 +658,7 @@ __all__ = [
     "Switchboard",
     "SwitchboardError",
     "UnreadableHandoff",
+    "entry_fields",
     "new_handoff",
     "optional_number",
     "optional_text",
