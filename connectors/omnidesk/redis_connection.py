@@ -21,6 +21,7 @@ when a client is made.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -55,6 +56,8 @@ DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_SENTINEL_SERVICE = "mymaster"
 # What a command waits for its answer when neither the caller nor the block says.
 DEFAULT_SOCKET_TIMEOUT = 5.0
+# How long closing a client's sockets may take before the rest is dropped.
+CLOSE_WITHIN = 2.0
 
 _MASK = "***"
 
@@ -1053,7 +1056,10 @@ async def close_client(client: RedisClient) -> None:
     if asyncio.iscoroutine(closed):
         await closed
     if pool is not None:
-        await pool.disconnect()
+        # A socket whose close never completes (redis/redis-py#3941) must not hold
+        # up a shutdown: the wait for the pool's sockets is bounded.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(pool.disconnect(), CLOSE_WITHIN)
         sentinel = getattr(pool, "sentinel_manager", None)
         for sentinel_client in getattr(sentinel, "sentinels", ()):
             await close_client(sentinel_client)

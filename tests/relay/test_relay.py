@@ -434,3 +434,38 @@ async def test_an_end_omnidesk_never_hears_is_given_up_after_a_day() -> None:
         assert ending.ended_at is not None
         await h.relay.retry_end(ending, now=ending.ended_at + 86401)
         assert await h.relay.open_handoffs() == []
+
+
+async def test_a_customer_who_pulls_reads_an_ending_chat_as_open_until_its_end_is_put() -> None:
+    """A poll that lands between the handoff's end and the end's entry waits for the end.
+
+    Answering "the chat is over and you have all of it" there would stop the
+    client before the end of the chat reached it.
+    """
+    bot = FakeBot()
+    handing_back = asyncio.Event()
+    carry_on = asyncio.Event()
+    hand_back = bot.hand_back
+
+    async def slow_hand_back(handoff: Handoff, outcome: HandoffOutcome) -> bool:
+        handing_back.set()
+        await carry_on.wait()
+        return await hand_back(handoff, outcome)
+
+    bot.hand_back = slow_hand_back  # type: ignore[method-assign]
+    async with relay_harness(bot=bot) as h:
+        h.line.pulled = True  # type: ignore[attr-defined]
+        handoff = await h.hand_over("c-pull")
+        chat = handoff.chat_session_id
+        token = h.relay._settings.customer_token(chat)
+        await h.relay.agent_message(AgentMessage(chat, "Last words", ANNA))
+        await h.relay.agent_end(EndSession(chat))
+        await asyncio.wait_for(handing_back.wait(), 3)
+        assert await h.relay.handoff_of("c-pull") is None
+        ending = await h.relay.reader("c-pull", token)
+        assert ending.open and ending.chat_session_id == chat
+        carry_on.set()
+        await h.settle()
+        await wait_until(lambda: not h.relay._ends)
+        ended = await h.relay.reader("c-pull", token)
+        assert not ended.open

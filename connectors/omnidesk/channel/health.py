@@ -25,13 +25,13 @@ no host, URL, token or error text: the routes are reachable from outside.
 """
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
+from connectors.omnidesk import tasks
 from connectors.omnidesk.client import REQUEST_CHAT_CONFIG, OmnideskClient, OmnideskError
 from connectors.omnidesk.redis_connection import (
     RedisConnection,
@@ -317,10 +317,7 @@ class Health:
     async def stop(self) -> None:
         self.state.started = False
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.stop_all(self._tasks)
         self._tasks = []
         if self._watch_client is not None:
             await self._watch_client.close()

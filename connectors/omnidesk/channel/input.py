@@ -11,7 +11,6 @@ reference.
 """
 
 import asyncio
-import contextlib
 import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -20,7 +19,7 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
-from connectors.omnidesk import handoff_events
+from connectors.omnidesk import handoff_events, tasks
 from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.customer import WrappedOutput, outbox_output
 from connectors.omnidesk.channel.files import AgentFileStore
@@ -311,11 +310,8 @@ class OmnideskInput(InputChannel):  # type: ignore[misc]
 
     async def _stop(self) -> None:
         await self.health.stop()
-        if self._sweeping is not None:
-            self._sweeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeping
-            self._sweeping = None
+        await tasks.stop(self._sweeping)
+        self._sweeping = None
         relay = self.relay
         if relay is None:
             return

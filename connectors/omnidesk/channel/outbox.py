@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
-from connectors.omnidesk import handoff_events, metrics
+from connectors.omnidesk import handoff_events, metrics, tasks
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
 from connectors.omnidesk.channel.outbox_store import OutboxStore, Row, entry_order
 from connectors.omnidesk.channel.sides import (
@@ -753,14 +753,17 @@ class Outbox:
             )
         return len(removed)
 
-    async def chats_waiting(self, conversation_id: str) -> Set[str]:
-        """The chats whose entries wait in the conversation's outbox (the oldest few hundred)."""
+    async def chats_waiting(self, conversation_id: str) -> Dict[str, bool]:
+        """The chats whose entries wait in the conversation's outbox (the oldest few hundred),
+        each with whether its ``ended`` entry is among them: until it is, the chat is
+        still ending (the bot's words and the end are on their way)."""
         rows = await self._store.read_after(conversation_id, None, self.timings.pull_batch * 4)
-        chats = set()
+        chats: Dict[str, bool] = {}
         for _, fields in rows:
             entry = _readable(conversation_id, fields)
             if entry is not None:
-                chats.add(entry.chat_session_id)
+                ended = chats.get(entry.chat_session_id, False) or entry.item.kind == "ended"
+                chats[entry.chat_session_id] = ended
         return chats
 
     async def read(
@@ -906,10 +909,7 @@ class Outbox:
 
     async def close(self) -> None:
         """Stop the background; drainers under way finish (bounded); the store is closed."""
-        for task in self._background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.stop_all(self._background)
         self._background = []
         if self._drainers:
             _, pending = await asyncio.wait(

@@ -20,7 +20,9 @@ import contextlib
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from connectors.omnidesk import tasks
 from connectors.omnidesk.redis_connection import (
+    CLOSE_WITHIN,
     DEFAULT_SOCKET_TIMEOUT,
     RedisConnection,
     RedisMode,
@@ -127,19 +129,25 @@ class Subscriber:
             subscribed.extend(fresh)
 
     async def close(self) -> None:
-        if self._running is not None:
-            self._running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._running
-            self._running = None
+        await tasks.stop(self._running)
+        self._running = None
         await close_client(self._client)
 
 
 async def _close_pubsub(pubsub: Any) -> None:
+    """Close a pub/sub connection without waiting on its peer.
+
+    redis-py's close waits for the socket's close to complete, which can hang
+    (redis/redis-py#3941); the socket is dropped first, the rest is bounded.
+    """
+    connection = getattr(pubsub, "connection", None)
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.disconnect(nowait=True)
     aclose = getattr(pubsub, "aclose", None)
     closed = aclose() if aclose is not None else pubsub.close()
     if asyncio.iscoroutine(closed):
-        await closed
+        await asyncio.wait_for(closed, CLOSE_WITHIN)
 
 
 def _text(value: Any) -> str:

@@ -462,15 +462,18 @@ class Relay:
         The open handoff's chat, or an ended chat whose last entries still wait
         (the end of the chat, the bot's words): its client fetches those with
         the token it had. The tokens are derived, so any instance checks them.
+        A chat whose handoff is gone but whose ``ended`` entry is not yet put is
+        still ending, and reads as open: a poll then waits for the end instead
+        of answering that everything was had.
         """
         handoff = await self._switchboard.get(conversation_id)
         if handoff is not None and self._is_customer_token(token, handoff.chat_session_id):
             if not self._outbox.pulls(handoff.channel):
                 raise NotPulled(conversation_id)
             return Reader(conversation_id, handoff.chat_session_id, open=True)
-        for chat_session_id in await self._outbox.chats_waiting(conversation_id):
+        for chat_session_id, ended in (await self._outbox.chats_waiting(conversation_id)).items():
             if self._is_customer_token(token, chat_session_id):
-                return Reader(conversation_id, chat_session_id, open=False)
+                return Reader(conversation_id, chat_session_id, open=not ended)
         logger.warning(
             "Customer pull for conversation %s without its customer token refused (404).",
             conversation_id,
