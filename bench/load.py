@@ -9,7 +9,8 @@ import asyncio
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 Turn = Callable[[int], Awaitable[None]]
@@ -26,6 +27,8 @@ class Figures:
     throughput: float  # completed turns per second
     errors: int
     max_ms: float = float("nan")
+    # What the failed turns raised, "Type: message" (the message cut short), and how often.
+    error_kinds: Dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -53,6 +56,7 @@ async def measure(
         await turn(-1 - i)
     latencies: List[float] = []
     errors = 0
+    kinds: Counter[str] = Counter()
     next_index = 0
     deadline = time.monotonic() + time_limit
 
@@ -64,15 +68,16 @@ async def measure(
             started = time.perf_counter()
             try:
                 await turn(i)
-            except Exception:
+            except Exception as error:
                 errors += 1
+                _note(kinds, error)
                 continue
             latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return _figures(name, concurrency, latencies, elapsed, errors)
+    return _figures(name, concurrency, latencies, elapsed, errors, kinds)
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> float:
@@ -99,6 +104,7 @@ async def measure_sessions(
     """
     latencies: List[float] = []
     errors = 0
+    kinds: Counter[str] = Counter()
     deadline = time.monotonic() + time_limit
 
     async def worker(session: int) -> None:
@@ -109,15 +115,16 @@ async def measure_sessions(
             started = time.perf_counter()
             try:
                 await turn(session, sequence)
-            except Exception:
+            except Exception as error:
                 errors += 1
+                _note(kinds, error)
                 continue
             latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(session) for session in range(sessions)))
     elapsed = time.perf_counter() - started
-    return _figures(name, sessions, latencies, elapsed, errors)
+    return _figures(name, sessions, latencies, elapsed, errors, kinds)
 
 
 async def measure_paced(
@@ -135,6 +142,7 @@ async def measure_paced(
     """
     latencies: List[float] = []
     errors = 0
+    kinds: Counter[str] = Counter()
     deadline = time.monotonic() + time_limit
     started_all = time.perf_counter()
     for i in range(count):
@@ -143,19 +151,29 @@ async def measure_paced(
         started = time.perf_counter()
         try:
             await turn(i)
-        except Exception:
+        except Exception as error:
             errors += 1
+            _note(kinds, error)
         else:
             latencies.append((time.perf_counter() - started) * 1000)
         rest = interval - (time.perf_counter() - started)
         if rest > 0:
             await asyncio.sleep(rest)
     elapsed = time.perf_counter() - started_all
-    return _figures(name, 1, latencies, elapsed, errors)
+    return _figures(name, 1, latencies, elapsed, errors, kinds)
+
+
+def _note(kinds: "Counter[str]", error: Exception) -> None:
+    kinds[f"{type(error).__name__}: {str(error)[:160]}"] += 1
 
 
 def _figures(
-    name: str, concurrency: int, latencies: List[float], elapsed: float, errors: int
+    name: str,
+    concurrency: int,
+    latencies: List[float],
+    elapsed: float,
+    errors: int,
+    kinds: "Optional[Counter[str]]" = None,
 ) -> Figures:
     return Figures(
         name=name,
@@ -167,6 +185,7 @@ def _figures(
         throughput=len(latencies) / elapsed if elapsed > 0 else float("nan"),
         errors=errors,
         max_ms=max(latencies) if latencies else float("nan"),
+        error_kinds=dict((kinds or Counter()).most_common(5)),
     )
 
 

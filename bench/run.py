@@ -201,10 +201,13 @@ def _say(line: str) -> None:
 
 
 def _row(figures: Figures) -> str:
-    return (
+    row = (
         f"  {figures.name:<38} p50 {figures.p50_ms:8.2f} ms   p99 {figures.p99_ms:8.2f} ms   "
         f"{figures.throughput:8.1f} /s   n={figures.count} errors={figures.errors}"
     )
+    for kind, times in figures.error_kinds.items():
+        row += f"\n      {times} x {kind}"
+    return row
 
 
 async def measure_all(plan: Plan, log_dir: Path, cluster: bool = True) -> Dict[str, Any]:
