@@ -54,6 +54,7 @@ import pytest
 import socketio
 
 from connectors.omnidesk import rules
+from connectors.omnidesk.tasks import stop_all
 from tests.cluster.cluster import Cluster, Replica
 from tests.cluster.conftest import ARTIFACTS
 from tests.e2e.people import CallbackCustomer, Desk, RasaApi, new_conversation_id
@@ -199,9 +200,7 @@ class RoamingSocketCustomer:
         tasks = [t for t in (eio.read_loop_task, eio.write_loop_task) if t is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=1.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await stop_all(pending)
 
     async def wait_disconnected(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

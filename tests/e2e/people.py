@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional
 import aiohttp
 import socketio
 
+from connectors.omnidesk.tasks import stop_all
 from tests.e2e.receiver import CallbackReceiver
 
 WAIT = 20.0
@@ -102,9 +103,7 @@ class SocketCustomer:
         tasks = [t for t in (eio.read_loop_task, eio.write_loop_task) if t is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=1.0)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await stop_all(pending)
 
     async def say(self, text: str) -> None:
         await self.sio.emit("user_uttered", {"message": text, "session_id": self.id})

@@ -14,6 +14,7 @@ import socketio
 from aiohttp import web
 
 from connectors.omnidesk.redis_connection import RedisConnection, socketio_manager_options
+from connectors.omnidesk.tasks import stop
 from tests.redis_modes.test_cluster import restart_node
 from tests.redis_servers import PlainRedis, RedisClusterServers, SentinelGroup, TlsRedis
 
@@ -48,8 +49,7 @@ async def socketio_server(connection: RedisConnection) -> AsyncIterator[Any]:
         await server.shutdown()
         listener = getattr(manager, "thread", None)
         if listener is not None:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            await stop(listener)
         redis = getattr(manager, "redis", None)
         if redis is not None:
             await redis.connection_pool.disconnect()

@@ -25,6 +25,7 @@ from connectors.omnidesk.redis_connection import (
     close_client,
     create_pubsub_client,
 )
+from connectors.omnidesk.tasks import stop
 from tests.redis_modes.test_cluster import key_slot, restart_node
 from tests.redis_servers import (
     PlainRedis,
@@ -211,8 +212,7 @@ async def test_another_instance_hears_a_put_and_a_place_given_up(
             # Woken over pub/sub, not by the look every third of the 30 s lease.
             assert number == 3 and time.monotonic() - began < 5
         finally:
-            listening.cancel()
-            await asyncio.gather(listening, return_exceptions=True)
+            await stop(listening)
 
 
 async def _served_number(board: RedisSwitchboard, conversation_id: str) -> int:
