@@ -3,10 +3,10 @@ how an agent's name and file read as text, and blocking clients kept off the eve
 
 import asyncio
 import functools
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.sides import FileLink
+from connectors.omnidesk.channel.sides import FileLink, Undeliverable
 
 # What the customer's own channel hears when a handoff starts (docs/channel.md).
 CUSTOMER_EVENT_NAME = "omnidesk_customer"
@@ -44,6 +44,18 @@ def agent_caption(
 def file_as_text(file: FileLink, agent: Optional[AgentIdentity], name_prefix: bool) -> str:
     """A file a channel cannot show, as its name and its link (``Anna: a.pdf`` then the URL)."""
     return f"{prefixed(file.filename, agent, name_prefix)}\n{file.url}"
+
+
+async def checked(refusal_of: Callable[[BaseException], Optional[str]], call: Awaitable[T]) -> T:
+    """Await a send to a channel's API; an error ``refusal_of`` reads as the channel's
+    refusal (it names a reason) becomes ``Undeliverable``, any other is raised as it is."""
+    try:
+        return await call
+    except Exception as error:
+        reason = refusal_of(error)
+        if reason is not None:
+            raise Undeliverable(reason) from error
+        raise
 
 
 async def off_the_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -13,16 +13,14 @@ take are tried again.
 """
 
 import re
-from typing import Any, Awaitable, Dict, Mapping, Optional, TypeVar
+from typing import Any, Dict, Mapping, Optional
 
 from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.slack import SlackBot, SlackInput
 
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.lines.common import agent_caption, prefixed
+from connectors.omnidesk.channel.lines.common import agent_caption, checked, prefixed
 from connectors.omnidesk.channel.sides import CustomerLine, FileLink, Undeliverable
-
-T = TypeVar("T")
 
 # Slack's answers that no retry changes (https://api.slack.com/methods/chat.postMessage).
 REFUSED_FOR_GOOD = frozenset(
@@ -112,21 +110,12 @@ class SlackLine:
         bot: SlackBot = self._channel.get_output_channel(channel_id, route.get("thread_ts"))
         return bot
 
-    async def _checked(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except Exception as error:
-            reason = refusal_of(error)
-            if reason is not None:
-                raise Undeliverable(reason) from error
-            raise
-
     async def send_text(
         self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
     ) -> None:
         bot = self._bot(recipient_id)
         text = prefixed(text, agent, self._name_prefix)
-        await self._checked(bot.send_text_message(recipient_id, text))
+        await checked(refusal_of, bot.send_text_message(recipient_id, text))
 
     async def send_file(
         self, recipient_id: str, file: FileLink, agent: Optional[AgentIdentity] = None
@@ -135,18 +124,18 @@ class SlackLine:
         title = agent_caption(file, agent, self._name_prefix) or file.filename
         if file.is_image:
             block = {"type": "image", "image_url": file.url, "alt_text": file.filename}
-            await self._checked(
-                bot.send_custom_json(recipient_id, {"text": title, "blocks": [block]})
+            await checked(
+                refusal_of, bot.send_custom_json(recipient_id, {"text": title, "blocks": [block]})
             )
             return
         text = prefixed(f"<{file.url}|{file.filename}>", agent, self._name_prefix)
-        await self._checked(bot.send_text_message(recipient_id, text))
+        await checked(refusal_of, bot.send_text_message(recipient_id, text))
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         return False
 
     async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
-        await self._checked(self._bot(recipient_id).send_response(recipient_id, message))
+        await checked(refusal_of, self._bot(recipient_id).send_response(recipient_id, message))
 
     async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
         return False

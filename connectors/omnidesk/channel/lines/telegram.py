@@ -10,16 +10,19 @@ good; flood control (429), Telegram's 5xx, a bot token Telegram does not know
 (401) and the network are tried again.
 """
 
-from typing import Any, Awaitable, Dict, Mapping, Optional, TypeVar
+from typing import Any, Dict, Mapping, Optional
 
 from rasa.core.channels.telegram import TelegramInput, TelegramOutput
 
 from connectors.omnidesk.channel import rasa_compat
 from connectors.omnidesk.channel.hookpoints import AgentIdentity
-from connectors.omnidesk.channel.lines.common import agent_caption, file_as_text, prefixed
-from connectors.omnidesk.channel.sides import FileLink, Undeliverable
-
-T = TypeVar("T")
+from connectors.omnidesk.channel.lines.common import (
+    agent_caption,
+    checked,
+    file_as_text,
+    prefixed,
+)
+from connectors.omnidesk.channel.sides import FileLink
 
 
 def refusal_of(error: BaseException) -> Optional[str]:
@@ -60,20 +63,11 @@ class TelegramLine:
             self._output = TelegramOutput(self._token)
         return self._output
 
-    async def _checked(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except Exception as error:
-            reason = refusal_of(error)
-            if reason is not None:
-                raise Undeliverable(reason) from error
-            raise
-
     async def send_text(
         self, recipient_id: str, text: str, agent: Optional[AgentIdentity] = None
     ) -> None:
         text = prefixed(text, agent, self._name_prefix)
-        await self._checked(self._out().send_text_message(recipient_id, text))
+        await checked(refusal_of, self._out().send_text_message(recipient_id, text))
 
     async def send_file(
         self, recipient_id: str, file: FileLink, agent: Optional[AgentIdentity] = None
@@ -81,21 +75,21 @@ class TelegramLine:
         if not file.is_image:
             # Telegram fetches a document by URL only for PDF, ZIP and GIF: a link always works.
             text = file_as_text(file, agent, self._name_prefix)
-            await self._checked(self._out().send_text_message(recipient_id, text))
+            await checked(refusal_of, self._out().send_text_message(recipient_id, text))
             return
         bot = rasa_compat.telegram_bot(self._out())
         caption = agent_caption(file, agent, self._name_prefix)
-        await self._checked(bot.send_photo(recipient_id, file.url, caption=caption))
+        await checked(refusal_of, bot.send_photo(recipient_id, file.url, caption=caption))
 
     async def send_typing(self, recipient_id: str, typing: bool) -> bool:
         # The chat action shows for 5 s or until the next message; "stopped" needs no call.
         if typing:
             bot = rasa_compat.telegram_bot(self._out())
-            await self._checked(bot.send_chat_action(recipient_id, "typing"))
+            await checked(refusal_of, bot.send_chat_action(recipient_id, "typing"))
         return True
 
     async def send_response(self, recipient_id: str, message: Dict[str, Any]) -> None:
-        await self._checked(self._out().send_response(recipient_id, message))
+        await checked(refusal_of, self._out().send_response(recipient_id, message))
 
     async def send_details(self, recipient_id: str, details: Mapping[str, str]) -> bool:
         return False
