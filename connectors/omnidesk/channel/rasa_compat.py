@@ -24,8 +24,12 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.core.channels.socketio import SocketIOInput
 from sanic import Blueprint
 
-from connectors.omnidesk import handoff_events
-from connectors.omnidesk.redis_connection import RedisConnection, socketio_manager_options
+from connectors.omnidesk import handoff_events, tasks
+from connectors.omnidesk.redis_connection import (
+    RedisConnection,
+    close_client,
+    socketio_manager_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -348,19 +352,10 @@ def share_sockets_through_redis(channel: SocketIOInput, connection: RedisConnect
 
 async def stop_shared_sockets(manager: Any) -> None:
     """Stop the manager's pub/sub listener and close its Redis connection."""
-    import asyncio
-
-    listener = getattr(manager, "thread", None)
-    if listener is not None and not listener.done():
-        listener.cancel()
-        await asyncio.wait({listener}, timeout=2.0)
+    await tasks.stop(getattr(manager, "thread", None), grace=2.0)
     redis = getattr(manager, "redis", None)
     if redis is not None:
-        close = getattr(redis, "close", None)
-        if close is not None:
-            closed = close()
-            if inspect.isawaitable(closed):
-                await closed
+        await close_client(redis)
 
 
 # -- socket.io rooms (Rasa 3.6 with python-socketio >= 5.9) ---------------------------
