@@ -31,6 +31,7 @@ from connectors.omnidesk.transport import MockTransport, Request, Response, Tran
 
 DESK_URL = "https://omnidesk.test"
 CHANNEL = "callback"
+ANNA = AgentIdentity(name="Anna", picture=None)
 
 
 @dataclass
@@ -197,6 +198,15 @@ def settings(**overrides: Any) -> OmnideskSettings:
     }
     values.update(overrides)
     return OmnideskSettings.from_credentials(values, env={})
+
+
+async def wait_until(condition: Any, timeout: float = 3.0) -> None:
+    """Until ``condition()`` holds; AssertionError after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("never happened")
+        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -7,7 +7,6 @@ from typing import Any, AsyncIterator, List, Optional
 import pytest
 
 from connectors.omnidesk.channel.hookpoints import (
-    AgentIdentity,
     AgentMessage,
     AgentTyping,
     EndSession,
@@ -23,9 +22,7 @@ from connectors.omnidesk.channel.switchboard import (
     SwitchboardError,
 )
 from connectors.omnidesk.handoff import HandoffOutcome, HandoffStarted
-from tests.relay.conftest import CHANNEL, FakeBot, Sent, relay_harness
-
-ANNA = AgentIdentity(name="Anna", picture=None)
+from tests.relay.conftest import ANNA, CHANNEL, FakeBot, Sent, relay_harness, wait_until
 
 
 async def say(h: Any, conversation_id: str, text: Optional[str]) -> bool:
@@ -40,14 +37,6 @@ async def say(h: Any, conversation_id: str, text: Optional[str]) -> bool:
         h.line.sent.append(Sent("text", conversation_id, notice))
 
     return await h.relay.turn(conversation_id, text, bot, tell_here) != "bot"
-
-
-async def wait_until(condition: Any, timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("never happened")
-        await asyncio.sleep(0.01)
 
 
 # -- the customer's turns --------------------------------------------------------------

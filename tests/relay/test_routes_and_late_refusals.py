@@ -1,23 +1,13 @@
 """Where a channel replies (the handoff's route), and refusals the agent hears of, with no server."""
 
-import asyncio
 from typing import Any, List, Mapping, Optional
 
-from connectors.omnidesk.channel.hookpoints import AgentIdentity, AgentMessage, EndSession
+from connectors.omnidesk.channel.hookpoints import AgentMessage, EndSession
 from connectors.omnidesk.channel.sides import Undeliverable
 from connectors.omnidesk.handoff import HandoffStarted, new_chat_session_id
-from tests.relay.conftest import CHANNEL, relay_harness
+from tests.relay.conftest import ANNA, CHANNEL, relay_harness, wait_until
 
-ANNA = AgentIdentity(name="Anna", picture=None)
 THREAD = {"channel": "C0SUPPORT", "thread_ts": "1700000000.000100"}
-
-
-async def wait_until(condition: Any, timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("never happened")
-        await asyncio.sleep(0.01)
 
 
 async def test_every_message_of_a_handoff_goes_along_its_route_even_after_it_ended() -> None:
