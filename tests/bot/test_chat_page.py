@@ -17,6 +17,8 @@ import pytest_asyncio
 import socketio
 from aiohttp import web
 
+from tests.static_site import static_site
+
 pytestmark = pytest.mark.browser
 
 WEB = pathlib.Path(__file__).resolve().parents[2] / "web"
@@ -98,11 +100,8 @@ async def channel() -> AsyncIterator["tuple[ChannelStandIn, str]"]:
 
 @pytest_asyncio.fixture
 async def page_url() -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_static("/", WEB)
-    runner, url = await serve(app)
-    yield url
-    await runner.cleanup()
+    async with static_site(WEB) as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from typing import Any, AsyncIterator, List
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from tests.channel.conftest import channel_server
 from tests.docs.support import DOCS
+from tests.static_site import static_site
 
 pytestmark = pytest.mark.browser
 
@@ -66,16 +66,8 @@ def client_from_the_docs() -> str:
 async def page_origin(tmp_path: pathlib.Path) -> AsyncIterator[str]:
     (tmp_path / "rest-chat.js").write_text(client_from_the_docs(), encoding="utf-8")
     (tmp_path / "index.html").write_text(PAGE, encoding="utf-8")
-    app = web.Application()
-    app.router.add_static("/", tmp_path)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, shutdown_timeout=1.0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with static_site(tmp_path) as url:
+        yield url
 
 
 async def say(page: Any, text: str) -> None:

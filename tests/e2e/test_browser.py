@@ -10,11 +10,11 @@ from typing import Any, AsyncIterator, Tuple
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from tests.e2e.people import Desk, RasaApi
 from tests.e2e.stack import Stack
 from tests.e2e.test_journey import ASK_EMAIL, CLOSED_BY_AGENT, CONNECTED, GREETING
+from tests.static_site import static_site
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -25,16 +25,8 @@ STEP_MS = 20_000
 @pytest_asyncio.fixture
 async def page_server() -> AsyncIterator[str]:
     """web/ as static files on its own loopback origin, like `python -m http.server`."""
-    app = web.Application()
-    app.router.add_static("/", WEB)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, shutdown_timeout=1.0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with static_site(WEB) as url:
+        yield url
 
 
 @pytest.fixture
